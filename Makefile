@@ -1,0 +1,31 @@
+# The README's two commands: `make run` and `make test`. Both set up .venv first (idempotent).
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+CONFIG ?= config/config.yaml
+
+.PHONY: setup run test dry-run report clean
+
+$(BIN)/snakemake: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+setup: $(BIN)/snakemake
+
+run: setup
+	$(BIN)/snakemake --cores $(CORES) --configfile $(CONFIG)
+	@echo "tables:  results/tables/   figures: results/figures/   tidy metrics: results/metrics.csv"
+
+dry-run: setup
+	$(BIN)/snakemake -n --cores $(CORES) --configfile $(CONFIG)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+report: run
+	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,1 @@
+"""Dataset sources, each converting once to the canonical store (:mod:`medtune.data.store`)."""

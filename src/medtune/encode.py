@@ -1,0 +1,142 @@
+"""Encode once: L2-normalised image features per backbone x split x condition,
+and class-prompt text features per backbone x dataset.
+
+Zero-shot, linear probe, RFC and CoOp all train and evaluate from these arrays,
+so a backbone sees every image of a condition exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from medtune.models import Backbone
+from medtune.preprocess import normalize, resize_crop, to_device_batch
+
+
+def class_prompts(class_names: Sequence[str], templates: Sequence[str], classnames: dict | None = None) -> list[list[str]]:
+    """One list of prompts per class; ``classnames`` maps a label name to the words used in prompts."""
+    classnames = classnames or {}
+    return [[t.format(c=classnames.get(name, name)) for t in templates] for name in class_names]
+
+
+@torch.inference_mode()
+def encode_text(backbone: Backbone, texts: Sequence[str], device="cpu", batch_size: int = 256) -> torch.Tensor:
+    out = []
+    for start in range(0, len(texts), batch_size):
+        tokens = backbone.tokenizer(list(texts[start : start + batch_size])).to(device)
+        out.append(F.normalize(backbone.model.encode_text(tokens).float(), dim=-1))
+    return torch.cat(out)
+
+
+def prompt_ensemble(backbone: Backbone, prompts: list[list[str]], device="cpu") -> np.ndarray:
+    """Per class: mean of the normalised template embeddings, renormalised (CLIP's prompt ensembling)."""
+    flat = [p for per_class in prompts for p in per_class]
+    feats = encode_text(backbone, flat, device)
+    feats = feats.view(len(prompts), -1, feats.shape[-1])
+    return F.normalize(feats.mean(dim=1), dim=-1).cpu().numpy().astype(np.float32)
+
+
+def image_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        yield idx, images[idx]
+
+
+@torch.inference_mode()
+def encode_images(
+    backbone: Backbone,
+    images: np.ndarray,
+    indices: np.ndarray,
+    conditions: Sequence[str] = ("clean",),
+    device="cpu",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """``{condition: float32 N x D}`` for the samples ``indices`` of the uint8 store ``images``.
+
+    Each batch is moved to the device once, resized once, then corrupted and
+    encoded under every condition.
+    """
+    from medtune.corrupt import apply as corrupt
+
+    device = torch.device(device)
+    use_amp = device.type == "cuda"
+    out: dict[str, list[torch.Tensor]] = {c: [] for c in conditions}
+    batches = image_batches(images, np.asarray(indices), batch_size)
+    total = (len(indices) + batch_size - 1) // batch_size
+    for idx, batch in tqdm(batches, total=total, desc=f"encode {backbone.name}", disable=not progress, mininterval=5):
+        x = resize_crop(to_device_batch(batch, device), backbone.image_size)
+        keys = torch.as_tensor(idx, device=device)
+        for condition in conditions:
+            xc = corrupt(x, condition, keys=keys)
+            with torch.autocast(device.type, enabled=use_amp):
+                feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std))
+            out[condition].append(F.normalize(feats.float(), dim=-1).cpu())
+    return {c: torch.cat(v).numpy().astype(np.float32) for c, v in out.items()}
+
+
+def encode_split(
+    name: str,
+    spec: dict,
+    weights,
+    dataset_dir,
+    split: str,
+    conditions: Sequence[str],
+    out_dir,
+    device: str = "auto",
+    progress: bool = True,
+    batch_size: int = 256,
+) -> None:
+    """Write ``{out_dir}/{condition}.npy`` for every condition, rows in samples.csv order.
+
+    The folder is filled under a temporary name and renamed at the end, so a
+    killed job leaves no partial feature set behind.
+    """
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from medtune.data.store import load_dataset
+    from medtune.models import load_backbone
+    from medtune.training import resolve_device
+
+    dev = resolve_device(device)
+    dataset = load_dataset(dataset_dir)
+    rows = dataset.split(split)
+    backbone = load_backbone(name, spec, weights=weights, device=str(dev))
+    feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress)
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        for condition, array in feats.items():
+            np.save(tmp / f"{condition}.npy", array)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def encode_class_text(name: str, spec: dict, weights, samples, prompts: dict, out, device: str = "auto") -> None:
+    """``text.npz``: the class-prompt classifier (C x D), its class names and the logit scale."""
+    from medtune.data.store import read_samples
+    from medtune.io import atomic_path
+    from medtune.models import load_backbone
+    from medtune.training import resolve_device
+
+    dev = resolve_device(device)
+    table = read_samples(samples)
+    class_names = table[["label", "label_name"]].drop_duplicates().sort_values("label")["label_name"].tolist()
+    backbone = load_backbone(name, spec, weights=weights, device=str(dev))
+    per_class = class_prompts(class_names, prompts["templates"], prompts.get("classnames"))
+    classifier = prompt_ensemble(backbone, per_class, dev)
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, classifier=classifier, class_names=np.array(class_names), logit_scale=backbone.logit_scale)

@@ -1,0 +1,59 @@
+"""Metrics of one run under every test condition, as tidy rows for ``results/metrics.csv``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from medtune.methods import load_head, predict
+from medtune.metrics import classification_metrics, per_group_top_k
+
+METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
+
+
+def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
+    """Rows ``group, metric, value``; group ``all`` holds the overall metrics."""
+    logits = predict(head, features)
+    overall = pd.DataFrame(
+        [("all", name, value) for name, value in classification_metrics(labels, logits).items()],
+        columns=["group", "metric", "value"],
+    )
+    return pd.concat([overall, per_group_top_k(labels, logits, groups)], ignore_index=True)
+
+
+def evaluate_run(
+    head_path: str | Path,
+    features_dir: str | Path,
+    test_samples: pd.DataFrame,
+    conditions: Iterable[str],
+    run: dict,
+) -> pd.DataFrame:
+    head = load_head(head_path)
+    labels = test_samples["label"].to_numpy()
+    groups = test_samples["group"].astype(str).to_numpy()
+    frames = []
+    for condition in conditions:
+        features = np.load(Path(features_dir) / f"{condition}.npy", mmap_mode="r")
+        if len(features) != len(labels):
+            raise ValueError(f"{features_dir}/{condition}.npy has {len(features)} rows, the test split {len(labels)}")
+        rows = evaluate_head(head, features, labels, groups)
+        rows.insert(0, "condition", condition)
+        frames.append(rows)
+    out = pd.concat(frames, ignore_index=True)
+    for i, key in enumerate(["dataset", "method", "backbone", "seed", "fraction"]):
+        out.insert(i, key, run.get(key))
+    return out[METRIC_COLUMNS]
+
+
+def run_labels(run: dict) -> dict:
+    """Dataset, method, backbone, seed and fraction of a run from its path wildcards."""
+    labels = {k: run[k] for k in ("dataset", "method", "backbone")}
+    if run["setting"] == "pretrained":
+        labels.update(seed=None, fraction=None)
+    else:
+        seed, fraction = run["setting"].split("/")
+        labels.update(seed=int(seed.removeprefix("seed")), fraction=float(fraction.removeprefix("frac")))
+    return labels

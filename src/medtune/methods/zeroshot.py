@@ -1,0 +1,29 @@
+"""Zero-shot CLIP: logits = exp(logit_scale) * f @ t.T with class-prompt features t."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, class_text: torch.Tensor, logit_scale: float) -> None:
+        super().__init__()
+        self.register_buffer("class_text", class_text)
+        self.logit_scale = float(logit_scale)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.logit_scale * F.normalize(features, dim=-1) @ self.class_text.T
+
+
+def state(class_text, logit_scale: float, method: str = "zeroshot") -> dict:
+    return {"method": method, "class_text": torch.as_tensor(class_text).float(), "logit_scale": float(logit_scale)}
+
+
+def fit(data, params, seed):
+    return state(data.class_text, data.logit_scale), {}
+
+
+def build_head(s: dict) -> nn.Module:
+    return TextClassifier(s["class_text"], s["logit_scale"])

@@ -1,0 +1,37 @@
+"""Stratified, nested, seeded training subsets.
+
+For each class a seeded permutation of its training samples is drawn once; the
+subset at fraction f takes the first ``max(1, round(f% * n_class))`` of each
+permutation. Prefixes of one permutation nest by construction (the 0.1 % subset
+lies inside the 1 % subset of the same seed) and every class keeps a sample.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+
+def class_permutations(labels: pd.Series, seed: int) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        int(label): rng.permutation(group.index.to_numpy())
+        for label, group in labels.groupby(labels, sort=True)
+    }
+
+
+def per_class_count(n_class: int, fraction: float) -> int:
+    if not 0 < fraction <= 100:
+        raise ValueError(f"fraction {fraction} outside (0, 100]")
+    return max(1, min(n_class, int(round(n_class * fraction / 100))))
+
+
+def stratified_subsets(train: pd.DataFrame, fractions: list[float], seed: int) -> dict[float, pd.DataFrame]:
+    """``{fraction: rows of train}`` for every fraction, sorted by sample index."""
+    labels = train.set_index("index")["label"]
+    perms = class_permutations(labels, seed)
+    out = {}
+    for fraction in fractions:
+        picked = np.concatenate([perm[: per_class_count(len(perm), fraction)] for perm in perms.values()])
+        out[fraction] = pd.DataFrame({"index": np.sort(picked)}).merge(train[["index", "label"]], on="index")
+    return out

@@ -1,0 +1,188 @@
+"""Tables shaped like each seed's, pivoted from tidy metric rows.
+
+Cells are mean ± half-width of the 95 % t-interval over seeds (no interval with
+one seed). Every table is written as CSV (numbers) and Markdown (formatted cells).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medtune.io import read_json, write_csv, write_text
+
+PERCENT_METRICS = {"accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
+CLIPATH_METRICS = ["accuracy", "recall", "precision", "f1", "auc"]
+METHOD_ORDER = ["zeroshot", "linear_probe", "rfc", "coop", "finetune_caption", "finetune_label"]
+
+
+def collect_metrics(paths: Iterable[str]) -> pd.DataFrame:
+    frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def collect_costs(paths: Iterable[str]) -> pd.DataFrame:
+    rows = []
+    for path in paths:
+        parts = Path(path).parts
+        dataset, method, backbone, seed, fraction = parts[-6:-1]
+        record = read_json(path)
+        rows.append(
+            {
+                "dataset": dataset,
+                "method": method,
+                "backbone": backbone,
+                "seed": int(seed.removeprefix("seed")),
+                "fraction": float(fraction.removeprefix("frac")),
+                **{k: record[k] for k in ("wall_seconds", "device", "peak_memory_mb", "trainable_parameters", "images_seen", "n_train")},
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def mean_ci(values: pd.Series) -> tuple[float, float, int]:
+    v = values.dropna().to_numpy(dtype=float)
+    if len(v) == 0:
+        return float("nan"), float("nan"), 0
+    if len(v) == 1:
+        return float(v[0]), float("nan"), 1
+    half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
+    return float(v.mean()), float(half), len(v)
+
+
+def summarise(frame: pd.DataFrame, keys: list[str], value: str = "value") -> pd.DataFrame:
+    rows = []
+    for key, group in frame.groupby(keys, dropna=False, sort=False):
+        mean, ci, n = mean_ci(group[value])
+        rows.append((*(key if isinstance(key, tuple) else (key,)), mean, ci, n))
+    return pd.DataFrame(rows, columns=[*keys, "mean", "ci95", "n"])
+
+
+def format_cell(mean: float, ci: float, metric: str) -> str:
+    if np.isnan(mean):
+        return "–"
+    scale, digits = (100, 1) if metric in PERCENT_METRICS else (1, 3)
+    text = f"{mean * scale:.{digits}f}"
+    return text if np.isnan(ci) else f"{text} ± {ci * scale:.{digits}f}"
+
+
+def format_seconds(seconds: float) -> str:
+    if np.isnan(seconds):
+        return "–"
+    minutes, secs = divmod(seconds, 60)
+    hours, minutes = divmod(int(minutes), 60)
+    if hours:
+        return f"{hours} h {minutes} min {secs:.0f} s"
+    return f"{minutes} min {secs:.1f} s" if minutes else f"{secs:.2f} s"
+
+
+def _usage(fraction: float) -> str:
+    return "zero-shot" if fraction == 0 else f"{fraction:g}%"
+
+
+def _method_order(frame: pd.DataFrame) -> pd.DataFrame:
+    order = {m: i for i, m in enumerate(METHOD_ORDER)}
+    return frame.assign(_o=frame["method"].map(order).fillna(99)).sort_values(["_o", "fraction"]).drop(columns="_o")
+
+
+def _select(metrics: pd.DataFrame, study: dict, conditions=("clean",), group="all") -> pd.DataFrame:
+    m = metrics[
+        metrics["dataset"].isin(study["datasets"])
+        & metrics["backbone"].isin(study["backbones"])
+        & metrics["method"].isin(study["methods"])
+        & metrics["condition"].isin(conditions)
+    ]
+    m = m.assign(fraction=m["fraction"].fillna(0.0))  # zero-shot: no training data
+    return m if group is None else m[m["group"] == group]
+
+
+def clipath_accuracy(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Rows: dataset, backbone, method, data usage; columns: accuracy, recall, precision, F1, AUC."""
+    m = _select(metrics, study)
+    m = m[m["metric"].isin(CLIPATH_METRICS)]
+    s = summarise(m, ["dataset", "backbone", "method", "fraction", "metric"])
+    numbers = s.pivot_table(index=["dataset", "backbone", "method", "fraction"], columns="metric", values=["mean", "ci95"])
+    numbers.columns = [f"{metric}_{stat}" for stat, metric in numbers.columns]
+    numbers = _method_order(numbers.reset_index())
+    pretty = numbers[["dataset", "backbone", "method"]].copy()
+    pretty["data usage"] = numbers["fraction"].map(_usage)
+    for metric in CLIPATH_METRICS:
+        if f"{metric}_mean" in numbers:
+            pretty[metric] = [format_cell(a, b, metric) for a, b in zip(numbers[f"{metric}_mean"], numbers[f"{metric}_ci95"])]
+    return numbers, pretty
+
+
+def clipath_cost(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """CLIPath's complexity table: accuracy beside training time, per method and fraction."""
+    acc = summarise(_select(metrics, study).query("metric == 'accuracy'"), ["dataset", "backbone", "method", "fraction"])
+    acc = acc.rename(columns={"mean": "accuracy_mean", "ci95": "accuracy_ci95", "n": "n_seeds"})
+    c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"])] if len(costs) else costs
+    if len(c):
+        keys = ["dataset", "backbone", "method", "fraction"]
+        time = summarise(c, keys, "wall_seconds").rename(columns={"mean": "train_seconds_mean", "ci95": "train_seconds_ci95"}).drop(columns="n")
+        extra = c.groupby(keys, as_index=False)[["trainable_parameters", "images_seen", "peak_memory_mb", "n_train"]].mean()
+        acc = acc.merge(time, on=keys, how="left").merge(extra, on=keys, how="left")
+    numbers = _method_order(acc)
+    pretty = numbers[["dataset", "backbone", "method"]].copy()
+    pretty["data usage"] = numbers["fraction"].map(_usage)
+    pretty["accuracy"] = [format_cell(a, b, "accuracy") for a, b in zip(numbers["accuracy_mean"], numbers["accuracy_ci95"])]
+    if "train_seconds_mean" in numbers:
+        pretty["training time"] = numbers["train_seconds_mean"].map(format_seconds)
+        pretty["trainable parameters"] = numbers["trainable_parameters"].map(lambda v: "–" if pd.isna(v) else f"{int(v):,}")
+    return numbers, pretty
+
+
+def pubmedvision_topk(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Top-1 / top-3 overall ('all') and per group, one column pair per model."""
+    m = _select(metrics, study, group=None)
+    m = m[m["metric"].isin(["top1", "top3"])]
+    s = summarise(m, ["dataset", "backbone", "method", "group", "metric"])
+    numbers = s.pivot_table(index=["dataset", "group"], columns=["backbone", "method", "metric"], values="mean")
+    numbers.columns = [f"{b}/{meth}/{metric}" for b, meth, metric in numbers.columns]
+    numbers = numbers.reset_index()
+    numbers = pd.concat([numbers[numbers["group"] == "all"], numbers[numbers["group"] != "all"]], ignore_index=True)
+    pretty = numbers.copy()
+    for col in numbers.columns[2:]:
+        pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "top1"))
+    return numbers, pretty
+
+
+def pathclip_zeroshot(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed 002 Table 1: zero-shot accuracy and F1 per condition, per dataset and backbone."""
+    m = _select(metrics, {**study, "methods": ["zeroshot"]}, conditions=study["conditions"])
+    m = m[m["metric"].isin(["accuracy", "f1"])]
+    s = summarise(m, ["condition", "dataset", "backbone", "metric"])
+    numbers = s.pivot_table(index="condition", columns=["dataset", "backbone", "metric"], values="mean")
+    numbers = numbers.reindex([c for c in study["conditions"] if c in numbers.index])
+    numbers.columns = [f"{d}/{b}/{metric}" for d, b, metric in numbers.columns]
+    numbers = numbers.reset_index()
+    pretty = numbers.copy()
+    for col in numbers.columns[1:]:
+        pretty[col] = numbers[col].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
+    return numbers, pretty
+
+
+def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str) -> None:
+    write_csv(numbers, Path(folder) / f"{name}.csv")
+    body = pretty.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
+    write_text(f"### {title}\n\n{body}\n", Path(folder) / f"{name}.md")
+
+
+def write_study_tables(metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder) -> list[str]:
+    written = []
+    if "clipath" in studies:
+        write_table(*clipath_accuracy(metrics, studies["clipath"]), folder, "clipath_accuracy", "CLIPath: test metrics by share of training data")
+        write_table(*clipath_cost(metrics, costs, studies["clipath"]), folder, "clipath_cost", "CLIPath: accuracy and training cost")
+        written += ["clipath_accuracy", "clipath_cost"]
+    if "pubmedvision" in studies:
+        write_table(*pubmedvision_topk(metrics, studies["pubmedvision"]), folder, "pubmedvision_topk", "PubMedVision-style top-1 / top-3 accuracy per group")
+        written.append("pubmedvision_topk")
+    if "pathclip" in studies:
+        write_table(*pathclip_zeroshot(metrics, studies["pathclip"]), folder, "pathclip_zeroshot", "PathCLIP Table 1: zero-shot accuracy and F1 per condition")
+        written.append("pathclip_zeroshot")
+    return written
+

@@ -1,0 +1,69 @@
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The smallest config that still exercises every stage of the DAG.
+SMALL_CONFIG = {
+    "seeds": [1, 2],
+    "progress": False,
+    "device": "cpu",
+    "datasets": {
+        "synth": {
+            "source": "synthetic",
+            "image_size": 32,
+            "sizes": {"pretrain": 200, "train": 200, "val": 50, "test": 60},
+        }
+    },
+    "backbones": {"tiny": {"arch": "medtune-tiny", "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}}},
+    "methods": {"rfc": {"alphas": [0.0, 0.5], "epochs": 3}, "linear_probe": {"C": [1.0]}},
+    "studies": {
+        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc"], "fractions": [5, 50]},
+        "pubmedvision": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot"]},
+        "pathclip": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot"]},
+    },
+}
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
+    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Job stats table of a snakemake (dry) run: {rule: count}."""
+    block = output.split("Job stats:", 1)
+    if len(block) < 2:
+        return {}
+    counts = {}
+    for line in block[1].splitlines()[3:]:
+        match = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if not match:
+            break
+        counts[match.group(1)] = int(match.group(2))
+    return counts
+
+
+def write_config(workdir: Path, config: dict) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """The small workflow, run once for the whole session."""
+    workdir = tmp_path_factory.mktemp("small")
+    write_config(workdir, SMALL_CONFIG)
+    snakemake(workdir)
+    return workdir

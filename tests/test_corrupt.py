@@ -1,0 +1,182 @@
+"""Corruptions keep the tensor contract and get stronger with severity."""
+
+import re
+
+import pytest
+import torch
+
+from medtune import corrupt
+from medtune.corrupt import CONDITIONS, SEVERITY_LABEL, apply, parse_condition
+
+
+def _images(batch=3, size=48, dtype=torch.float32, low=0.0, high=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # Smooth structure plus noise, so both colour and detail statistics have something to act on.
+    base = torch.rand(batch, 3, max(1, size // 8), max(1, size // 8), generator=g)
+    smooth = torch.nn.functional.interpolate(base, size=(size, size), mode="bilinear", align_corners=False)
+    x = low + (high - low) * (0.7 * smooth + 0.3 * torch.rand(batch, 3, size, size, generator=g))
+    if dtype == torch.uint8:
+        return (x * 255).round().to(torch.uint8)
+    return x.to(dtype)
+
+
+def _laplacian_energy(x):
+    x = x.double().mean(dim=1)
+    lap = 4 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1] - x[:, 1:-1, :-2] - x[:, 1:-1, 2:]
+    return float(lap.abs().mean())
+
+
+def _levels(corruption):
+    return [c for c in CONDITIONS if c.startswith(corruption + "-")]
+
+
+def test_condition_table():
+    assert len(CONDITIONS) == 29 == len(set(CONDITIONS))
+    assert CONDITIONS[0] == "clean"
+    assert CONDITIONS[1:5] == ["brightness--2", "brightness--1", "brightness-1", "brightness-2"]
+    order = list(dict.fromkeys(parse_condition(c)[0] for c in CONDITIONS[1:]))
+    assert order == ["brightness", "contrast", "blur", "resolution", "saturation", "hue", "markup"]
+    assert [SEVERITY_LABEL[c] for c in _levels("hue")] == [-2, -1, 1, 2]
+    assert [SEVERITY_LABEL[c] for c in _levels("markup")] == [1, 2, 3, 4]
+    assert SEVERITY_LABEL["clean"] == 0
+    for level, factor in corrupt.COLOUR_FACTORS.items():
+        assert corrupt.HUE_SHIFTS[level] == pytest.approx((factor - 1) / 4)
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [("clean", ("clean", 0)), ("brightness--2", ("brightness", -2)), ("brightness-1", ("brightness", 1)),
+     ("blur-3", ("blur", 3)), ("markup-4", ("markup", 4)), ("hue--1", ("hue", -1))],
+)
+def test_parse_condition(name, expected):
+    assert parse_condition(name) == expected
+
+
+@pytest.mark.parametrize(
+    "bad", ["blur-0", "blur-5", "blur--1", "brightness-3", "brightness-0", "fog-1", "blur", "blur-+1",
+            "blur-01", "Clean", "", "blur-x", "markup-1.0"],
+)
+def test_parse_condition_rejects(bad):
+    with pytest.raises(ValueError, match=re.escape(repr(bad))) as err:
+        parse_condition(bad)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_no_op_is_exact_identity(dtype):
+    x = _images(dtype=dtype)
+    assert apply(x, "clean") is x
+    for fn in (corrupt.brightness, corrupt.contrast, corrupt.saturation, corrupt.hue):
+        assert torch.equal(fn(x, 1.0), x)
+    assert torch.equal(corrupt.blur(x, 0), x)
+    assert torch.equal(corrupt.resolution(x, 1.0), x)
+    assert torch.equal(corrupt.markup(x, 0), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32, torch.float64])
+def test_contract_every_condition(dtype):
+    x = _images(batch=2, size=33, dtype=dtype)  # odd size: blur kernels get capped
+    for condition in CONDITIONS:
+        y = apply(x, condition)
+        assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device, condition
+        if dtype.is_floating_point:
+            assert 0 <= float(y.min()) and float(y.max()) <= 1, condition
+        if condition != "clean":
+            assert not torch.equal(y, x), condition
+
+
+def test_tiny_images_survive():
+    x = _images(batch=1, size=4)
+    for condition in CONDITIONS:
+        assert apply(x, condition).shape == x.shape
+
+
+def test_bad_input_rejected():
+    with pytest.raises(ValueError, match="B x 3 x H x W"):
+        apply(torch.rand(3, 8, 8), "blur-1")
+    with pytest.raises(ValueError, match="int64"):
+        apply(torch.zeros(1, 3, 8, 8, dtype=torch.int64), "blur-1")
+    with pytest.raises(ValueError, match="2 integers"):
+        apply(_images(batch=2), "markup-1", keys=[1, 2, 3])
+    with pytest.raises(ValueError, match="non-negative"):
+        apply(_images(batch=2), "markup-1", keys=[1, -2])
+
+
+def test_brightness_scales_mean():
+    # Values kept below 1/1.6 so no level clips and the mean scales exactly by the factor.
+    x = _images(low=0.05, high=0.6)
+    for condition in _levels("brightness"):
+        factor = corrupt.COLOUR_FACTORS[SEVERITY_LABEL[condition]]
+        assert float(apply(x, condition).mean()) == pytest.approx(factor * float(x.mean()), rel=1e-5)
+
+
+def test_contrast_orders_std():
+    x = _images(low=0.3, high=0.7)
+    stds = [float(apply(x, c).std()) for c in ["contrast--2", "contrast--1", "clean", "contrast-1", "contrast-2"]]
+    assert stds == sorted(stds) and len(set(stds)) == 5
+
+
+def test_saturation_orders_channel_spread():
+    x = _images(low=0.3, high=0.7)
+
+    def spread(y):
+        return float((y.amax(dim=1) - y.amin(dim=1)).mean())
+
+    spreads = [spread(apply(x, c)) for c in ["saturation--2", "saturation--1", "clean", "saturation-1", "saturation-2"]]
+    assert spreads == sorted(spreads) and len(set(spreads)) == 5
+
+
+def test_hue_grows_with_level_and_spares_grey():
+    x = _images()
+    change = {c: float((apply(x, c) - x).abs().mean()) for c in _levels("hue")}
+    assert change["hue--2"] > change["hue--1"] > 0 and change["hue-2"] > change["hue-1"] > 0
+    # Opposite shifts undo each other, up to float error.
+    torch.testing.assert_close(corrupt.hue(corrupt.hue(x, 1.2), 0.8), x, atol=1e-4, rtol=0)
+    grey = x.mean(dim=1, keepdim=True).expand_as(x).contiguous()
+    torch.testing.assert_close(apply(grey, "hue-2"), grey, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("corruption", ["blur", "resolution"])
+def test_detail_loss_monotone(corruption):
+    x = _images(size=64)
+    energy = [_laplacian_energy(x)] + [_laplacian_energy(apply(x, c)) for c in _levels(corruption)]
+    assert all(a > b for a, b in zip(energy, energy[1:])), energy
+
+
+def test_markup_grows_and_nests():
+    x = _images(batch=6, size=64)
+    masks = [(apply(x, c) != x).any(dim=1) for c in _levels("markup")]
+    counts = [int(m.sum()) for m in masks]
+    assert 0 < counts[0] < counts[-1] and counts == sorted(counts), counts
+    for fewer, more in zip(masks, masks[1:]):
+        assert not (fewer & ~more).any()  # markup-n strokes are the first n of markup-(n+1)
+    # Pen strokes are thin: even four cover a minority of the image.
+    assert counts[-1] < 0.5 * masks[-1].numel()
+
+
+def test_markup_keyed_determinism():
+    x = _images(batch=1, size=48).expand(3, -1, -1, -1).contiguous()
+    y = apply(x, "markup-3", keys=[5, 5, 6])
+    assert torch.equal(y[0], y[1])
+    assert not torch.equal(y[0], y[2])
+    assert torch.equal(apply(x, "markup-3", keys=torch.tensor([5, 5, 6])), y)
+    assert torch.equal(apply(x, "markup-3"), apply(x, "markup-3", keys=[0, 1, 2]))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_batch_equals_single_images(dtype):
+    x = _images(batch=3, size=40, dtype=dtype)
+    keys = [17, 3, 250]
+    for condition in CONDITIONS:
+        batched = apply(x, condition, keys=keys)
+        single = torch.cat([apply(x[i : i + 1], condition, keys=[keys[i]]) for i in range(len(x))])
+        assert torch.equal(batched, single), condition
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_runs_on_the_images_device():
+    x = _images(batch=2, size=40)
+    for condition in CONDITIONS:
+        y = apply(x.cuda(), condition)
+        assert y.is_cuda
+        torch.testing.assert_close(y.cpu(), apply(x, condition), atol=2e-3, rtol=0)

@@ -1,0 +1,106 @@
+# Paths, wildcard constraints and input functions shared by the rule files.
+
+import re
+
+RESULTS = config["results"]
+RUNS = plan.runs(config)
+DATASETS = config["datasets"]
+BACKBONES = config["backbones"]
+
+
+wildcard_constraints:
+    dataset=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    backbone=r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+    split=r"pretrain|train|val|test",
+    seed=r"\d+",
+    fraction=r"\d+(\.\d+)?",
+    method=r"zeroshot|linear_probe|rfc",
+    trained=r"linear_probe|rfc",
+    setting=r"pretrained",
+
+
+def dataset_files(dataset):
+    return {
+        "images": f"{RESULTS}/data/{dataset}/images.npy",
+        "samples": f"{RESULTS}/data/{dataset}/samples.csv",
+    }
+
+
+def backbone_weights(backbone):
+    """The checkpoint the pipeline's own pretraining makes, or nothing for external weights."""
+    if BACKBONES[backbone].get("pretrain"):
+        return f"{RESULTS}/backbones/{backbone}/weights.pt"
+    return []
+
+
+def pretrain_inputs(wildcards):
+    spec = BACKBONES[wildcards.backbone].get("pretrain")
+    if not spec:
+        raise ValueError(f"backbone {wildcards.backbone!r} has no 'pretrain' section")
+    return dataset_files(spec["dataset"])
+
+
+def features_dir(backbone, dataset, split):
+    return f"{RESULTS}/features/{backbone}/{dataset}/{split}"
+
+
+def encode_inputs(wildcards):
+    return {**dataset_files(wildcards.dataset), "weights": backbone_weights(wildcards.backbone)}
+
+
+def split_conditions(wildcards):
+    if wildcards.split == "test":
+        return plan.conditions_for(config, wildcards.dataset, wildcards.backbone)
+    return ["clean"]
+
+
+def run_dir(run):
+    return f"{RESULTS}/runs/{run.path}"
+
+
+def trained_inputs(wildcards):
+    feats = lambda split: features_dir(wildcards.backbone, wildcards.dataset, split)
+    return {
+        "train": feats("train"),
+        "val": feats("val"),
+        "text": f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/text.npz",
+        "subset": f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{wildcards.fraction}.csv",
+        "samples": dataset_files(wildcards.dataset)["samples"],
+        "test": feats("test"),
+    }
+
+
+def evaluate_inputs(wildcards):
+    return {
+        "head": f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.method}/{wildcards.backbone}/{wildcards.setting}/head.pt",
+        "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
+        "samples": dataset_files(wildcards.dataset)["samples"],
+    }
+
+
+def all_metrics():
+    return [f"{run_dir(r)}/metrics.csv" for r in RUNS]
+
+
+def all_train_records():
+    return [f"{run_dir(r)}/train.json" for r in RUNS if r.seed is not None]
+
+
+TABLES = plan.tables(config)
+
+
+def all_outputs():
+    tables = [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")]
+    return tables + [f"{RESULTS}/figures/{name}.png" for name in plan.figures(config)]
+
+
+def gpu_request(wildcards):
+    """One GPU for heavy jobs when the configured device is CUDA; none on a CPU-only setup."""
+    device = config["device"]
+    if device == "cpu":
+        return 0
+    if device == "auto":
+        import shutil
+
+        return 1 if shutil.which("nvidia-smi") else 0
+    return 1

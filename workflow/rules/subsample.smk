@@ -1,0 +1,16 @@
+# Stratified, nested, seeded training subsets (nested because every fraction takes
+# a prefix of the same per-class permutation of its seed).
+
+
+rule subsample:
+    input:
+        samples=f"{RESULTS}/data/{{dataset}}/samples.csv",
+    output:
+        f"{RESULTS}/subsets/{{dataset}}/seed{{seed}}/frac{{fraction}}.csv",
+    log:
+        f"{RESULTS}/logs/subsample/{{dataset}}/seed{{seed}}/frac{{fraction}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    script:
+        "../scripts/subsample.py"

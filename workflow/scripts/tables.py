@@ -1,0 +1,14 @@
+from medtune import jobs
+
+
+def main(smk):
+    import pandas as pd
+
+    from medtune.tables import write_study_tables
+
+    write_study_tables(
+        pd.read_csv(smk.input.metrics), pd.read_csv(smk.input.costs), smk.params.studies, smk.params.folder
+    )
+
+
+jobs.run(main, snakemake)  # noqa: F821
