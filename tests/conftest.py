@@ -21,12 +21,31 @@ SMALL_CONFIG = {
             "sizes": {"pretrain": 200, "train": 200, "val": 50, "test": 60},
         }
     },
-    "backbones": {"tiny": {"arch": "medtune-tiny", "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}}},
-    "methods": {"rfc": {"alphas": [0.0, 0.5], "epochs": 3}, "linear_probe": {"C": [1.0]}},
+    "backbones": {
+        "tiny": {"arch": "medtune-tiny", "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}},
+        "tiny-untrained": {"arch": "medtune-tiny"},
+    },
+    "methods": {
+        "rfc": {"alphas": [0.0, 0.5], "epochs": 3},
+        "linear_probe": {"C": [1.0]},
+        "coop": {"n_ctx": 2, "epochs": 2, "lr": 0.05},
+        "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
+    },
     "studies": {
-        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc"], "fractions": [5, 50]},
-        "pubmedvision": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot"]},
-        "pathclip": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot"]},
+        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc", "coop"], "fractions": [5, 50]},
+        "pubmedvision": {
+            "datasets": ["synth"],
+            "backbones": ["tiny"],
+            "methods": ["zeroshot", "finetune_caption", "finetune_label"],
+            "fractions": [50],
+            "seeds": [1],
+        },
+        "pathclip": {
+            "datasets": ["synth"],
+            "backbones": ["tiny", "tiny-untrained"],
+            "methods": ["zeroshot"],
+            "conditions": ["clean", "blur-2", "hue--2", "markup-1"],
+        },
     },
 }
 

@@ -69,3 +69,15 @@ def test_runs_cover_every_study_once():
     zeroshot = {r.backbone for r in runs if r.method == "zeroshot"}
     assert zeroshot == {"tiny-path", "tiny-generic", "tiny-untrained"}
     assert plan.fractions_for(config, "synthetic") == ["0.1", "0.5", "1", "5", "10", "50"]
+
+
+def test_all_conditions_expand_to_the_29_of_the_benchmark():
+    config = plan.validate(DEFAULT)
+    conditions = config["studies"]["pathclip"]["conditions"]
+    assert len(conditions) == 29 and conditions[0] == "clean"
+    assert plan.conditions_for(config, "synthetic", "tiny-untrained") == conditions
+
+
+def test_unknown_condition_named():
+    message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["clean", "blur-9"]))
+    assert "studies.pathclip.conditions" in message and "blur-9" in message

@@ -12,7 +12,8 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"]))
-    assert rows == {("zeroshot", 0.0), ("linear_probe", 5.0), ("linear_probe", 50.0), ("rfc", 5.0), ("rfc", 50.0)}
+    trained = {(m, f) for m in ("linear_probe", "rfc", "coop") for f in (5.0, 50.0)}
+    assert rows == {("zeroshot", 0.0)} | trained
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
     # two seeds -> a confidence interval for every trained row
@@ -24,13 +25,23 @@ def test_tables_have_the_seed_shapes(small_run):
 
     topk = pd.read_csv(tables / "pubmedvision_topk.csv")
     assert topk["group"].iloc[0] == "all" and len(topk) == 1 + 3  # overall + three organ groups
-    assert {"tiny/zeroshot/top1", "tiny/zeroshot/top3"} <= set(topk.columns)
+    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5"):
+        assert {f"tiny/{model}/top1", f"tiny/{model}/top3"} <= set(topk.columns)
 
     zs = pd.read_csv(tables / "pathclip_zeroshot.csv")
-    assert zs["condition"].tolist() == ["clean"]
-    assert "synth/tiny/accuracy" in zs.columns
+    assert zs["condition"].tolist() == ["clean", "blur-2", "hue--2", "markup-1"]
+    assert zs["corruption"].tolist() == ["Origin", "Blur", "Hue", "Markup"]
+    assert zs["severity"].tolist() == [0, 2, -2, 1]
+    assert {"synth/tiny/accuracy", "synth/tiny/f1", "synth/tiny-untrained/accuracy"} <= set(zs.columns)
+    retrieval = pd.read_csv(tables / "pathclip_retrieval.csv")
+    assert {"synth/tiny/ha@5", "synth/tiny/ha@10"} <= set(retrieval.columns)
+    assert retrieval["synth/tiny/ha@5"].between(0, 1).all()
+    # a contrastively pretrained backbone retrieves better than an untrained one on clean images
+    clean = retrieval.set_index("condition").loc["clean"]
+    assert clean["synth/tiny/ha@5"] > clean["synth/tiny-untrained/ha@5"]
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
-    assert (small_run / "results" / "figures" / "clipath_accuracy.png").stat().st_size > 10_000
+    for figure in ("clipath_accuracy", "pathclip_robustness", "corruption_gallery"):
+        assert (small_run / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
 
 
 def test_metrics_are_tidy(small_run):
@@ -55,7 +66,7 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
     finally:
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc: 2 seeds x 2 fractions; linear probe untouched
-    assert set(counts) == {"collect_metrics", "tables", "figures", "all", "total"}
+    assert set(counts) == {"collect_metrics", "tables", "figure_clipath_accuracy", "figure_pathclip_robustness", "all", "total"}
 
 
 def test_bad_config_stops_with_one_line(tmp_path):

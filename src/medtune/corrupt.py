@@ -36,32 +36,18 @@ import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-CORRUPTIONS = ("brightness", "contrast", "blur", "resolution", "saturation", "hue", "markup")
-
-COLOUR_FACTORS = {-2: 0.4, -1: 0.8, 1: 1.2, 2: 1.6}
-# Hue shift in turns = (factor - 1) / 4; written out so the table reads as the README does.
-HUE_SHIFTS = {-2: -0.15, -1: -0.05, 1: 0.05, 2: 0.15}
-BLUR_SIGMAS = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
-# Fraction of each side kept before scaling back up.
-RESOLUTION_SCALES = {1: 0.8, 2: 0.6, 3: 0.4, 4: 0.2}
-MARKUP_STROKES = {1: 1, 2: 2, 3: 3, 4: 4}
-
-# The parameter each (corruption, level) passes to its function below.
-PARAMETERS: dict[str, dict[int, float]] = {
-    "brightness": COLOUR_FACTORS,
-    "contrast": COLOUR_FACTORS,
-    "blur": BLUR_SIGMAS,
-    "resolution": RESOLUTION_SCALES,
-    "saturation": COLOUR_FACTORS,
-    "hue": COLOUR_FACTORS,
-    "markup": MARKUP_STROKES,
-}
-
-CONDITIONS: list[str] = ["clean"] + [f"{c}-{level}" for c in CORRUPTIONS for level in PARAMETERS[c]]
-# Level as the seed's tables print it: -2, -1, 1, 2 for colour, 1..4 otherwise, 0 for clean.
-SEVERITY_LABEL: dict[str, int] = {"clean": 0} | {
-    f"{c}-{level}": level for c in CORRUPTIONS for level in PARAMETERS[c]
-}
+from medtune.conditions import (  # noqa: F401  (re-exported: the corruption's parameters)
+    BLUR_SIGMAS,
+    COLOUR_FACTORS,
+    CONDITIONS,
+    CORRUPTIONS,
+    HUE_SHIFTS,
+    MARKUP_STROKES,
+    PARAMETERS,
+    RESOLUTION_SCALES,
+    SEVERITY_LABEL,
+    parse_condition,
+)
 
 # Ink colours in RGB [0, 1]: the marker pens pathologists circle regions with.
 INKS = ((0.10, 0.55, 0.25), (0.10, 0.20, 0.70), (0.08, 0.08, 0.10))
@@ -70,24 +56,6 @@ STROKE_WIDTH = 0.02  # of the shorter image side
 MAX_STROKES = max(MARKUP_STROKES.values())
 _BEZIER_SEGMENTS = 16  # chords per stroke; finer is invisible at 2 % width
 _MARKUP_SALT = 20240517  # keeps markup streams apart from any other use of the same keys
-
-
-def parse_condition(name: str) -> tuple[str, int]:
-    """``"brightness--2"`` -> ``("brightness", -2)``; ``"clean"`` -> ``("clean", 0)``."""
-    if name == "clean":
-        return "clean", 0
-    corruption, _, level_text = str(name).partition("-")
-    if corruption not in PARAMETERS:
-        known = ", ".join(CORRUPTIONS)
-        raise ValueError(f"unknown corruption in condition {name!r}; expected one of {known} or 'clean'")
-    try:
-        level = int(level_text)
-    except ValueError:
-        level = None
-    # Comparing with the canonical spelling rejects "blur-+1", "blur-01", "blur- 1".
-    if level not in PARAMETERS[corruption] or f"{corruption}-{level}" != name:
-        raise ValueError(f"bad severity in condition {name!r}; {corruption} takes {sorted(PARAMETERS[corruption])}")
-    return corruption, level
 
 
 def apply(images: torch.Tensor, condition: str, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:

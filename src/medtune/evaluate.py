@@ -3,24 +3,30 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from medtune.methods import load_head, predict
+from medtune.methods import embed, load_head, predict
 from medtune.metrics import classification_metrics, per_group_top_k
+from medtune.retrieval import retrieval_metrics
 
+RETRIEVAL_KS = (5, 10)
 METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
 
 
 def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
-    """Rows ``group, metric, value``; group ``all`` holds the overall metrics."""
+    """Rows ``group, metric, value``; group ``all`` holds the overall metrics.
+
+    Heads with an ``embed`` method (zero-shot: the backbone's own feature; RFC: the
+    adapted feature) are also scored on image-image retrieval (HA@K, P@K).
+    """
     logits = predict(head, features)
-    overall = pd.DataFrame(
-        [("all", name, value) for name, value in classification_metrics(labels, logits).items()],
-        columns=["group", "metric", "value"],
-    )
+    overall = classification_metrics(labels, logits)
+    if hasattr(head, "embed"):
+        overall |= retrieval_metrics(embed(head, features), labels, ks=[k for k in RETRIEVAL_KS if k < len(labels)])
+    overall = pd.DataFrame([("all", name, value) for name, value in overall.items()], columns=["group", "metric", "value"])
     return pd.concat([overall, per_group_top_k(labels, logits, groups)], ignore_index=True)
 
 
@@ -31,15 +37,19 @@ def evaluate_run(
     conditions: Iterable[str],
     run: dict,
 ) -> pd.DataFrame:
-    head = load_head(head_path)
+    """Metrics of a saved head on the cached test features of every condition."""
+    features = {c: np.load(Path(features_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
+    return evaluate_features(load_head(head_path), features, test_samples, run)
+
+
+def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd.DataFrame, run: dict) -> pd.DataFrame:
     labels = test_samples["label"].to_numpy()
     groups = test_samples["group"].astype(str).to_numpy()
     frames = []
-    for condition in conditions:
-        features = np.load(Path(features_dir) / f"{condition}.npy", mmap_mode="r")
-        if len(features) != len(labels):
-            raise ValueError(f"{features_dir}/{condition}.npy has {len(features)} rows, the test split {len(labels)}")
-        rows = evaluate_head(head, features, labels, groups)
+    for condition, array in features.items():
+        if len(array) != len(labels):
+            raise ValueError(f"features of condition {condition!r} have {len(array)} rows, the test split {len(labels)}")
+        rows = evaluate_head(head, array, labels, groups)
         rows.insert(0, "condition", condition)
         frames.append(rows)
     out = pd.concat(frames, ignore_index=True)

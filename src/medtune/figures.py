@@ -54,3 +54,61 @@ def accuracy_vs_fraction(metrics: pd.DataFrame, study: dict, path) -> None:
         ax.grid(alpha=0.3)
     axes[0][-1].legend(loc="lower right", fontsize=8)
     save(fig, path)
+
+
+def robustness_by_severity(metrics: pd.DataFrame, study: dict, path, metric_names=("accuracy", "ha@5")) -> None:
+    """Seed 002 Fig. 4/5: metric vs severity, one panel per corruption, a line per backbone (zero-shot)."""
+    from medtune.conditions import CORRUPTIONS, SEVERITY_LABEL, parse_condition
+
+    m = metrics[
+        (metrics["method"] == "zeroshot")
+        & (metrics["group"] == "all")
+        & metrics["dataset"].isin(study["datasets"])
+        & metrics["backbone"].isin(study["backbones"])
+        & metrics["condition"].isin(study["conditions"])
+    ]
+    corruptions = [c for c in CORRUPTIONS if any(parse_condition(x)[0] == c for x in study["conditions"])] or ["clean"]
+    rows = [(d, name) for d in study["datasets"] for name in metric_names]
+    fig, axes = plt.subplots(len(rows), len(corruptions), figsize=(2.6 * len(corruptions), 2.4 * len(rows)), squeeze=False)
+    for r, (dataset, metric) in enumerate(rows):
+        d = m[(m["dataset"] == dataset) & (m["metric"] == metric)]
+        clean = d[d["condition"] == "clean"]
+        for c, corruption in enumerate(corruptions):
+            ax = axes[r][c]
+            for colour, backbone in zip(PALETTE, study["backbones"]):
+                b = d[(d["backbone"] == backbone) & d["condition"].map(lambda x: parse_condition(x)[0] == corruption)]
+                b = pd.concat([b, clean[clean["backbone"] == backbone]])
+                if b.empty:
+                    continue
+                s = b.assign(severity=b["condition"].map(SEVERITY_LABEL)).groupby("severity")["value"].mean()
+                ax.plot(s.index, 100 * s.values, marker="o", color=colour, label=backbone)
+            ax.set_title(f"{corruption} · {dataset}" if r == 0 or len(study["datasets"]) > 1 else corruption, fontsize=9)
+            ax.set_xlabel("severity level")
+            if c == 0:
+                ax.set_ylabel(f"{metric} (%)")
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    save(fig, path)
+
+
+def corruption_gallery(images: np.ndarray, index: int, conditions, path) -> None:
+    """Seed 002 Fig. 1: one image under every corruption (rows) and severity (columns)."""
+    import torch
+
+    from medtune.conditions import CORRUPTIONS, SEVERITY_LABEL, parse_condition
+    from medtune.corrupt import apply
+
+    x = torch.from_numpy(np.ascontiguousarray(images[index : index + 1])).permute(0, 3, 1, 2)
+    rows = [c for c in CORRUPTIONS if any(parse_condition(k)[0] == c for k in conditions)]
+    fig, axes = plt.subplots(len(rows), 5, figsize=(7.5, 1.6 * max(len(rows), 1)), squeeze=False)
+    for r, corruption in enumerate(rows):
+        names = ["clean"] + [k for k in conditions if parse_condition(k)[0] == corruption]
+        for c, ax in enumerate(axes[r]):
+            ax.axis("off")
+            if c < len(names):
+                ax.imshow(apply(x, names[c], keys=[index])[0].permute(1, 2, 0).numpy())
+                label = "Origin" if names[c] == "clean" else f"{corruption} {SEVERITY_LABEL[names[c]]:+d}"
+                ax.set_title(label, fontsize=8)
+    fig.tight_layout()
+    save(fig, path)

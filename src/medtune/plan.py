@@ -15,12 +15,37 @@ from typing import Any
 
 import yaml
 
+from medtune.conditions import CONDITIONS, parse_condition
+
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
-FROZEN_METHODS = ("linear_probe", "rfc")  # trained on cached features
-STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip": ["clean"]}
+FROZEN_METHODS = ("linear_probe", "rfc", "coop")  # trained on cached image features
+TUNED_METHODS = ("finetune_caption", "finetune_label")  # train the encoders themselves
+STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip": CONDITIONS}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "zeroshot": {},
     "linear_probe": {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "max_iter": 1000},
+    "coop": {
+        "n_ctx": 16,
+        "ctx_init": None,
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 50,
+        "batch_size": 32,
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+    },
+    "finetune": {
+        "epochs": 20,
+        "batch_size": 256,
+        "lr": 1e-6,
+        "weight_decay": 0.0,
+        "warmup_steps": 0,
+        "augment": False,
+        "amp": True,
+        "grad_accum": 1,
+        "wise_alphas": [0.5],
+    },
     "rfc": {
         "alphas": [0.2, 0.4, 0.6, 0.8, 1.0],
         "lr": 1e-4,
@@ -34,7 +59,7 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
 STUDY_TABLES = {
     "clipath": ["clipath_accuracy", "clipath_cost"],
     "pubmedvision": ["pubmedvision_topk"],
-    "pathclip": ["pathclip_zeroshot"],
+    "pathclip": ["pathclip_zeroshot", "pathclip_retrieval"],
 }
 DEFAULT_FRACTIONS = [0.1, 0.5, 1, 5, 10, 50]
 DEFAULT_TEMPLATES = ["a histopathology image of {c}."]
@@ -90,7 +115,9 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     for study_name, study in config["studies"].items():
         study.setdefault("fractions", DEFAULT_FRACTIONS)
         study.setdefault("seeds", config["seeds"])
-        study.setdefault("conditions", STUDY_CONDITIONS[study_name])
+        study.setdefault("conditions", list(STUDY_CONDITIONS[study_name]))
+        if study["conditions"] == ["all"]:
+            study["conditions"] = list(CONDITIONS)
     for dataset in config["datasets"].values():
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
@@ -117,12 +144,6 @@ def _check_references(config: dict[str, Any]) -> None:
 
 
 def _check_condition(condition: str, key: str) -> None:
-    if condition == "clean":
-        return
-    try:
-        from medtune.corrupt import parse_condition
-    except ImportError:  # corruptions not available: only clean is valid
-        raise ConfigError(f"config key {key}: unknown condition {condition!r}") from None
     try:
         parse_condition(condition)
     except ValueError as err:
@@ -160,7 +181,7 @@ def conditions_for(config: dict[str, Any], dataset: str, backbone: str) -> list[
 def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
     found: list[str] = []
     for study in config["studies"].values():
-        if dataset in study["datasets"] and set(study["methods"]) & set(FROZEN_METHODS):
+        if dataset in study["datasets"] and set(study["methods"]) - {"zeroshot"}:
             found += [format_fraction(f) for f in study["fractions"] if format_fraction(f) not in found]
     return sorted(found, key=float)
 
@@ -168,7 +189,7 @@ def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
 def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
     found: list[int] = []
     for study in config["studies"].values():
-        if dataset in study["datasets"] and set(study["methods"]) & set(FROZEN_METHODS):
+        if dataset in study["datasets"] and set(study["methods"]) - {"zeroshot"}:
             found += [s for s in study["seeds"] if s not in found]
     return found
 
@@ -178,4 +199,9 @@ def tables(config: dict[str, Any]) -> list[str]:
 
 
 def figures(config: dict[str, Any]) -> list[str]:
-    return ["clipath_accuracy"] if "clipath" in config["studies"] else []
+    found = []
+    if "clipath" in config["studies"]:
+        found.append("clipath_accuracy")
+    if "pathclip" in config["studies"]:
+        found += ["pathclip_robustness", "corruption_gallery"]
+    return found

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from medtune.conditions import SEVERITY_LABEL, parse_condition
 from medtune.io import read_json, write_csv, write_text
 
 PERCENT_METRICS = {"accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
@@ -93,7 +94,7 @@ def _select(metrics: pd.DataFrame, study: dict, conditions=("clean",), group="al
     m = metrics[
         metrics["dataset"].isin(study["datasets"])
         & metrics["backbone"].isin(study["backbones"])
-        & metrics["method"].isin(study["methods"])
+        & metrics["method"].str.split("+").str[0].isin(study["methods"])  # finetune_label+wise0.5 too
         & metrics["condition"].isin(conditions)
     ]
     m = m.assign(fraction=m["fraction"].fillna(0.0))  # zero-shot: no training data
@@ -151,18 +152,29 @@ def pubmedvision_topk(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame,
     return numbers, pretty
 
 
-def pathclip_zeroshot(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seed 002 Table 1: zero-shot accuracy and F1 per condition, per dataset and backbone."""
+def condition_columns(conditions: pd.Series) -> pd.DataFrame:
+    """The seed's row labels: corruption name ('Origin' for clean) and severity level."""
+    parsed = [parse_condition(c) for c in conditions]
+    return pd.DataFrame(
+        {
+            "corruption": ["Origin" if c == "clean" else c.capitalize() for c, _ in parsed],
+            "severity": [SEVERITY_LABEL[c] for c in conditions],
+        }
+    )
+
+
+def pathclip_table(metrics: pd.DataFrame, study: dict, metric_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed 002 Tables 1 and 2: one row per condition, a column per dataset x backbone x metric."""
     m = _select(metrics, {**study, "methods": ["zeroshot"]}, conditions=study["conditions"])
-    m = m[m["metric"].isin(["accuracy", "f1"])]
+    m = m[m["metric"].isin(metric_names)]
     s = summarise(m, ["condition", "dataset", "backbone", "metric"])
     numbers = s.pivot_table(index="condition", columns=["dataset", "backbone", "metric"], values="mean")
     numbers = numbers.reindex([c for c in study["conditions"] if c in numbers.index])
     numbers.columns = [f"{d}/{b}/{metric}" for d, b, metric in numbers.columns]
-    numbers = numbers.reset_index()
-    pretty = numbers.copy()
-    for col in numbers.columns[1:]:
-        pretty[col] = numbers[col].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
+    numbers = pd.concat([condition_columns(numbers.index), numbers.reset_index()], axis=1)
+    pretty = numbers.drop(columns="condition")
+    for col in pretty.columns[2:]:
+        pretty[col] = pretty[col].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
     return numbers, pretty
 
 
@@ -182,7 +194,9 @@ def write_study_tables(metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict
         write_table(*pubmedvision_topk(metrics, studies["pubmedvision"]), folder, "pubmedvision_topk", "PubMedVision-style top-1 / top-3 accuracy per group")
         written.append("pubmedvision_topk")
     if "pathclip" in studies:
-        write_table(*pathclip_zeroshot(metrics, studies["pathclip"]), folder, "pathclip_zeroshot", "PathCLIP Table 1: zero-shot accuracy and F1 per condition")
-        written.append("pathclip_zeroshot")
+        study = studies["pathclip"]
+        write_table(*pathclip_table(metrics, study, ["accuracy", "f1"]), folder, "pathclip_zeroshot", "PathCLIP Table 1: zero-shot accuracy and F1 per corruption and severity")
+        write_table(*pathclip_table(metrics, study, ["ha@5", "ha@10"]), folder, "pathclip_retrieval", "PathCLIP Table 2: image-image retrieval HA@5 / HA@10 per corruption and severity")
+        written += ["pathclip_zeroshot", "pathclip_retrieval"]
     return written
 

@@ -59,7 +59,15 @@ def train_frozen(
     conditions=("clean",),
     metrics_out=None,
     run=None,
+    backbone: dict | None = None,
+    prompts: dict | None = None,
+    device: str = "cpu",
 ) -> None:
+    """Fit a frozen-backbone method on cached features, save its head, evaluate it.
+
+    CoOp also needs the frozen text encoder (``backbone``: name, spec, weights)
+    to back-propagate into its context; the others need features alone.
+    """
     table = read_samples(samples)
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
@@ -73,17 +81,31 @@ def train_frozen(
         class_text=classifier,
         logit_scale=scale,
     )
+    dev = resolve_device(device if method == "coop" else "cpu")
     clock = Stopwatch()
-    state, info = fit(method, data, params, seed)
+    if method == "coop":
+        state, info = _fit_coop(data, params, seed, backbone, prompts, table, dev)
+    else:
+        state, info = fit(method, data, params, seed)
     seconds = clock.seconds
     trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
     save_torch(state, head_out)
     record = {"method": method, "seed": seed, "n_train": int(len(picked)), "chosen": info, "params": params}
-    record.update(cost_record(resolve_device("cpu"), seconds, trainable, len(picked) * params.get("epochs", 1)))
+    record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
     write_json(record, record_out)
     if metrics_out is not None:
         test_rows = table[table["split"] == "test"]
         write_csv(evaluate_run(head_out, test_dir, test_rows, conditions, run or {}), metrics_out)
+
+
+def _fit_coop(data: FitData, params, seed, backbone: dict, prompts: dict, table: pd.DataFrame, device):
+    from medtune.methods.coop import fit_coop
+    from medtune.models import load_backbone
+
+    model = load_backbone(backbone["name"], backbone["spec"], weights=backbone.get("weights"), device=str(device))
+    names = table[["label", "label_name"]].drop_duplicates().sort_values("label")["label_name"]
+    words = [(prompts or {}).get("classnames", {}).get(n, n) for n in names]
+    return fit_coop(model, words, data, params, seed)
 
 
 def _tensors(state: dict, prefix: str = ""):
@@ -94,3 +116,73 @@ def _tensors(state: dict, prefix: str = ""):
             yield prefix + key, value
         elif isinstance(value, dict):
             yield from _tensors(value, prefix + key + ".")
+
+
+def train_finetune(
+    method: str,
+    params: dict[str, Any],
+    seed: int,
+    backbone_name: str,
+    backbone_spec: dict,
+    backbone_weights,
+    dataset_dir,
+    subset,
+    prompts: dict,
+    conditions,
+    weights_out,
+    head_out,
+    record_out,
+    metrics_out,
+    run: dict,
+    state_dir=None,
+    device: str = "auto",
+    progress: bool = True,
+) -> None:
+    """Full fine-tuning of one run, then evaluation of the kept model and its WiSE-FT mixes.
+
+    Fine-tuning changes the image encoder, so unlike the frozen methods this job
+    re-encodes the test split (every condition) with its own encoder.
+    """
+    from medtune.data.store import load_dataset
+    from medtune.encode import class_prompts, encode_images, prompt_ensemble
+    from medtune.evaluate import evaluate_features
+    from medtune.methods.finetune import finetune, wise_ft
+    from medtune.models import load_backbone
+    from medtune.training import count_trainable, seed_everything
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    dataset = load_dataset(dataset_dir)
+    train_rows = dataset.split("train")
+    train_rows = train_rows.iloc[subset_positions(train_rows.reset_index(drop=True), subset)]
+    val_rows, test_rows = dataset.split("val"), dataset.split("test")
+    backbone = load_backbone(backbone_name, backbone_spec, weights=backbone_weights, device=str(dev))
+    text = "caption" if method.endswith("caption") else "label"
+    settings = {**params, "text": text, "template": prompts["templates"][0]}
+    clock = Stopwatch()
+    pretrained, kept, info = finetune(backbone, dataset.images, train_rows, val_rows, settings, seed, dev, state_dir, progress)
+    seconds = clock.seconds
+    trainable = count_trainable(backbone.model.parameters())
+
+    per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
+    frames = []
+    for alpha in sorted(set(params.get("wise_alphas", [])) | {1.0}):
+        backbone.model.load_state_dict(wise_ft(pretrained, kept, alpha))
+        backbone.model.eval()
+        head = zeroshot.build_head(zeroshot.state(prompt_ensemble(backbone, per_class, dev), backbone.logit_scale))
+        features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev, progress=progress)
+        label = method if alpha == 1 else f"{method}+wise{alpha:g}"
+        frames.append(evaluate_features(head, features, test_rows, {**run, "method": label}))
+        if alpha == 1:
+            # the tuned model's own class-prompt classifier: evaluated like a zero-shot head
+            save_torch(zeroshot.state(head.class_text, head.logit_scale), head_out)
+    save_torch(kept, weights_out)
+    record = {"method": method, "seed": seed, "n_train": len(train_rows), "chosen": info, "params": settings}
+    images_seen = len(train_rows) * params["epochs"]
+    record.update(cost_record(dev, seconds, trainable, images_seen))
+    write_json(record, record_out)
+    write_csv(pd.concat(frames, ignore_index=True), metrics_out)
+    if state_dir:
+        import shutil
+
+        shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume

@@ -14,8 +14,9 @@ wildcard_constraints:
     split=r"pretrain|train|val|test",
     seed=r"\d+",
     fraction=r"\d+(\.\d+)?",
-    method=r"zeroshot|linear_probe|rfc",
-    trained=r"linear_probe|rfc",
+    method=r"zeroshot|linear_probe|rfc|coop|finetune_caption|finetune_label",
+    trained=r"linear_probe|rfc|coop",
+    tuned=r"finetune_caption|finetune_label",
     setting=r"pretrained",
 
 
@@ -67,6 +68,15 @@ def trained_inputs(wildcards):
         "subset": f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{wildcards.fraction}.csv",
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
+        "weights": backbone_weights(wildcards.backbone) if wildcards.trained == "coop" else [],
+    }
+
+
+def finetune_inputs(wildcards):
+    return {
+        **dataset_files(wildcards.dataset),
+        "weights": backbone_weights(wildcards.backbone),
+        "subset": f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{wildcards.fraction}.csv",
     }
 
 

@@ -19,7 +19,8 @@ rule tables:
         metrics=f"{RESULTS}/metrics.csv",
         costs=f"{RESULTS}/costs.csv",
     output:
-        [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")],
+        [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
+        + [f"{RESULTS}/tables/{name}.csv" for name in TABLES],
     params:
         studies=config["studies"],
         folder=f"{RESULTS}/tables",
@@ -29,18 +30,52 @@ rule tables:
         "../scripts/tables.py"
 
 
-rule figures:
+rule figure_clipath_accuracy:
     input:
         metrics=f"{RESULTS}/metrics.csv",
     output:
-        accuracy=report(
+        report(
             f"{RESULTS}/figures/clipath_accuracy.png",
             caption="../report/clipath_accuracy.rst",
             category="CLIPath",
         ),
     params:
-        studies=config["studies"],
+        study=lambda wc: config["studies"]["clipath"],
     log:
-        f"{RESULTS}/logs/figures.log",
+        f"{RESULTS}/logs/figures/clipath_accuracy.log",
     script:
-        "../scripts/figures.py"
+        "../scripts/figure_clipath_accuracy.py"
+
+
+rule figure_pathclip_robustness:
+    input:
+        metrics=f"{RESULTS}/metrics.csv",
+    output:
+        report(
+            f"{RESULTS}/figures/pathclip_robustness.png",
+            caption="../report/pathclip_robustness.rst",
+            category="PathCLIP robustness",
+        ),
+    params:
+        study=lambda wc: config["studies"]["pathclip"],
+    log:
+        f"{RESULTS}/logs/figures/pathclip_robustness.log",
+    script:
+        "../scripts/figure_pathclip_robustness.py"
+
+
+rule figure_corruption_gallery:
+    input:
+        images=lambda wc: dataset_files(config["studies"]["pathclip"]["datasets"][0])["images"],
+    output:
+        report(
+            f"{RESULTS}/figures/corruption_gallery.png",
+            caption="../report/corruption_gallery.rst",
+            category="PathCLIP robustness",
+        ),
+    params:
+        conditions=lambda wc: config["studies"]["pathclip"]["conditions"],
+    log:
+        f"{RESULTS}/logs/figures/corruption_gallery.log",
+    script:
+        "../scripts/figure_corruption_gallery.py"

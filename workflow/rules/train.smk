@@ -26,6 +26,9 @@ rule train_frozen:
         method=lambda wc: wc.trained,
         hyper=lambda wc: config["methods"][wc.trained],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone),
+        spec=lambda wc: BACKBONES[wc.backbone],
+        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        device=config["device"],
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.log",
     benchmark:
@@ -34,5 +37,37 @@ rule train_frozen:
     resources:
         mem_mb=2000,
         runtime=60,
+        # only CoOp runs a network (the text encoder) while training
+        gpu=lambda wc: gpu_request(wc) if wc.trained == "coop" else 0,
     script:
         "../scripts/train_frozen.py"
+
+
+rule finetune:
+    input:
+        unpack(finetune_inputs),
+    output:
+        weights=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/weights.pt",
+        head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/head.pt",
+        record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/train.json",
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
+    params:
+        hyper=lambda wc: config["methods"]["finetune"],
+        spec=lambda wc: BACKBONES[wc.backbone],
+        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone),
+        device=config["device"],
+        progress=config["progress"],
+        # resumable state lives outside the outputs so a killed job can continue
+        state_dir=lambda wc: f"{RESULTS}/resume/{wc.dataset}/{wc.tuned}/{wc.backbone}/seed{wc.seed}/frac{wc.fraction}",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=gpu_request,
+    script:
+        "../scripts/finetune.py"

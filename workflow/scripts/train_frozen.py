@@ -18,6 +18,9 @@ def main(smk):
         test_dir=smk.input.test,
         conditions=smk.params.conditions,
         metrics_out=smk.output.metrics,
+        backbone={"name": smk.wildcards.backbone, "spec": smk.params.spec, "weights": smk.input.weights or None},
+        prompts=smk.params.prompts,
+        device=smk.params.device,
         run={"dataset": smk.wildcards.dataset, "method": smk.params.method, "backbone": smk.wildcards.backbone,
              "seed": int(smk.wildcards.seed), "fraction": float(smk.wildcards.fraction)},
     )

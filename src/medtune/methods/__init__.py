@@ -32,6 +32,8 @@ def _module(method: str):
         from medtune.methods import linear_probe as module
     elif method == "rfc":
         from medtune.methods import rfc as module
+    elif method == "coop":
+        from medtune.methods import coop as module
     else:
         raise ValueError(f"unknown method {method!r}")
     return module
@@ -53,6 +55,11 @@ def load_head(path) -> torch.nn.Module:
 @torch.inference_mode()
 def predict(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
     return head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+
+
+@torch.inference_mode()
+def embed(head: torch.nn.Module, features: np.ndarray) -> torch.Tensor:
+    return head.embed(torch.from_numpy(np.asarray(features, dtype=np.float32)))
 
 
 def accuracy(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray) -> float:

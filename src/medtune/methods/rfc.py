@@ -55,8 +55,11 @@ class RFCHead(nn.Module):
         self.register_buffer("class_text", class_text)
         self.logit_scale = float(logit_scale)
 
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return self.rfc(features)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * self.rfc(features) @ self.class_text.T
+        return self.logit_scale * self.embed(features) @ self.class_text.T
 
 
 def train_one(data, params: dict, alpha: float, seed: int) -> tuple[RFCHead, list[float]]:

@@ -13,8 +13,11 @@ class TextClassifier(nn.Module):
         self.register_buffer("class_text", class_text)
         self.logit_scale = float(logit_scale)
 
+    def embed(self, features: torch.Tensor) -> torch.Tensor:
+        return F.normalize(features, dim=-1)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.logit_scale * F.normalize(features, dim=-1) @ self.class_text.T
+        return self.logit_scale * self.embed(features) @ self.class_text.T
 
 
 def state(class_text, logit_scale: float, method: str = "zeroshot") -> dict:

@@ -1,0 +1,119 @@
+"""Full contrastive fine-tuning of both towers (seed 001; FLYP-style), with WiSE-FT.
+
+The text of each training image is either its caption or its class-label prompt
+(``text: caption | label``) — the seed's comparison. The checkpoint kept is the one
+with the lowest validation contrastive loss, the pretrained model included as a
+candidate, so fine-tuning can never make the kept model worse on validation.
+WiSE-FT interpolates weights between the pretrained and the kept model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medtune.contrastive import ContrastiveConfig, contrastive_loss, train_contrastive
+from medtune.io import save_torch
+from medtune.models import Backbone
+
+
+def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
+    if text == "caption":
+        captions = rows["caption"].tolist()
+        missing = rows.loc[rows["caption"] == "", "index"]
+        if len(missing):
+            raise ValueError(f"sample {int(missing.iloc[0])} has no caption; text: caption needs one for every image")
+        return captions
+    if text == "label":
+        return [template.format(c=name) for name in rows["label_name"]]
+    raise ValueError(f"unknown fine-tuning text {text!r}; expected 'caption' or 'label'")
+
+
+def wise_ft(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
+    """(1 - alpha) * pretrained + alpha * tuned, per tensor; alpha 0 and 1 give the endpoints exactly."""
+    out = {}
+    for key, theta0 in pretrained.items():
+        theta1 = tuned[key]
+        out[key] = (1 - alpha) * theta0 + alpha * theta1 if theta0.is_floating_point() else theta1
+    return out
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def finetune(
+    backbone: Backbone,
+    images: np.ndarray,
+    train_rows: pd.DataFrame,
+    val_rows: pd.DataFrame,
+    params: dict[str, Any],
+    seed: int,
+    device: torch.device,
+    state_dir: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, Any]]:
+    """Fine-tune ``backbone.model`` in place; returns (pretrained weights, kept weights, what happened).
+
+    Resumable: with ``state_dir`` the last epoch's state and the best weights so
+    far live there, outside the job's outputs.
+    """
+    template = params.get("template", "a histopathology image of {c}.")
+    texts = training_texts(train_rows, params["text"], template)
+    val_texts = training_texts(val_rows, params["text"], template)
+    val_idx = val_rows["index"].to_numpy()
+    device = torch.device(device)
+    state_dir = Path(state_dir) if state_dir else None
+    best_path = state_dir / "best.pt" if state_dir else None
+
+    def val_loss() -> float:
+        return contrastive_loss(backbone, images, val_idx, val_texts, device)
+
+    pretrained = cpu_state(backbone.model)
+    pretrained_loss = val_loss()
+    best = {"loss": pretrained_loss, "epoch": 0, "weights": pretrained}
+    if best_path is not None and best_path.exists():  # a resumed job: the best so far survives
+        saved = torch.load(best_path, map_location="cpu", weights_only=True)
+        best = {"loss": saved["loss"], "epoch": saved["epoch"], "weights": saved["weights"]}
+
+    def on_epoch_end(epoch: int, model) -> dict:
+        loss = val_loss()
+        if loss < best["loss"]:
+            best.update(loss=loss, epoch=epoch + 1, weights=cpu_state(model))
+            if best_path is not None:
+                save_torch({"loss": loss, "epoch": epoch + 1, "weights": best["weights"]}, best_path)
+        return {"val_loss": loss}
+
+    cfg = ContrastiveConfig(
+        epochs=params["epochs"],
+        batch_size=params["batch_size"],
+        lr=params["lr"],
+        weight_decay=params["weight_decay"],
+        warmup_steps=params.get("warmup_steps", 0),
+        augment=params.get("augment", False),
+        seed=seed,
+        grad_accum=params.get("grad_accum", 1),
+        amp=params.get("amp", True),
+    )
+    history = train_contrastive(
+        backbone,
+        images,
+        train_rows["index"].to_numpy(),
+        texts,
+        cfg,
+        device,
+        state_path=state_dir / "resume_state.pt" if state_dir else None,
+        progress=progress,
+        on_epoch_end=on_epoch_end,
+    )
+    info = {
+        "history": history,
+        "pretrained_val_loss": pretrained_loss,
+        "chosen_epoch": best["epoch"],  # 0 = the pretrained model
+        "chosen_val_loss": best["loss"],
+    }
+    return pretrained, best["weights"], info

@@ -1,0 +1,12 @@
+from medtune import jobs
+
+
+def main(smk):
+    import pandas as pd
+
+    from medtune.figures import robustness_by_severity
+
+    robustness_by_severity(pd.read_csv(smk.input.metrics), smk.params.study, smk.output[0])
+
+
+jobs.run(main, snakemake)  # noqa: F821
