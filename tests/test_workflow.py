@@ -40,6 +40,9 @@ def test_tables_have_the_seed_shapes(small_run):
     clean = retrieval.set_index("condition").loc["clean"]
     assert clean["synth/tiny/ha@5"] > clean["synth/tiny-untrained/ha@5"]
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
+    robust = pd.read_csv(tables / "adapted_robustness.csv")
+    assert list(robust.columns[-2:]) == ["clean", "blur-2"]
+    assert {"rfc@5%", "rfc@50%", "coop@50%", "zeroshot"} <= set(robust["model"])
     for figure in ("clipath_accuracy", "pathclip_robustness", "corruption_gallery"):
         assert (small_run / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
 
@@ -77,3 +80,12 @@ def test_bad_config_stops_with_one_line(tmp_path):
     assert result.returncode != 0
     assert "medtune: config key methods.rfc.alphas.0: 2.0 is greater than the maximum of 1" in result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_report_embeds_every_table_and_figure(small_run):
+    report = small_run / "report.html"
+    snakemake(small_run, "--report", str(report))
+    html = report.read_text(errors="replace")
+    for name in ("clipath_accuracy.png", "pathclip_robustness.png", "corruption_gallery.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+        assert name in html, name
+    assert report.stat().st_size > 100_000

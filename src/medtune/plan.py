@@ -169,12 +169,14 @@ def runs(config: dict[str, Any]) -> list[Run]:
     return list(out.values())
 
 
-def conditions_for(config: dict[str, Any], dataset: str, backbone: str) -> list[str]:
-    """Test-time conditions needed for one dataset x backbone, clean first."""
+def conditions_for(config: dict[str, Any], dataset: str, backbone: str, method: str | None = None) -> list[str]:
+    """Test-time conditions, clean first: those of the studies that evaluate ``method`` on
+    ``dataset`` x ``backbone`` (or, without a method, every condition the backbone must encode)."""
     found = ["clean"]
     for study in config["studies"].values():
         if dataset in study["datasets"] and backbone in study["backbones"]:
-            found += [c for c in study["conditions"] if c not in found]
+            if method is None or method in study["methods"]:
+                found += [c for c in study["conditions"] if c not in found]
     return found
 
 
@@ -195,7 +197,13 @@ def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
 
 
 def tables(config: dict[str, Any]) -> list[str]:
-    return [name for study in config["studies"] for name in STUDY_TABLES[study]]
+    names = [name for study in config["studies"] for name in STUDY_TABLES[study]]
+    clipath = config["studies"].get("clipath")
+    if clipath and clipath["conditions"] != ["clean"]:
+        names.append("adapted_robustness")
+    if config["studies"].get("pubmedvision", {}).get("paper", {}).get("pubmedvision_topk"):
+        names.append("pubmedvision_paper")
+    return names
 
 
 def figures(config: dict[str, Any]) -> list[str]:

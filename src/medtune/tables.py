@@ -163,11 +163,16 @@ def condition_columns(conditions: pd.Series) -> pd.DataFrame:
     )
 
 
-def pathclip_table(metrics: pd.DataFrame, study: dict, metric_names: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Seed 002 Tables 1 and 2: one row per condition, a column per dataset x backbone x metric."""
+def pathclip_table(metrics: pd.DataFrame, study: dict, metric_names: list[str], paper: dict | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Seed 002 Tables 1 and 2: one row per condition, a column per dataset x backbone x metric;
+    published values, when the config carries them, as ``{dataset}/{backbone} (paper)/{metric}`` columns."""
     m = _select(metrics, {**study, "methods": ["zeroshot"]}, conditions=study["conditions"])
     m = m[m["metric"].isin(metric_names)]
     s = summarise(m, ["condition", "dataset", "backbone", "metric"])
+    if paper:
+        published = pd.DataFrame(paper["rows"], columns=paper["columns"])
+        published = published[published["metric"].isin(metric_names) & published["condition"].isin(study["conditions"])]
+        s = pd.concat([s, published.assign(backbone=published["backbone"] + " (paper)", mean=published["value"])[s.columns.drop(["ci95", "n"])]])
     numbers = s.pivot_table(index="condition", columns=["dataset", "backbone", "metric"], values="mean")
     numbers = numbers.reindex([c for c in study["conditions"] if c in numbers.index])
     numbers.columns = [f"{d}/{b}/{metric}" for d, b, metric in numbers.columns]
@@ -178,25 +183,123 @@ def pathclip_table(metrics: pd.DataFrame, study: dict, metric_names: list[str]) 
     return numbers, pretty
 
 
-def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str) -> None:
+def pubmedvision_vs_paper(numbers: pd.DataFrame, paper: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    published = pd.DataFrame(paper["rows"], columns=paper["columns"]).set_index("method")
+    overall = numbers[numbers["group"] == "all"]
+    rows = []
+    for col in overall.columns[2:]:
+        backbone, method, metric = col.split("/")
+        if metric in published.columns and method in published.index:
+            ours, theirs = float(overall[col].mean()), float(published.loc[method, metric])
+            rows.append((backbone, method, metric, ours, theirs, ours - theirs))
+    out = pd.DataFrame(rows, columns=["backbone", "method", "metric", "ours", "paper", "delta"])
+    pretty = out.copy()
+    for col in ("ours", "paper", "delta"):
+        pretty[col] = out[col].map(lambda v: format_cell(v, float("nan"), "top1"))
+    return out, pretty
+
+
+def adapted_robustness(metrics: pd.DataFrame, study: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Beyond the seeds: does adaptation buy or cost robustness? Accuracy of every method
+    (at each training fraction) under every condition of the CLIPath study."""
+    m = _select(metrics, study, conditions=study["conditions"]).query("metric == 'accuracy'")
+    s = summarise(m, ["dataset", "backbone", "method", "fraction", "condition"])
+    s["model"] = [f"{meth}" if f == 0 else f"{meth}@{f:g}%" for meth, f in zip(s["method"], s["fraction"])]
+    numbers = s.pivot_table(index=["dataset", "backbone", "model"], columns="condition", values="mean", sort=False)
+    numbers = numbers[[c for c in study["conditions"] if c in numbers.columns]].reset_index()
+    pretty = numbers.copy()
+    for col in numbers.columns[3:]:
+        pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "accuracy"))
+    return numbers, pretty
+
+
+def best_cells(numbers: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    """Boolean mask over the pretty table: the best (highest) value of each metric column,
+    per dataset where the table has one, as the seeds mark them in bold."""
+    mask = pd.DataFrame(False, index=numbers.index, columns=list(columns))
+    groups = numbers.groupby("dataset").groups.values() if "dataset" in numbers else [numbers.index]
+    for pretty_col, number_col in columns.items():
+        if number_col not in numbers:
+            continue
+        for rows in groups:
+            values = numbers.loc[rows, number_col]
+            if values.notna().any():
+                mask.loc[values.index[values == values.max()], pretty_col] = True
+    return mask
+
+
+def add_paper(numbers: pd.DataFrame, pretty: pd.DataFrame, paper: dict | None, keys: list[str], metrics: dict[str, str]):
+    """Published numbers beside ours: a ``{metric} (paper)`` and a ``Δ {metric}`` column per metric.
+
+    ``paper`` is a config block ``{columns: [...], rows: [[...], ...]}``; ``metrics``
+    maps the paper's column to our numeric column.
+    """
+    if not paper:
+        return numbers, pretty
+    published = pd.DataFrame(paper["rows"], columns=paper["columns"])
+    merged = numbers[keys].merge(published, on=keys, how="left")
+    for paper_col, ours in metrics.items():
+        if paper_col not in merged or ours not in numbers:
+            continue
+        theirs = merged[paper_col].to_numpy(dtype=float)
+        numbers[f"{paper_col}_paper"] = theirs
+        unit = "accuracy" if paper_col in PERCENT_METRICS else "auc"
+        pretty[f"{paper_col} (paper)"] = [format_cell(v, float("nan"), unit) for v in theirs]
+        pretty[f"Δ {paper_col}"] = [format_cell(v, float("nan"), unit) for v in numbers[ours].to_numpy() - theirs]
+    return numbers, pretty
+
+
+def to_latex(pretty: pd.DataFrame, bold: pd.DataFrame | None, caption: str) -> str:
+    styler = pretty.style.hide(axis="index").format(escape="latex")
+    if bold is not None and len(bold.columns):
+        styler = styler.apply(lambda _: bold.reindex(columns=pretty.columns, fill_value=False).replace({True: "font-weight: bold", False: ""}), axis=None)
+    return styler.to_latex(hrules=True, caption=caption.replace("%", r"\%"), convert_css=True, column_format="l" * len(pretty.columns))
+
+
+def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str, best: dict | None = None) -> None:
+    """CSV (numbers), Markdown and LaTeX (booktabs; best value per column in bold)."""
     write_csv(numbers, Path(folder) / f"{name}.csv")
-    body = pretty.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
+    bold = best_cells(numbers, best) if best and len(numbers) else None
+    shown = pretty.copy()
+    if bold is not None:
+        for col in bold.columns:
+            shown[col] = [f"**{v}**" if b else v for v, b in zip(shown[col], bold[col])]
+    body = shown.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
     write_text(f"### {title}\n\n{body}\n", Path(folder) / f"{name}.md")
+    write_text(to_latex(pretty, bold, title) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
 
 
 def write_study_tables(metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder) -> list[str]:
     written = []
     if "clipath" in studies:
-        write_table(*clipath_accuracy(metrics, studies["clipath"]), folder, "clipath_accuracy", "CLIPath: test metrics by share of training data")
-        write_table(*clipath_cost(metrics, costs, studies["clipath"]), folder, "clipath_cost", "CLIPath: accuracy and training cost")
+        study = studies["clipath"]
+        paper = study.get("paper", {})
+        numbers, pretty = clipath_accuracy(metrics, study)
+        numbers, pretty = add_paper(numbers, pretty, paper.get("clipath_accuracy"), ["dataset", "method", "fraction"], {m: f"{m}_mean" for m in CLIPATH_METRICS})
+        write_table(numbers, pretty, folder, "clipath_accuracy", "CLIPath: test metrics by share of training data", {m: f"{m}_mean" for m in CLIPATH_METRICS})
+        numbers, pretty = clipath_cost(metrics, costs, study)
+        numbers, pretty = add_paper(numbers, pretty, paper.get("clipath_cost"), ["dataset", "method", "fraction"], {"accuracy": "accuracy_mean"})
+        write_table(numbers, pretty, folder, "clipath_cost", "CLIPath: accuracy and training cost", {"accuracy": "accuracy_mean"})
         written += ["clipath_accuracy", "clipath_cost"]
+        if studies["clipath"]["conditions"] != ["clean"]:
+            write_table(*adapted_robustness(metrics, studies["clipath"]), folder, "adapted_robustness", "Beyond the seeds: test accuracy of adapted models under corruptions")
+            written.append("adapted_robustness")
     if "pubmedvision" in studies:
-        write_table(*pubmedvision_topk(metrics, studies["pubmedvision"]), folder, "pubmedvision_topk", "PubMedVision-style top-1 / top-3 accuracy per group")
+        numbers, pretty = pubmedvision_topk(metrics, studies["pubmedvision"])
+        write_table(numbers, pretty, folder, "pubmedvision_topk", "PubMedVision-style top-1 / top-3 accuracy per group", {c: c for c in numbers.columns[2:]})
+        paper = studies["pubmedvision"].get("paper", {}).get("pubmedvision_topk")
+        if paper:
+            write_table(*pubmedvision_vs_paper(numbers, paper), folder, "pubmedvision_paper", "PubMedVision: overall top-1 / top-3, ours vs published")
+            written.append("pubmedvision_paper")
         written.append("pubmedvision_topk")
     if "pathclip" in studies:
         study = studies["pathclip"]
-        write_table(*pathclip_table(metrics, study, ["accuracy", "f1"]), folder, "pathclip_zeroshot", "PathCLIP Table 1: zero-shot accuracy and F1 per corruption and severity")
-        write_table(*pathclip_table(metrics, study, ["ha@5", "ha@10"]), folder, "pathclip_retrieval", "PathCLIP Table 2: image-image retrieval HA@5 / HA@10 per corruption and severity")
+        for name, names, title in (
+            ("pathclip_zeroshot", ["accuracy", "f1"], "PathCLIP Table 1: zero-shot accuracy and F1 per corruption and severity"),
+            ("pathclip_retrieval", ["ha@5", "ha@10"], "PathCLIP Table 2: image-image retrieval HA@5 / HA@10 per corruption and severity"),
+        ):
+            numbers, pretty = pathclip_table(metrics, study, names, study.get("paper", {}).get(name))
+            write_table(numbers, pretty, folder, name, title, {c: c for c in numbers.columns[3:] if "(paper)" not in c})
         written += ["pathclip_zeroshot", "pathclip_retrieval"]
     return written
 

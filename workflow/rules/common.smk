@@ -100,7 +100,7 @@ TABLES = plan.tables(config)
 
 
 def all_outputs():
-    tables = [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md")]
+    tables = [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
     return tables + [f"{RESULTS}/figures/{name}.png" for name in plan.figures(config)]
 
 

@@ -8,7 +8,7 @@ rule evaluate:
     output:
         f"{RESULTS}/runs/{{dataset}}/{{method}}/{{backbone}}/{{setting}}/metrics.csv",
     params:
-        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone),
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.method),
         run=lambda wc: {
             "dataset": wc.dataset,
             "method": wc.method,

@@ -20,7 +20,7 @@ rule tables:
         costs=f"{RESULTS}/costs.csv",
     output:
         [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
-        + [f"{RESULTS}/tables/{name}.csv" for name in TABLES],
+        + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex")],
     params:
         studies=config["studies"],
         folder=f"{RESULTS}/tables",

@@ -25,7 +25,7 @@ rule train_frozen:
     params:
         method=lambda wc: wc.trained,
         hyper=lambda wc: config["methods"][wc.trained],
-        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone),
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
         device=config["device"],
@@ -55,7 +55,7 @@ rule finetune:
         hyper=lambda wc: config["methods"]["finetune"],
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
-        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone),
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.tuned),
         device=config["device"],
         progress=config["progress"],
         # resumable state lives outside the outputs so a killed job can continue

@@ -1,6 +1,7 @@
 """One entry point that turns any configured dataset source into the canonical store.
 
-Downloadable sources (PCam) are fetched into ``{path}`` (resumable, MD5-checked);
+Downloadable sources (PCam; PubMedVision, of which only the sampled images are read
+from the remote zips) are fetched into ``{path}`` (resumable, MD5-checked);
 gated ones (MHIST, Osteosarcoma, WSSS4LUAD) must be placed there by the user, and
 a missing file stops the job with a message saying what to download and where.
 """
@@ -50,5 +51,9 @@ def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool
         from medtune.data import folder
 
         folder.from_manifest(_path(name, spec), out_dir, classes=spec.get("classes"), **size, **seed)
+    elif source == "pubmedvision":
+        from medtune.data.pubmedvision import prepare_pubmedvision
+
+        prepare_pubmedvision(out_dir, _path(name, spec), n=spec.get("n_samples", 4096), base_url=spec.get("url"), **size, **seed)
     else:
         raise DatasetError(f"dataset {name!r}: source {source!r} is not available in this version")

@@ -1,0 +1,41 @@
+"""Each paper config builds its whole DAG without any data or weights present."""
+
+import shutil
+import time
+
+import pytest
+import yaml
+
+from conftest import REPO, job_counts, snakemake
+from medtune import plan
+
+PAPER_CONFIGS = sorted((REPO / "config" / "paper").glob("*.yaml"))
+
+
+def test_there_is_one_config_per_seed_and_one_for_all():
+    assert [p.stem for p in PAPER_CONFIGS] == ["all", "clipath", "pathclip", "pubmedvision"]
+
+
+@pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)
+def test_dry_run_builds_the_full_dag(path, tmp_path):
+    shutil.copy(path, tmp_path / "config.yaml")
+    start = time.perf_counter()
+    result = snakemake(tmp_path, "-n", "--quiet", "rules")
+    seconds = time.perf_counter() - start
+    counts = job_counts(result.stdout)
+    config = plan.validate(yaml.safe_load(path.read_text()))
+    runs = plan.runs(config)
+    trained = sum(counts.get(rule, 0) for rule in ("train_frozen", "finetune", "evaluate"))
+    assert trained == len(runs)
+    assert counts["prepare_dataset"] == len(config["datasets"])
+    assert seconds < 60  # the benchmark holds the real target (< 10 s); this guards against blow-ups
+    assert not (tmp_path / "results").exists()
+
+
+def test_paper_numbers_are_carried():
+    clipath = yaml.safe_load((REPO / "config/paper/clipath.yaml").read_text())
+    rows = clipath["studies"]["clipath"]["paper"]["clipath_accuracy"]["rows"]
+    assert ["pcam", "rfc", 0.1, 0.764, 0.9, 0.707, 0.792, 0.849] in rows
+    pathclip = yaml.safe_load((REPO / "config/paper/pathclip.yaml").read_text())
+    t1 = pathclip["studies"]["pathclip"]["paper"]["pathclip_zeroshot"]["rows"]
+    assert len(t1) == 29 * 4

@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from medtune.tables import mean_ci, write_study_tables
+
+STUDY = {"datasets": ["d"], "backbones": ["b"], "methods": ["zeroshot", "rfc"], "fractions": [1, 10], "conditions": ["clean"]}
+
+
+def rows(method, seed, fraction, acc):
+    return [("d", method, "b", seed, fraction, "clean", "all", metric, acc) for metric in ("accuracy", "recall", "precision", "f1", "auc")]
+
+
+@pytest.fixture
+def metrics():
+    data = rows("zeroshot", np.nan, np.nan, 0.5)
+    for seed, (a1, a10) in zip([1, 2, 3], [(0.60, 0.80), (0.62, 0.84), (0.64, 0.82)]):
+        data += rows("rfc", seed, 1.0, a1) + rows("rfc", seed, 10.0, a10)
+    return pd.DataFrame(data, columns=["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"])
+
+
+def test_mean_ci_is_the_t_interval():
+    mean, half, n = mean_ci(pd.Series([0.60, 0.62, 0.64]))
+    assert mean == pytest.approx(0.62) and n == 3
+    assert half == pytest.approx(stats.t.ppf(0.975, 2) * 0.02 / np.sqrt(3))
+    assert np.isnan(mean_ci(pd.Series([0.7]))[1])
+
+
+def test_tables_with_paper_columns_bold_and_latex(metrics, tmp_path):
+    paper = {"clipath_accuracy": {"columns": ["dataset", "method", "fraction", "accuracy"], "rows": [["d", "rfc", 1, 0.70], ["d", "zeroshot", 0, 0.55]]}}
+    costs = pd.DataFrame(
+        [("d", "rfc", "b", s, f, 1.5, "cpu", 100.0, 10, 50, 5) for s in (1, 2, 3) for f in (1.0, 10.0)],
+        columns=["dataset", "method", "backbone", "seed", "fraction", "wall_seconds", "device", "peak_memory_mb", "trainable_parameters", "images_seen", "n_train"],
+    )
+    write_study_tables(metrics, costs, {"clipath": {**STUDY, "paper": paper}}, tmp_path)
+    table = pd.read_csv(tmp_path / "clipath_accuracy.csv")
+    rfc1 = table[(table["method"] == "rfc") & (table["fraction"] == 1)].iloc[0]
+    assert rfc1["accuracy_mean"] == pytest.approx(0.62)
+    assert rfc1["accuracy_paper"] == pytest.approx(0.70)
+    md = (tmp_path / "clipath_accuracy.md").read_text()
+    assert "| **82.0 ± 5.0** |" in md  # best accuracy in bold, mean ± 95 % CI in percent
+    assert "-8.0" in md  # Δ accuracy: 62.0 - 70.0
+    tex = (tmp_path / "clipath_accuracy.tex").read_text()
+    assert "\\toprule" in tex and "\\bfseries" in tex
+    assert "10\\%" in tex  # escaped, or LaTeX would read a comment
+    cost = (tmp_path / "clipath_cost.md").read_text()
+    assert "1.50 s" in cost
