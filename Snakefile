@@ -1,6 +1,7 @@
 # medtune: CLIP adaptation for pathology and medical images.
 # Validates the config, then includes one rule file per stage; nothing else lives here.
 
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +21,8 @@ if not workflow.overwrite_configfiles:
 
 
 try:
+    for path in workflow.configfiles:
+        plan.check_config_file(path)
     config = plan.validate(config)
 except plan.ConfigError as err:
     sys.exit(f"medtune: {err}")

@@ -32,7 +32,7 @@ SMALL_CONFIG = {
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
     },
     "studies": {
-        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc", "coop"], "fractions": [5, 50],
+        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc", "coop", "rfc_augmented"], "fractions": [5, 50],
                     "conditions": ["clean", "blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],

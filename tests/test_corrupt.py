@@ -180,3 +180,16 @@ def test_runs_on_the_images_device():
         y = apply(x.cuda(), condition)
         assert y.is_cuda
         torch.testing.assert_close(y.cpu(), apply(x, condition), atol=2e-3, rtol=0)
+
+
+def test_augmented_gives_each_image_its_own_fixed_corruption():
+    from medtune.conditions import CONDITIONS, augmentation_for
+
+    picked = [augmentation_for(k) for k in range(200)]
+    assert set(picked) <= set(CONDITIONS[1:]) and len(set(picked)) > 20
+    x = torch.rand(6, 3, 24, 24)
+    batched = apply(x, "augmented", keys=list(range(10, 16)))
+    single = torch.cat([apply(x[i : i + 1], "augmented", keys=[10 + i]) for i in range(6)])
+    assert torch.equal(batched, single)
+    for i in range(6):
+        assert torch.equal(batched[i : i + 1], apply(x[i : i + 1], augmentation_for(10 + i), keys=[10 + i]))

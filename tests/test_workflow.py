@@ -12,7 +12,7 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"]))
-    trained = {(m, f) for m in ("linear_probe", "rfc", "coop") for f in (5.0, 50.0)}
+    trained = {(m, f) for m in ("linear_probe", "rfc", "coop", "rfc_augmented") for f in (5.0, 50.0)}
     assert rows == {("zeroshot", 0.0)} | trained
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
@@ -42,9 +42,11 @@ def test_tables_have_the_seed_shapes(small_run):
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
     robust = pd.read_csv(tables / "adapted_robustness.csv")
     assert list(robust.columns[-2:]) == ["clean", "blur-2"]
-    assert {"rfc@5%", "rfc@50%", "coop@50%", "zeroshot"} <= set(robust["model"])
-    for figure in ("clipath_accuracy", "pathclip_robustness", "corruption_gallery"):
-        assert (small_run / "results" / "figures" / f"{figure}.png").stat().st_size > 10_000
+    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot"} <= set(robust["model"])
+    figures = small_run / "results" / "figures"
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+        assert (figures / f"{figure}.png").stat().st_size > 10_000
+        assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_metrics_are_tidy(small_run):
@@ -68,8 +70,10 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         counts = job_counts(snakemake(small_run, "-n").stdout)
     finally:
         write_config(small_run, SMALL_CONFIG)
-    assert counts.pop("train_frozen") == 4  # rfc: 2 seeds x 2 fractions; linear probe untouched
-    assert set(counts) == {"collect_metrics", "tables", "figure_clipath_accuracy", "figure_pathclip_robustness", "all", "total"}
+    assert counts.pop("train_frozen") == 8  # rfc and rfc_augmented: 2 seeds x 2 fractions each; the rest untouched
+    downstream = {"collect_metrics", "tables", "all", "total"}
+    figures = {"figure_clipath_accuracy", "figure_clipath_training_time", "figure_clipath_confusion", "figure_pathclip_robustness"}
+    assert set(counts) == downstream | figures
 
 
 def test_bad_config_stops_with_one_line(tmp_path):
@@ -86,6 +90,6 @@ def test_report_embeds_every_table_and_figure(small_run):
     report = small_run / "report.html"
     snakemake(small_run, "--report", str(report))
     html = report.read_text(errors="replace")
-    for name in ("clipath_accuracy.png", "pathclip_robustness.png", "corruption_gallery.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+    for name in ("clipath_accuracy.png", "clipath_confusion.png", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000

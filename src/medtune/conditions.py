@@ -51,3 +51,14 @@ def parse_condition(name: str) -> tuple[str, int]:
     if level not in PARAMETERS[corruption] or f"{corruption}-{level}" != name:
         raise ValueError(f"bad severity in condition {name!r}; {corruption} takes {sorted(PARAMETERS[corruption])}")
     return corruption, level
+
+
+# A training-time pseudo-condition: every image under one corruption of its own, picked
+# from the 28 by its sample index (corruption augmentation, the seed's "future work").
+AUGMENTED = "augmented"
+_AUGMENT_SALT = 0x9E3779B1
+
+
+def augmentation_for(key: int) -> str:
+    """The corruption an image gets in the augmented training set; fixed per sample index."""
+    return CONDITIONS[1 + (int(key) * _AUGMENT_SALT + 12345) % (len(CONDITIONS) - 1)]

@@ -45,7 +45,9 @@ from medtune.conditions import (  # noqa: F401  (re-exported: the corruption's p
     MARKUP_STROKES,
     PARAMETERS,
     RESOLUTION_SCALES,
+    AUGMENTED,
     SEVERITY_LABEL,
+    augmentation_for,
     parse_condition,
 )
 
@@ -59,7 +61,12 @@ _MARKUP_SALT = 20240517  # keeps markup streams apart from any other use of the 
 
 
 def apply(images: torch.Tensor, condition: str, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
-    """Corrupt a batch by condition name; ``keys`` seed markup per image (default ``arange(B)``)."""
+    """Corrupt a batch by condition name; ``keys`` seed markup per image (default ``arange(B)``).
+
+    ``augmented`` gives each image the corruption :func:`augmentation_for` picks by its key.
+    """
+    if condition == AUGMENTED:
+        return augment(images, keys)
     corruption, level = parse_condition(condition)
     _check(images)
     if corruption == "clean":
@@ -68,6 +75,16 @@ def apply(images: torch.Tensor, condition: str, keys: torch.Tensor | Sequence[in
     if corruption == "markup":
         return markup(images, int(param), keys)
     return _FUNCTIONS[corruption](images, param)
+
+
+def augment(images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+    keys = torch.arange(len(images)) if keys is None else torch.as_tensor(keys)
+    out = images.clone()
+    picked = [augmentation_for(k) for k in keys.tolist()]
+    for condition in sorted(set(picked)):
+        rows = torch.tensor([i for i, c in enumerate(picked) if c == condition], device=images.device)
+        out[rows] = apply(images[rows], condition, keys[rows.cpu()])
+    return out
 
 
 def brightness(images: torch.Tensor, factor: float) -> torch.Tensor:

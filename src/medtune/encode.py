@@ -111,8 +111,11 @@ def encode_split(
     rows = dataset.split(split)
     backbone = load_backbone(name, spec, weights=weights, device=str(dev))
     feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress)
+    from medtune.io import remove_stale_temporaries
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         for condition, array in feats.items():

@@ -31,10 +31,31 @@ def run(main: Callable[[object], None], smk) -> None:
             torch.set_num_threads(threads)
             main(smk)
         except KNOWN_ERRORS as err:
-            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            message = oom_message(smk) if _is_out_of_memory(err) else f"{type(err).__name__}: {err}".splitlines()[0]
             import traceback
 
             traceback.print_exc()
             print(f"medtune error: {message}", file=sys.__stderr__)
             print(f"medtune error: {message}")
             raise SystemExit(1) from None
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError)
+
+
+def oom_message(smk) -> str:
+    """Out of GPU memory: name the batch size the user can lower and where it is set."""
+    params = getattr(smk, "params", None)
+    hyper = getattr(params, "hyper", None) or {}
+    spec = getattr(params, "spec", None) or {}
+    rule = getattr(smk, "rule", "job")
+    if "batch_size" in hyper:
+        where, size = f"methods.<method>.batch_size (now {hyper['batch_size']})", hyper["batch_size"]
+    elif "batch_size" in spec.get("pretrain", {}):
+        where, size = "backbones.<name>.pretrain.batch_size", spec["pretrain"]["batch_size"]
+    else:
+        where, size = "the encoding batch size", 256
+    return f"out of GPU memory in rule {rule} at batch size {size}; lower {where} (or set grad_accum for fine-tuning)"

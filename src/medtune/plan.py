@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
-from medtune.conditions import CONDITIONS, parse_condition
+from medtune.conditions import AUGMENTED, CONDITIONS, parse_condition
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
-FROZEN_METHODS = ("linear_probe", "rfc", "coop")  # trained on cached image features
+FROZEN_METHODS = ("linear_probe", "rfc", "coop", "linear_probe_augmented", "rfc_augmented")  # on cached features
+AUGMENTED_SUFFIX = "_augmented"  # the same method trained on clean + corruption-augmented features
 TUNED_METHODS = ("finetune_caption", "finetune_label")  # train the encoders themselves
 STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip": CONDITIONS}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -92,6 +93,29 @@ def format_fraction(fraction: float) -> str:
 
 def _key_path(error) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML loader that refuses a key given twice (plain YAML keeps the last silently)."""
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"config file {node.start_mark.name}: key {key!r} given twice (line {key_node.start_mark.line + 1})")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def check_config_file(path: str | Path) -> None:
+    """Refuse duplicate keys, e.g. two datasets of the same name, which YAML would merge silently."""
+    with open(path) as fh:
+        yaml.load(fh, Loader=_UniqueKeyLoader)
 
 
 def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
@@ -169,6 +193,19 @@ def runs(config: dict[str, Any]) -> list[Run]:
     return list(out.values())
 
 
+def base_method(method: str) -> str:
+    return method.removesuffix(AUGMENTED_SUFFIX)
+
+
+def train_conditions(config: dict[str, Any], dataset: str, backbone: str) -> list[str]:
+    """Conditions of the train split: clean, plus the augmented set if a study trains on it."""
+    for study in config["studies"].values():
+        if dataset in study["datasets"] and backbone in study["backbones"]:
+            if any(m.endswith(AUGMENTED_SUFFIX) for m in study["methods"]):
+                return ["clean", AUGMENTED]
+    return ["clean"]
+
+
 def conditions_for(config: dict[str, Any], dataset: str, backbone: str, method: str | None = None) -> list[str]:
     """Test-time conditions, clean first: those of the studies that evaluate ``method`` on
     ``dataset`` x ``backbone`` (or, without a method, every condition the backbone must encode)."""
@@ -209,7 +246,7 @@ def tables(config: dict[str, Any]) -> list[str]:
 def figures(config: dict[str, Any]) -> list[str]:
     found = []
     if "clipath" in config["studies"]:
-        found.append("clipath_accuracy")
+        found += ["clipath_accuracy", "clipath_training_time", "clipath_confusion"]
     if "pathclip" in config["studies"]:
-        found += ["pathclip_robustness", "corruption_gallery"]
+        found += ["pathclip_robustness", "corruption_gallery", "retrieval_examples"]
     return found

@@ -35,3 +35,16 @@ def stratified_subsets(train: pd.DataFrame, fractions: list[float], seed: int) -
         picked = np.concatenate([perm[: per_class_count(len(perm), fraction)] for perm in perms.values()])
         out[fraction] = pd.DataFrame({"index": np.sort(picked)}).merge(train[["index", "label"]], on="index")
     return out
+
+
+def train_rows(samples: pd.DataFrame, source: str) -> pd.DataFrame:
+    """The train split, refusing a class the dataset has but train lacks (it could never be subsampled)."""
+    from medtune.data.store import DatasetError
+
+    train = samples[samples["split"] == "train"]
+    if train.empty:
+        raise DatasetError(f"{source}: no 'train' split to subsample")
+    absent = sorted(set(samples["label_name"]) - set(train["label_name"]))
+    if absent:
+        raise DatasetError(f"{source}: class {absent[0]!r} has no sample in the train split; cannot subsample it")
+    return train

@@ -18,7 +18,7 @@ from medtune.io import read_json, write_csv, write_text
 
 PERCENT_METRICS = {"accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
 CLIPATH_METRICS = ["accuracy", "recall", "precision", "f1", "auc"]
-METHOD_ORDER = ["zeroshot", "linear_probe", "rfc", "coop", "finetune_caption", "finetune_label"]
+METHOD_ORDER = ["zeroshot", "linear_probe", "linear_probe_augmented", "rfc", "rfc_augmented", "coop", "finetune_caption", "finetune_label"]
 
 
 def collect_metrics(paths: Iterable[str]) -> pd.DataFrame:

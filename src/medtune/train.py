@@ -13,6 +13,8 @@ from medtune.evaluate import evaluate_run
 from medtune.io import save_torch, write_csv, write_json
 from medtune.methods import FitData, fit
 from medtune.methods import zeroshot
+from medtune.conditions import AUGMENTED
+from medtune.plan import AUGMENTED_SUFFIX, base_method
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 
@@ -26,10 +28,10 @@ def zeroshot_head(text_path, head_out) -> None:
     save_torch(zeroshot.state(classifier, scale), head_out)
 
 
-def split_features(features_dir, samples: pd.DataFrame, split: str) -> tuple[np.ndarray, pd.DataFrame]:
-    """Clean features of a split and its rows (features are stored in samples.csv row order)."""
+def split_features(features_dir, samples: pd.DataFrame, split: str, condition: str = "clean") -> tuple[np.ndarray, pd.DataFrame]:
+    """Features of a split under a condition, and its rows (features are stored in samples.csv row order)."""
     rows = samples[samples["split"] == split].reset_index(drop=True)
-    features = np.load(Path(features_dir) / "clean.npy", mmap_mode="r")
+    features = np.load(Path(features_dir) / f"{condition}.npy", mmap_mode="r")
     if len(features) != len(rows):
         raise DatasetError(f"{features_dir}/clean.npy has {len(features)} rows, split {split!r} has {len(rows)}")
     return features, rows
@@ -73,9 +75,14 @@ def train_frozen(
     val_features, val_rows = split_features(val_dir, table, "val")
     picked = subset_positions(train_rows, subset)
     classifier, scale = load_text(text)
+    train_x, train_y = np.asarray(train_features[picked]), train_rows["label"].to_numpy()[picked]
+    if method.endswith(AUGMENTED_SUFFIX):
+        # each training image twice: clean, and under its own corruption
+        augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
+        train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
     data = FitData(
-        train_features=np.asarray(train_features[picked]),
-        train_labels=train_rows["label"].to_numpy()[picked],
+        train_features=train_x,
+        train_labels=train_y,
         val_features=np.asarray(val_features),
         val_labels=val_rows["label"].to_numpy(),
         class_text=classifier,
@@ -86,7 +93,7 @@ def train_frozen(
     if method == "coop":
         state, info = _fit_coop(data, params, seed, backbone, prompts, table, dev)
     else:
-        state, info = fit(method, data, params, seed)
+        state, info = fit(base_method(method), data, params, seed)
     seconds = clock.seconds
     trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
     save_torch(state, head_out)

@@ -14,8 +14,8 @@ wildcard_constraints:
     split=r"pretrain|train|val|test",
     seed=r"\d+",
     fraction=r"\d+(\.\d+)?",
-    method=r"zeroshot|linear_probe|rfc|coop|finetune_caption|finetune_label",
-    trained=r"linear_probe|rfc|coop",
+    method=r"zeroshot|linear_probe|rfc|coop|linear_probe_augmented|rfc_augmented|finetune_caption|finetune_label",
+    trained=r"linear_probe|rfc|coop|linear_probe_augmented|rfc_augmented",
     tuned=r"finetune_caption|finetune_label",
     setting=r"pretrained",
 
@@ -52,6 +52,8 @@ def encode_inputs(wildcards):
 def split_conditions(wildcards):
     if wildcards.split == "test":
         return plan.conditions_for(config, wildcards.dataset, wildcards.backbone)
+    if wildcards.split == "train":
+        return plan.train_conditions(config, wildcards.dataset, wildcards.backbone)
     return ["clean"]
 
 
@@ -101,7 +103,32 @@ TABLES = plan.tables(config)
 
 def all_outputs():
     tables = [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
-    return tables + [f"{RESULTS}/figures/{name}.png" for name in plan.figures(config)]
+    return tables + [f"{RESULTS}/figures/{name}.{ext}" for name in plan.figures(config) for ext in ("png", "pdf")]
+
+
+def confusion_inputs(wildcards):
+    """Heads of the CLIPath study's frozen-backbone runs (zero-shot included) on its first dataset
+    and backbone, and the test features they read: the figure picks the most accurate."""
+    study = config["studies"]["clipath"]
+    dataset, backbone = study["datasets"][0], study["backbones"][0]
+    heads = [
+        f"{run_dir(r)}/head.pt"
+        for r in RUNS
+        if r.dataset == dataset and r.backbone == backbone and r.method in ("zeroshot", *plan.FROZEN_METHODS)
+        and r.method in study["methods"]
+    ]
+    return {
+        "metrics": f"{RESULTS}/metrics.csv",
+        "heads": heads,
+        "test": features_dir(backbone, dataset, "test"),
+        "samples": dataset_files(dataset)["samples"],
+    }
+
+
+def retrieval_example_inputs(wildcards):
+    study = config["studies"]["pathclip"]
+    dataset, backbone = study["datasets"][0], study["backbones"][0]
+    return {"test": features_dir(backbone, dataset, "test"), **dataset_files(dataset)}
 
 
 def gpu_request(wildcards):

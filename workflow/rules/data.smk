@@ -16,5 +16,7 @@ rule prepare_dataset:
     resources:
         mem_mb=4000,
         runtime=120,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/prepare_dataset.py"

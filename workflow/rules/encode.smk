@@ -23,6 +23,8 @@ rule pretrain_backbone:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/pretrain_backbone.py"
 
@@ -46,6 +48,8 @@ rule encode_images:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/encode_images.py"
 
@@ -64,5 +68,7 @@ rule encode_text:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/encode_text.py"

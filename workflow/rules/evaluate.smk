@@ -20,5 +20,7 @@ rule evaluate:
     threads: 1
     resources:
         mem_mb=2000,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/evaluate.py"

@@ -12,5 +12,7 @@ rule subsample:
     threads: 1
     resources:
         mem_mb=1000,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/subsample.py"

@@ -11,6 +11,8 @@ rule zeroshot_head:
     log:
         f"{RESULTS}/logs/train/{{dataset}}/zeroshot/{{backbone}}.log",
     threads: 1
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/zeroshot_head.py"
 
@@ -24,7 +26,7 @@ rule train_frozen:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
     params:
         method=lambda wc: wc.trained,
-        hyper=lambda wc: config["methods"][wc.trained],
+        hyper=lambda wc: config["methods"][plan.base_method(wc.trained)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
@@ -39,6 +41,8 @@ rule train_frozen:
         runtime=60,
         # only CoOp runs a network (the text encoder) while training
         gpu=lambda wc: gpu_request(wc) if wc.trained == "coop" else 0,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/train_frozen.py"
 
@@ -69,5 +73,7 @@ rule finetune:
         mem_mb=8000,
         runtime=240,
         gpu=gpu_request,
+    conda:
+        "../../envs/medtune.yaml"
     script:
         "../scripts/finetune.py"

@@ -6,7 +6,7 @@ def main(smk):
 
     from medtune.figures import accuracy_vs_fraction
 
-    accuracy_vs_fraction(pd.read_csv(smk.input.metrics), smk.params.study, smk.output[0])
+    accuracy_vs_fraction(pd.read_csv(smk.input.metrics), smk.params.study, smk.output.png)
 
 
 jobs.run(main, snakemake)  # noqa: F821

@@ -6,7 +6,7 @@ def main(smk):
 
     from medtune.figures import corruption_gallery
 
-    corruption_gallery(np.load(smk.input.images, mmap_mode="r"), 0, smk.params.conditions, smk.output[0])
+    corruption_gallery(np.load(smk.input.images, mmap_mode="r"), 0, smk.params.conditions, smk.output.png)
 
 
 jobs.run(main, snakemake)  # noqa: F821

@@ -6,7 +6,7 @@ def main(smk):
 
     from medtune.figures import robustness_by_severity
 
-    robustness_by_severity(pd.read_csv(smk.input.metrics), smk.params.study, smk.output[0])
+    robustness_by_severity(pd.read_csv(smk.input.metrics), smk.params.study, smk.output.png)
 
 
 jobs.run(main, snakemake)  # noqa: F821

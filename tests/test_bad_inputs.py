@@ -1,0 +1,318 @@
+"""The catalogue of bad inputs: each stops with one line naming the culprit, leaves no
+partial output where a downstream rule would read it, and a fixed input then works.
+
+The workflow-level faults (SIGKILL and resume, the lock, determinism across folders) are in
+test_faults.py.
+"""
+
+import copy
+import gzip
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from medtune import jobs, plan
+from medtune.data import archives, download, folder, manual, pcam
+from medtune.data.store import DatasetError, validate_samples, write_dataset
+from medtune.models import BackboneError, load_backbone
+from medtune.subsets import train_rows
+from medtune.training import TrainingError
+from test_data_download import md5, payload, server  # noqa: F401  (the local HTTP server fixture)
+
+DEFAULT = yaml.safe_load((plan.SCHEMA_PATH.parents[1] / "config.yaml").read_text())
+
+
+def one_line(err: pytest.ExceptionInfo, *names: str) -> str:
+    message = str(err.value)
+    assert "\n" not in message.strip(), message
+    for name in names:
+        assert name in message, (name, message)
+    return message
+
+
+def bad_config(mutate) -> pytest.ExceptionInfo:
+    config = copy.deepcopy(DEFAULT)
+    mutate(config)
+    with pytest.raises(plan.ConfigError) as err:
+        plan.validate(config)
+    plan.validate(DEFAULT)  # the fixed (original) config passes
+    return err
+
+
+# ---------------------------------------------------------------- config
+
+
+def test_config_unknown_key():
+    one_line(bad_config(lambda c: c["methods"]["rfc"].update(learning_rate=1)), "methods.rfc", "learning_rate")
+
+
+def test_config_wrong_type():
+    one_line(bad_config(lambda c: c["methods"]["rfc"].update(epochs="five")), "methods.rfc.epochs", "five")
+
+
+def test_config_fraction_outside_range():
+    one_line(bad_config(lambda c: c["studies"]["clipath"].update(fractions=[0.1, 101])), "studies.clipath.fractions.1", "101")
+
+
+def test_config_empty_seed_list():
+    one_line(bad_config(lambda c: c.update(seeds=[])), "seeds")
+
+
+def test_config_unknown_method():
+    one_line(bad_config(lambda c: c["studies"]["clipath"]["methods"].append("adapter")), "studies.clipath.methods", "adapter")
+
+
+def test_config_unknown_backbone():
+    one_line(bad_config(lambda c: c["studies"]["clipath"].update(backbones=["vit-giant"])), "studies.clipath.backbones", "vit-giant")
+
+
+def test_config_hyperparameter_out_of_range():
+    one_line(bad_config(lambda c: c["methods"]["coop"].update(momentum=1.5)), "methods.coop.momentum", "1.5")
+
+
+def test_config_duplicate_dataset_name(tmp_path):
+    text = (plan.SCHEMA_PATH.parents[1] / "config.yaml").read_text()
+    duplicated = text.replace("  synthetic-generic:", "  synthetic:", 1)
+    path = tmp_path / "config.yaml"
+    path.write_text(duplicated)
+    with pytest.raises(plan.ConfigError) as err:
+        plan.check_config_file(path)
+    one_line(err, "'synthetic'", "twice", str(path))
+    path.write_text(text)
+    plan.check_config_file(path)
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_dataset_folder_missing(tmp_path):
+    with pytest.raises(manual.MissingDataError) as err:
+        manual.convert_mhist(tmp_path / "nowhere", tmp_path / "out")
+    one_line(err, "annotations.csv", "https://bmirds.github.io/MHIST/", str(tmp_path / "nowhere"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_gated_dataset_not_placed(tmp_path):
+    placed = tmp_path / "osteo"
+    placed.mkdir()
+    with pytest.raises(manual.MissingDataError) as err:
+        manual.convert_osteosarcoma(placed, tmp_path / "out")
+    one_line(err, "ML_Features_1144.csv", "10.7937/tcia.2019.bvhjhdas", str(placed))
+
+
+def test_checksum_mismatch(server, tmp_path):  # noqa: F811
+    server.files["/x.h5.gz"] = payload()
+    with pytest.raises(download.DownloadError) as err:
+        download.download(f"{server.base}/x.h5.gz", tmp_path / "x.h5.gz", md5="0" * 32)
+    one_line(err, "x.h5.gz", "0" * 32, md5(payload()))
+    assert not list(tmp_path.iterdir())
+    download.download(f"{server.base}/x.h5.gz", tmp_path / "x.h5.gz", md5=md5(payload()))
+
+
+def test_truncated_download(server, tmp_path):  # noqa: F811
+    server.files["/x.bin"] = payload()
+    server.cut_after, server.cuts = 1000, 10
+    with pytest.raises(download.DownloadError) as err:
+        download.download(f"{server.base}/x.bin", tmp_path / "x.bin", retries=1)
+    one_line(err, "x.bin", "truncated")
+    assert not (tmp_path / "x.bin").exists()
+    server.cuts = 0
+    assert download.download(f"{server.base}/x.bin", tmp_path / "x.bin").read_bytes() == payload()
+
+
+def test_truncated_gzip(tmp_path):
+    (tmp_path / "a.gz").write_bytes(gzip.compress(payload())[:-100])
+    with pytest.raises(DatasetError) as err:
+        download.gunzip(tmp_path / "a.gz", tmp_path / "a")
+    one_line(err, "a.gz")
+    assert not (tmp_path / "a").exists()
+
+
+def _pcam_split(raw: Path, split: str, n: int, truncate: bool = False) -> None:
+    for part, data in (("x", np.zeros((n, 96, 96, 3), np.uint8)), ("y", np.zeros((n, 1, 1, 1), np.uint8))):
+        path = raw / pcam.h5_name(split, part)
+        with h5py.File(path, "w") as f:
+            f.create_dataset(part, data=data)
+        if truncate and part == "x":
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def test_truncated_hdf5(tmp_path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    _pcam_split(raw, "test", 4, truncate=True)
+    with pytest.raises(DatasetError) as err:
+        pcam.convert(raw, tmp_path / "out", splits=["test"])
+    one_line(err, pcam.h5_name("test", "x"))
+    assert not (tmp_path / "out" / "images.npy").exists()
+    _pcam_split(raw, "test", 4)
+    pcam.convert(raw, tmp_path / "out", splits=["test"])
+    assert (tmp_path / "out" / "images.npy").exists()
+
+
+def _image_folder(root: Path) -> None:
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+
+
+def test_corrupt_image_named_by_path(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    bad = tmp_path / "imgs" / "b" / "1.png"
+    bad.write_bytes(b"\x89PNG not really")
+    with pytest.raises(DatasetError) as err:
+        folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
+    one_line(err, str(bad))
+    assert not (tmp_path / "out" / "images.npy").exists()
+    Image.new("RGB", (8, 8)).save(bad)
+    folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
+
+
+def test_non_rgb_images_are_converted_not_dropped(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    Image.new("L", (8, 8), 128).save(tmp_path / "imgs" / "a" / "0.png")
+    Image.new("RGBA", (8, 8)).save(tmp_path / "imgs" / "b" / "0.png")
+    folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
+    assert np.load(tmp_path / "out" / "images.npy").shape == (6, 8, 8, 3)
+
+
+def test_label_file_with_unknown_class(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    manifest = tmp_path / "manifest.csv"
+    pd.DataFrame({"path": ["imgs/a/0.png", "imgs/b/0.png"], "label": ["a", "c"]}).to_csv(manifest, index=False)
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(manifest, tmp_path / "out", classes=["a", "b"], size=8)
+    one_line(err, "'c'")
+    assert not (tmp_path / "out" / "images.npy").exists()
+
+
+def test_class_without_training_sample():
+    samples = pd.DataFrame({"index": range(4), "split": ["train", "train", "test", "test"], "label": [0, 0, 1, 0], "label_name": ["a", "a", "b", "a"]})
+    with pytest.raises(DatasetError) as err:
+        train_rows(samples, "samples.csv")
+    one_line(err, "samples.csv", "'b'")
+
+
+def test_image_label_count_mismatch(tmp_path):
+    images = np.zeros((3, 4, 4, 3), np.uint8)
+    samples = pd.DataFrame({"index": range(2), "split": "train", "label": 0, "label_name": "a", "caption": "", "group": ""})
+    with pytest.raises(DatasetError) as err:
+        write_dataset(images, samples, tmp_path / "ds")
+    one_line(err, "3 images but 2 sample rows")
+    assert not (tmp_path / "ds" / "images.npy").exists()
+    with pytest.raises(DatasetError):
+        validate_samples(samples, 3, "x")
+
+
+# ---------------------------------------------------------------- archives
+
+
+def test_zip_slip_refused(tmp_path):
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("ok.txt", "fine")
+        zf.writestr("../escaped.txt", "gotcha")
+    with pytest.raises(archives.ArchiveError) as err:
+        archives.safe_extract(archive, tmp_path / "out")
+    one_line(err, "evil.zip", "../escaped.txt")
+    assert not (tmp_path / "escaped.txt").exists() and not (tmp_path / "out").exists()
+
+
+def test_symlink_member_refused(tmp_path):
+    archive = tmp_path / "link.zip"
+    info = zipfile.ZipInfo("link")
+    info.external_attr = (0o120777 << 16)  # a symlink's mode bits
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr(info, "/etc/passwd")
+    with pytest.raises(archives.ArchiveError) as err:
+        archives.safe_extract(archive, tmp_path / "out")
+    one_line(err, "link.zip", "link")
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------- models
+
+
+def test_unknown_open_clip_id():
+    with pytest.raises(BackboneError) as err:
+        load_backbone("mine", {"arch": "ViT-Q-99"})
+    one_line(err, "ViT-Q-99")
+
+
+def test_checkpoint_missing(tmp_path):
+    with pytest.raises(BackboneError) as err:
+        load_backbone("mine", {"arch": "medtune-tiny", "checkpoint": str(tmp_path / "gone.pt")})
+    one_line(err, "mine", "gone.pt")
+
+
+def test_checkpoint_for_another_architecture(tmp_path):
+    torch.save({"visual.proj": torch.zeros(3, 3), "logit_scale": torch.tensor(1.0)}, tmp_path / "other.pt")
+    with pytest.raises(BackboneError) as err:
+        load_backbone("mine", {"arch": "medtune-tiny", "checkpoint": str(tmp_path / "other.pt")})
+    one_line(err, "mine", "other.pt")
+
+
+class NotATensor:
+    pass
+
+
+def test_pickle_checkpoint_refused_by_weights_only(tmp_path):
+    with open(tmp_path / "evil.pt", "wb") as fh:
+        pickle.dump({"state_dict": NotATensor()}, fh)
+    with pytest.raises(BackboneError) as err:
+        load_backbone("mine", {"arch": "medtune-tiny", "checkpoint": str(tmp_path / "evil.pt")})
+    one_line(err, "evil.pt", "weights_only")
+
+
+# ---------------------------------------------------------------- training
+
+
+def test_nan_loss_stops_with_step_and_lr_and_writes_no_checkpoint(tmp_path):
+    from medtune.contrastive import ContrastiveConfig, train_contrastive
+
+    backbone = load_backbone("tiny", {"arch": "medtune-tiny"})
+    with torch.no_grad():
+        backbone.model.logit_scale.fill_(float("nan"))
+    images = np.zeros((4, 16, 16, 3), np.uint8)
+    state = tmp_path / "resume_state.pt"
+    with pytest.raises(TrainingError) as err:
+        train_contrastive(backbone, images, np.arange(4), ["a"] * 4, ContrastiveConfig(epochs=1, batch_size=4, lr=0.01), torch.device("cpu"), state_path=state, progress=False)
+    one_line(err, "step 0", "learning rate")
+    assert not state.exists()
+
+
+class FakeSnakemake:
+    rule = "finetune"
+    log: list = []
+    threads = 1
+
+    class params:  # noqa: N801  (mimics snakemake.params)
+        hyper = {"batch_size": 256}
+
+
+def test_out_of_gpu_memory_names_the_batch_size(capfd):
+    def main(smk):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(SystemExit):
+        jobs.run(main, FakeSnakemake())
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("medtune error:")]
+    assert lines == [
+        "medtune error: out of GPU memory in rule finetune at batch size 256; "
+        "lower methods.<method>.batch_size (now 256) (or set grad_accum for fine-tuning)"
+    ]
+
+
+def test_catalogue_size():
+    cases = [name for name in globals() if name.startswith("test_") and name != "test_catalogue_size"]
+    assert len(cases) >= 20
