@@ -66,6 +66,9 @@ def encode_images(
 
     device = torch.device(device)
     use_amp = device.type == "cuda"
+    memory_format = torch.channels_last if use_amp else torch.contiguous_format  # faster convolutions on GPUs
+    if use_amp:
+        backbone.model.to(memory_format=memory_format)
     out: dict[str, list[torch.Tensor]] = {c: [] for c in conditions}
     batches = image_batches(images, np.asarray(indices), batch_size)
     total = (len(indices) + batch_size - 1) // batch_size
@@ -75,7 +78,7 @@ def encode_images(
         for condition in conditions:
             xc = corrupt(x, condition, keys=keys)
             with torch.autocast(device.type, enabled=use_amp):
-                feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std))
+                feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std).contiguous(memory_format=memory_format))
             out[condition].append(F.normalize(feats.float(), dim=-1).cpu())
     return {c: torch.cat(v).numpy().astype(np.float32) for c, v in out.items()}
 
