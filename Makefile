@@ -24,6 +24,11 @@ dry-run: setup
 test: setup
 	$(BIN)/python -m pytest -q
 
+# Performance figures side by side (results/bench/summary.md); e.g. BENCH_ARGS="--device cuda --backbone RN50 --image-size 224"
+.PHONY: bench
+bench: setup
+	$(BIN)/python -m medtune.bench $(BENCH_ARGS)
+
 report: run
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
 

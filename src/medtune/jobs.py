@@ -26,6 +26,13 @@ def run(main: Callable[[object], None], smk) -> None:
             stack.enter_context(contextlib.redirect_stdout(log))
             stack.enter_context(contextlib.redirect_stderr(log))
         try:
+            gpus = int(getattr(smk, "resources", {}).get("gpu", 0) or 0)
+            if gpus:
+                from medtune.devices import acquire_gpu
+
+                # before torch initialises CUDA: the job then sees only its own device(s)
+                device = stack.enter_context(acquire_gpu(count=gpus))
+                print(f"medtune: GPU job on device {device}")
             import torch
 
             torch.set_num_threads(threads)
