@@ -27,12 +27,14 @@ def run(main: Callable[[object], None], smk) -> None:
             stack.enter_context(contextlib.redirect_stderr(log))
         try:
             gpus = int(getattr(smk, "resources", {}).get("gpu", 0) or 0)
-            if gpus:
+            pinned = str(getattr(getattr(smk, "params", None), "device", "")).startswith("cuda:")
+            if gpus and not pinned:  # device: cuda:N means the user chose the device
                 from medtune.devices import acquire_gpu
 
                 # before torch initialises CUDA: the job then sees only its own device(s)
                 device = stack.enter_context(acquire_gpu(count=gpus))
-                print(f"medtune: GPU job on device {device}")
+                if device is not None:
+                    print(f"medtune: GPU job on device {device}")
             import torch
 
             torch.set_num_threads(threads)

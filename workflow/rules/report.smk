@@ -1,5 +1,17 @@
 # Tidy metric rows, then the seeds' tables and figures.
 
+# seconds of work each: on a cluster they run where Snakemake runs instead of queueing
+localrules:
+    collect_metrics,
+    tables,
+    figure_clipath_accuracy,
+    figure_clipath_training_time,
+    figure_clipath_confusion,
+    figure_pathclip_robustness,
+    figure_corruption_gallery,
+    figure_retrieval_examples,
+
+
 
 rule collect_metrics:
     input:
