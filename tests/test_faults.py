@@ -23,7 +23,7 @@ def start(workdir: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 300) -> bool:
+def kill_when(process: subprocess.Popen, ready, timeout: float = 1800) -> bool:
     """SIGKILL the whole process group once ``ready()`` is true; False if the run ended first."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
