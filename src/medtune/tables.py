@@ -175,6 +175,8 @@ def pathclip_table(metrics: pd.DataFrame, study: dict, metric_names: list[str], 
         s = pd.concat([s, published.assign(backbone=published["backbone"] + " (paper)", mean=published["value"])[s.columns.drop(["ci95", "n"])]])
     numbers = s.pivot_table(index="condition", columns=["dataset", "backbone", "metric"], values="mean")
     numbers = numbers.reindex([c for c in study["conditions"] if c in numbers.index])
+    # the seed's column order: HA@5 before HA@10, accuracy before F1
+    numbers = numbers[sorted(numbers.columns, key=lambda c: (c[0], c[1], metric_names.index(c[2])))]
     numbers.columns = [f"{d}/{b}/{metric}" for d, b, metric in numbers.columns]
     numbers = pd.concat([condition_columns(numbers.index), numbers.reset_index()], axis=1)
     pretty = numbers.drop(columns="condition")
