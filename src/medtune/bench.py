@@ -5,9 +5,10 @@ and prints each as ``name: measured (target ...) PASS/MISS``:
 
 1. **encode once** — training RFC, the linear probe and CoOp for several fractions x
    seeds from features encoded once, vs re-encoding the training images through the
-   image encoder every epoch (what the CLIPath public code does). Both sides run the
-   same methods, hyperparameters, subsets and seeds on a small synthetic dataset, and
-   both are timed here; nothing is extrapolated.
+   image encoder every epoch: as the CLIPath public code does it (per-image PIL
+   transform, autograd through the unfrozen encoder) and as re-encoding alone. All
+   paths run the same methods, hyperparameters, subsets and seeds on a small synthetic
+   dataset, and all are timed here; nothing is extrapolated.
 2. **corrupted-evaluation throughput** — :func:`medtune.encode.encode_images` over all
    29 conditions (corrupt + encode on the device from the uint8 store, batched) as a
    fraction of the bare encoder's forward rate on the same, already prepared batches.
@@ -900,6 +901,8 @@ def scaling_figure(r: dict[str, Any], plot: Path | None) -> Figure:
                f"time x{s['time_ratio']:.2f} for x{s['images_ratio']:.0f} the images" for s in r["summary"]]
     details.append("each job includes starting Python, loading the cached features and evaluating the head on the test conditions")
     if plot is not None:
+        with contextlib.suppress(ValueError):
+            plot = plot.relative_to(Path.cwd())
         details.append(f"plot: {plot}")
     worst = max(s["time_ratio"] / s["images_ratio"] for s in r["summary"])
     shown = "time x" + "/".join(f"{s['time_ratio']:.2f}" for s in r["summary"]) + " (" + "/".join(s["method"] for s in r["summary"]) \
@@ -984,9 +987,10 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
 
     device = resolve_device(args.device) if {"encode", "corrupt"} & only else None
     m = machine()
-    settings = {"device": str(device), "threads": settings_threads, "backbone": args.backbone, "image_size": args.image_size, "batch_size": args.batch_size,
-                "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test, "data_size": args.data_size,
-                "fractions": args.fractions, "seeds": args.seeds, "epochs": args.epochs, "methods": args.methods}
+    settings = {"device": str(device), "threads": settings_threads, "backbone": args.backbone, "image_size": args.image_size,
+                "batch_size": args.batch_size, "n_train": args.n_train, "n_val": args.n_val, "n_test": args.n_test,
+                "data_size": args.data_size, "fractions": args.fractions, "seeds": args.seeds, "epochs": args.epochs,
+                "methods": args.methods, "summary": "figures 3-5 only (no model run)"}
     log(f"medtune bench on {describe_machine(m)}")
     figures: list[Figure] = []
 
@@ -998,8 +1002,8 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
         settings["image_size"] = backbone.image_size
         log(f"random {args.backbone} at {backbone.image_size} px on {device}, {len(images)} synthetic {args.data_size} px images "
             f"({time.perf_counter() - t0:.1f} s to build)")
-    settings["summary"] = (f"{args.backbone} (random weights) at {settings['image_size'] or 'native'} px on {settings['device']} "
-                           f"({settings_threads} torch thread{'s' if settings_threads > 1 else ''}), encode batch {args.batch_size}")
+        settings["summary"] = (f"{args.backbone} (random weights) at {backbone.image_size} px on {device} "
+                               f"({settings_threads} torch thread{'s' if settings_threads > 1 else ''}), encode batch {args.batch_size}")
 
     if "encode" in only:
         params = method_params(repo)
