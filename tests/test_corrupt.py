@@ -2,6 +2,7 @@
 
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -193,3 +194,87 @@ def test_augmented_gives_each_image_its_own_fixed_corruption():
     assert torch.equal(batched, single)
     for i in range(6):
         assert torch.equal(batched[i : i + 1], apply(x[i : i + 1], augmentation_for(10 + i), keys=[10 + i]))
+
+
+def _pen_one_key(key):
+    """One key's ink and curves, computed on their own as the first markup did (the strokes must not change)."""
+    rng = np.random.default_rng([corrupt._MARKUP_SALT, key])
+    ink = corrupt.INKS[int(rng.integers(len(corrupt.INKS)))]
+    u = rng.random((corrupt.MAX_STROKES, 5))
+    start = 0.1 + 0.8 * u[:, 0:2]
+    angle = 2 * np.pi * u[:, 2]
+    length = 0.25 + 0.35 * u[:, 3]
+    bend = -0.4 + 0.8 * u[:, 4]
+    direction = np.stack([np.cos(angle), np.sin(angle)], axis=1)
+    normal = np.stack([-direction[:, 1], direction[:, 0]], axis=1)
+    end = start + length[:, None] * direction
+    control = (start + end) / 2 + (bend * length)[:, None] * normal
+    t = np.linspace(0, 1, corrupt._BEZIER_SEGMENTS + 1)[None, :, None]
+    return ink, (1 - t) ** 2 * start[:, None] + 2 * (1 - t) * t * control[:, None] + t**2 * end[:, None]
+
+
+def _markup_full_grid(images, strokes, keys):
+    """The plain rasteriser: every chord against every pixel. The windowed one must match it exactly."""
+    batch, _, height, width = images.shape
+    inks, curves = zip(*(_pen_one_key(k) for k in keys))
+    ink = torch.tensor(inks, dtype=torch.float32)[:, :, None, None]
+    points = torch.tensor(np.stack(curves)[:, :strokes], dtype=torch.float32) * torch.tensor([width, height], dtype=torch.float32)
+    xs = torch.arange(width, dtype=torch.float32) + 0.5
+    ys = torch.arange(height, dtype=torch.float32) + 0.5
+    dist2 = torch.full((batch, height, width), float("inf"))
+    for s in range(strokes):
+        for j in range(corrupt._BEZIER_SEGMENTS):
+            a, b = points[:, s, j], points[:, s, j + 1]
+            abx, aby = (b - a)[:, 0, None, None], (b - a)[:, 1, None, None]
+            tx = xs[None, None, :] - a[:, 0, None, None]
+            ty = ys[None, :, None] - a[:, 1, None, None]
+            t = ((tx * abx + ty * aby) / (abx * abx + aby * aby).clamp_min(1e-12)).clamp(0, 1)
+            dist2 = torch.minimum(dist2, (tx - t * abx) ** 2 + (ty - t * aby) ** 2)
+    half_width = max(2.0, corrupt.STROKE_WIDTH * min(height, width)) / 2
+    alpha = corrupt.INK_OPACITY * (half_width + 0.5 - dist2.sqrt()).clamp(0, 1)[:, None]
+    drawn = images.float() / 255 * (1 - alpha) + ink * alpha
+    out = (drawn * 255).round().clamp(0, 255).to(torch.uint8)
+    return torch.where(alpha > 0, out, images)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (37, 90), (224, 224)])
+def test_markup_window_matches_full_grid(size):
+    height, width = size
+    x = _images(batch=5, size=max(size), dtype=torch.uint8)[:, :, :height, :width].contiguous()
+    keys = [0, 7, 41, 1000, 123456]
+    for strokes in (1, 4):
+        assert torch.equal(corrupt.markup(x, strokes, keys), _markup_full_grid(x, strokes, keys))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("sigma", [1, 4])
+def test_separable_blur_matches_torchvision(dtype, sigma):
+    import math
+
+    import torchvision.transforms.v2.functional as TF
+
+    x = _images(batch=2, size=40, dtype=dtype)[:, :, :, :33]
+    size = 2 * math.ceil(3 * sigma) + 1
+    expected = TF.gaussian_blur(x, [min(size, 33), min(size, 39)], [float(sigma), float(sigma)])
+    got = corrupt.blur(x, sigma)
+    assert got.dtype == dtype
+    if dtype == torch.uint8:
+        assert (got.int() - expected.int()).abs().max() <= 1  # rounding at .5 may differ by one level
+    else:
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("shift", [-0.5, -0.15, 0.05, 0.15, 0.5])
+def test_hue_matches_torchvision(dtype, shift):
+    import torchvision.transforms.v2.functional as TF
+
+    x = _images(batch=2, size=40, dtype=dtype)
+    x[0, :, :4] = x[0, :1, :4]  # grey pixels: no hue to shift
+    x[1, 1, :4] = x[1, 0, :4]  # ties between red and green at the top
+    got = corrupt.hue(x, 1 + 4 * shift)
+    expected = TF.adjust_hue(x, shift)
+    if dtype == torch.uint8:
+        assert (got.int() - expected.int()).abs().max() <= 1
+    else:
+        torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
