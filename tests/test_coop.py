@@ -134,3 +134,17 @@ def test_clear_errors(backbone):
         coop.PromptLearner(backbone.model, backbone.tokenizer, ["a very long class name " * 3], n_ctx=16)
     with pytest.raises(coop.CoOpError, match="built-in text transformer"):
         coop.check_supported(torch.nn.Linear(2, 2))
+
+
+def test_text_transformer_runs_on_the_prompt_length_only(backbone):
+    """Causal mask: positions after the last EOS cannot change the pooled features, so they are not computed."""
+    learner = coop.PromptLearner(backbone.model, backbone.tokenizer, NAMES, ctx_init=PHRASE)
+    seen = []
+    hook = backbone.model.transformer.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    try:
+        with torch.no_grad():
+            coop.encode_prompts(backbone.model, learner.ctx, learner.token_prefix, learner.token_suffix, learner.tokens)
+    finally:
+        hook.remove()
+    longest = int(coop._eos_positions(backbone.model, learner.tokens).max()) + 1
+    assert seen == [longest] and longest < backbone.model.positional_embedding.shape[0]

@@ -95,3 +95,42 @@ def test_nan_loss_names_step_and_lr():
 
     with pytest.raises(TrainingError, match=r"step \d+ \(learning rate 0.01\)"):
         fit("rfc", data, {**PARAMS, "batch_size": 64}, seed=0)
+
+
+def _train_one_alpha(data, params, alpha, seed):
+    """The plain loop, one alpha at a time: what the stacked training must reproduce."""
+    from medtune.training import seed_everything
+
+    gen = seed_everything(seed)
+    head = RFCHead(ResidualFeatureConnection(data.train_features.shape[1], params["hidden_divisors"], alpha),
+                   torch.as_tensor(data.class_text).float(), data.logit_scale)
+    x, y = torch.from_numpy(data.train_features), torch.from_numpy(data.train_labels.astype(np.int64))
+    optimizer = torch.optim.Adam(head.rfc.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    losses = []
+    for _ in range(params["epochs"]):
+        order = torch.randperm(len(x), generator=gen)
+        for start in range(0, len(x), params["batch_size"]):
+            sel = order[start : start + params["batch_size"]]
+            loss = F.cross_entropy(head(x[sel]), y[sel])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return head.eval(), losses
+
+
+def test_stacked_alphas_train_as_one_alpha_at_a_time():
+    from medtune.methods.rfc import train_alphas
+
+    feats, labels, text = _toy(5, n=44)
+    data = FitData(feats[:30], labels[:30], feats[30:], labels[30:], text, 20.0)
+    params = {**PARAMS, "alphas": [0.0, 0.3, 0.6, 1.0], "weight_decay": 1e-3, "epochs": 5}
+    stacked = train_alphas(data, params, seed=2)
+    for alpha, (head, losses) in zip(params["alphas"], stacked):
+        alone, alone_losses = _train_one_alpha(data, params, alpha, seed=2)
+        # the same maths; only float32 summation order differs, and training amplifies it a little
+        assert losses[0] == pytest.approx(alone_losses[0], rel=1e-6)
+        np.testing.assert_allclose(losses, alone_losses, rtol=2e-3, atol=1e-5)
+        for key, value in alone.rfc.mlp.state_dict().items():
+            torch.testing.assert_close(head.rfc.mlp.state_dict()[key], value, rtol=2e-3, atol=1e-4)
+        torch.testing.assert_close(head(torch.from_numpy(feats)), alone(torch.from_numpy(feats)), rtol=2e-3, atol=2e-3)

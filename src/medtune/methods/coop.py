@@ -158,7 +158,14 @@ def encode_prompts(
         ctx = ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
     x = torch.cat([prefix, ctx.to(prefix.dtype), suffix], dim=1).to(cast_dtype)
     x = x + model.positional_embedding.to(cast_dtype)
-    x = model.transformer(x, attn_mask=model.attn_mask)
+    mask = model.attn_mask
+    if mask is not None:
+        # Under the causal mask no position sees the padding after the last EOS, so the
+        # transformer runs on the prompts' length, not the context length (77 for CLIP):
+        # the same features for a fraction of the cost of every CoOp step.
+        keep = int(_eos_positions(model, tokens).max()) + 1
+        x, mask, tokens = x[:, :keep], mask[:keep, :keep], tokens[:, :keep]
+    x = model.transformer(x, attn_mask=mask)
     x = model.ln_final(x)
     x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
     if model.text_projection is not None:

@@ -62,38 +62,71 @@ class RFCHead(nn.Module):
         return self.logit_scale * self.embed(features) @ self.class_text.T
 
 
-def train_one(data, params: dict, alpha: float, seed: int) -> tuple[RFCHead, list[float]]:
+def train_alphas(data, params: dict, seed: int) -> list[tuple[RFCHead, list[float]]]:
+    """One adapter per alpha in ``params["alphas"]``, trained side by side.
+
+    Every alpha starts from the same seeded weights and sees the same batches, so
+    the adapters are stacked along a leading alpha axis and trained in one loop:
+    the summed loss gives each adapter exactly its own gradient and Adam is
+    elementwise, so this is the per-alpha training with one Python step for all
+    alphas instead of one each.
+    """
     gen = seed_everything(seed)
+    alphas = [float(a) for a in params["alphas"]]
     dim = data.train_features.shape[1]
-    head = RFCHead(
-        ResidualFeatureConnection(dim, params["hidden_divisors"], alpha),
-        torch.as_tensor(data.class_text).float(),
-        data.logit_scale,
-    )
+    init = bottleneck(dim, params["hidden_divisors"])
+    # n_alphas x out x in per layer
+    weights = [
+        nn.Parameter(layer.weight.detach().expand(len(alphas), -1, -1).clone())
+        for layer in init
+        if isinstance(layer, nn.Linear)
+    ]
+    alpha = torch.tensor(alphas)[:, None, None]
+    renormalise = torch.tensor([a not in (0.0, 1.0) for a in alphas])[:, None, None]
+    class_text = torch.as_tensor(data.class_text).float()
     x = torch.from_numpy(np.asarray(data.train_features, dtype=np.float32))
     y = torch.from_numpy(np.asarray(data.train_labels, dtype=np.int64))
-    optimizer = torch.optim.Adam(head.rfc.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
+    optimizer = torch.optim.Adam(weights, lr=params["lr"], weight_decay=params["weight_decay"])
     losses, step = [], 0
     for _ in range(params["epochs"]):
         order = torch.randperm(len(x), generator=gen)
         for start in range(0, len(x), params["batch_size"]):
             sel = order[start : start + params["batch_size"]]
-            loss = F.cross_entropy(head(x[sel]), y[sel])
+            features = x[sel]
+            hidden = features.expand(len(alphas), -1, -1)
+            for i, w in enumerate(weights):
+                hidden = hidden @ w.transpose(1, 2)
+                if i < len(weights) - 1:
+                    hidden = F.relu(hidden)
+            # as ResidualFeatureConnection.forward, for every alpha at once
+            mixed = alpha * F.normalize(hidden, dim=-1) + (1 - alpha) * F.normalize(features, dim=-1)
+            mixed = torch.where(renormalise, F.normalize(mixed, dim=-1), mixed)
+            logits = data.logit_scale * mixed @ class_text.T  # n_alphas x batch x classes
+            per_alpha = F.cross_entropy(logits.transpose(1, 2), y[sel].expand(len(alphas), -1), reduction="none").mean(1)
+            loss = per_alpha.sum()
             check_finite(loss, step, params["lr"])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(per_alpha.detach())
             step += 1
-    return head.eval(), losses
+    history = torch.stack(losses).T.tolist() if losses else [[] for _ in alphas]
+    heads = []
+    for a, (value, trained) in enumerate(zip(alphas, history)):
+        head = RFCHead(ResidualFeatureConnection(dim, params["hidden_divisors"], value), class_text, data.logit_scale)
+        linears = [layer for layer in head.rfc.mlp if isinstance(layer, nn.Linear)]
+        with torch.no_grad():
+            for layer, w in zip(linears, weights):
+                layer.weight.copy_(w[a])
+        heads.append((head.eval(), trained))
+    return heads
 
 
 def fit(data, params, seed):
     from medtune.methods import accuracy
 
     best, val_acc = None, {}
-    for alpha in params["alphas"]:
-        head, losses = train_one(data, params, alpha, seed)
+    for alpha, (head, losses) in zip(params["alphas"], train_alphas(data, params, seed)):
         val_acc[alpha] = accuracy(head, data.val_features, data.val_labels)
         if best is None or val_acc[alpha] > val_acc[best[0]]:
             best = (alpha, head, losses)
