@@ -59,14 +59,14 @@ def test_job_count_parses_dry_run_output():
 
 def _fake_run(workdir: Path) -> Path:
     results = workdir / "results"
-    for method, seconds in (("rfc", (3.0, 3.5)), ("linear_probe", (2.0, 2.2))):
+    for method, seconds, job_s in (("rfc", (3.0, 3.5), 9.0), ("linear_probe", (2.0, 2.2), 6.0)):
+        tsv = results / "benchmarks" / "train" / "synthetic" / method / "tiny" / "seed1.tsv"
+        tsv.parent.mkdir(parents=True, exist_ok=True)
+        tsv.write_text(f"s\th:m:s\tmax_rss\n{job_s}\t0:00:0{int(job_s)}\t300.0\n")
         for fraction, s, n in (("0.1", seconds[0], 5), ("50", seconds[1], 500)):
-            tsv = results / "benchmarks" / "train" / "synthetic" / method / "tiny" / "seed1" / f"frac{fraction}.tsv"
-            tsv.parent.mkdir(parents=True, exist_ok=True)
-            tsv.write_text(f"s\th:m:s\tmax_rss\n{s}\t0:00:0{int(s)}\t300.0\n")
             record = results / "runs" / "synthetic" / method / "tiny" / "seed1" / f"frac{fraction}" / "train.json"
             record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps({"n_train": n}))
+            record.write_text(json.dumps({"n_train": n, "wall_seconds": s}))
     prep = results / "benchmarks" / "prepare_dataset" / "synthetic.tsv"
     prep.parent.mkdir(parents=True)
     prep.write_text("s\th:m:s\tmax_rss\n10.0\t0:00:10\t200.0\n")
@@ -80,9 +80,9 @@ def _fake_run(workdir: Path) -> Path:
 def test_end_to_end_and_scaling_from_benchmark_files(tmp_path):
     results = _fake_run(tmp_path)
     e2e = bench.bench_end_to_end(results, tmp_path, import_repeats=1, import_statement="import json")
-    assert e2e["benchmark_files"] == 5
-    assert e2e["job_seconds"] == pytest.approx(3.0 + 3.5 + 2.0 + 2.2 + 10.0)
-    assert e2e["per_rule"]["train"]["jobs"] == 4
+    assert e2e["benchmark_files"] == 3
+    assert e2e["job_seconds"] == pytest.approx(9.0 + 6.0 + 10.0)
+    assert e2e["per_rule"]["train"]["jobs"] == 2
     assert e2e["last_complete_run"]["wall_s"] == 330 and e2e["import_s"] > 0
     assert bench.end_to_end_figure(e2e).value == 330
 
@@ -90,6 +90,7 @@ def test_end_to_end_and_scaling_from_benchmark_files(tmp_path):
     by_method = {s["method"]: s for s in scaling["summary"]}
     assert by_method["rfc"]["time_ratio"] == pytest.approx(3.5 / 3.0)
     assert by_method["rfc"]["images_ratio"] == pytest.approx(100)
+    assert scaling["jobs"]["linear_probe"] == {"jobs": 1, "mean_s": 6.0}
     assert bench.plot_scaling(scaling, tmp_path / "scaling.png").exists()
 
 

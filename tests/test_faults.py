@@ -48,7 +48,7 @@ def killed_three_times(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
     write_config(workdir, SMALL_CONFIG)
     kills = []
-    for stage in ("encode_images/*/*/*.log", "train/*/rfc/*/*/*.log", "tables.log"):
+    for stage in ("encode_images/*/*/*.log", "train/*/rfc/*/*.log", "tables.log"):
         process = start(workdir)
         kills.append(kill_when(process, running(workdir, stage)))
         snakemake(workdir, "--unlock")

@@ -100,12 +100,8 @@ def encode_split(
     The folder is filled under a temporary name and renamed at the end, so a
     killed job leaves no partial feature set behind.
     """
-    import os
-    import shutil
-    import tempfile
-    from pathlib import Path
-
     from medtune.data.store import load_dataset
+    from medtune.io import atomic_dir
     from medtune.models import load_backbone
     from medtune.training import resolve_device
 
@@ -114,20 +110,9 @@ def encode_split(
     rows = dataset.split(split)
     backbone = load_backbone(name, spec, weights=weights, device=str(dev))
     feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress)
-    from medtune.io import remove_stale_temporaries
-
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         for condition, array in feats.items():
             np.save(tmp / f"{condition}.npy", array)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def encode_class_text(name: str, spec: dict, weights, samples, prompts: dict, out, device: str = "auto") -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from medtune.data.store import DatasetError, read_samples
 from medtune.evaluate import evaluate_run
-from medtune.io import save_torch, write_csv, write_json
+from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.methods import FitData, fit
 from medtune.methods import zeroshot
 from medtune.conditions import AUGMENTED
@@ -50,66 +51,79 @@ def train_frozen(
     method: str,
     params: dict[str, Any],
     seed: int,
+    subsets: Mapping[str, Any],
+    out_dir,
     train_dir,
     val_dir,
     text,
-    subset,
     samples,
-    head_out,
-    record_out,
-    test_dir=None,
+    test_dir,
     conditions=("clean",),
-    metrics_out=None,
-    run=None,
+    run: dict | None = None,
     backbone: dict | None = None,
     prompts: dict | None = None,
     device: str = "cpu",
+    progress: bool = True,
 ) -> None:
-    """Fit a frozen-backbone method on cached features, save its head, evaluate it.
+    """Fit a frozen-backbone method on cached features for every training fraction of one
+    seed (``subsets``: fraction -> subset CSV), and evaluate each fit on the test conditions.
 
-    CoOp also needs the frozen text encoder (``backbone``: name, spec, weights)
-    to back-propagate into its context; the others need features alone.
+    Writes ``out_dir/frac{fraction}/{head.pt,train.json,metrics.csv}``, the whole folder at
+    once. One job covers all fractions because a fit from cached features takes about a
+    second, less than starting Python and importing torch and scikit-learn. CoOp also needs
+    the frozen text encoder (``backbone``: name, spec, weights) to back-propagate into its
+    context; the others need features alone.
     """
     table = read_samples(samples)
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
-    picked = subset_positions(train_rows, subset)
-    classifier, scale = load_text(text)
-    train_x, train_y = np.asarray(train_features[picked]), train_rows["label"].to_numpy()[picked]
+    augmented = None
     if method.endswith(AUGMENTED_SUFFIX):
-        # each training image twice: clean, and under its own corruption
         augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
-        train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
-    data = FitData(
-        train_features=train_x,
-        train_labels=train_y,
-        val_features=np.asarray(val_features),
-        val_labels=val_rows["label"].to_numpy(),
-        class_text=classifier,
-        logit_scale=scale,
-    )
+    classifier, scale = load_text(text)
+    test_rows = table[table["split"] == "test"]
     dev = resolve_device(device if method == "coop" else "cpu")
-    clock = Stopwatch()
-    if method == "coop":
-        state, info = _fit_coop(data, params, seed, backbone, prompts, table, dev)
-    else:
-        state, info = fit(base_method(method), data, params, seed)
-    seconds = clock.seconds
-    trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
-    save_torch(state, head_out)
-    record = {"method": method, "seed": seed, "n_train": int(len(picked)), "chosen": info, "params": params}
-    record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
-    write_json(record, record_out)
-    if metrics_out is not None:
-        test_rows = table[table["split"] == "test"]
-        write_csv(evaluate_run(head_out, test_dir, test_rows, conditions, run or {}), metrics_out)
+    coop_model = _coop_backbone(backbone, dev) if method == "coop" else None
+    with atomic_dir(out_dir) as tmp:
+        for fraction, subset in tqdm(subsets.items(), desc=f"{method} seed {seed}", disable=not progress):
+            picked = subset_positions(train_rows, subset)
+            train_x, train_y = np.array(train_features[picked]), train_rows["label"].to_numpy()[picked]
+            if augmented is not None:
+                # each training image twice: clean, and under its own corruption
+                train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
+            data = FitData(
+                train_features=train_x,
+                train_labels=train_y,
+                val_features=np.array(val_features),
+                val_labels=val_rows["label"].to_numpy(),
+                class_text=classifier,
+                logit_scale=scale,
+            )
+            clock = Stopwatch()
+            if method == "coop":
+                state, info = _fit_coop(data, params, seed, coop_model, prompts, table)
+            else:
+                state, info = fit(base_method(method), data, params, seed)
+            seconds = clock.seconds
+            trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
+            run_dir = tmp / f"frac{fraction}"
+            save_torch(state, run_dir / "head.pt")
+            record = {"method": method, "seed": seed, "n_train": int(len(picked)), "chosen": info, "params": params}
+            record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
+            write_json(record, run_dir / "train.json")
+            metrics = evaluate_run(run_dir / "head.pt", test_dir, test_rows, conditions, {**(run or {}), "fraction": float(fraction)})
+            write_csv(metrics, run_dir / "metrics.csv")
 
 
-def _fit_coop(data: FitData, params, seed, backbone: dict, prompts: dict, table: pd.DataFrame, device):
-    from medtune.methods.coop import fit_coop
+def _coop_backbone(backbone: dict, device):
     from medtune.models import load_backbone
 
-    model = load_backbone(backbone["name"], backbone["spec"], weights=backbone.get("weights"), device=str(device))
+    return load_backbone(backbone["name"], backbone["spec"], weights=backbone.get("weights"), device=str(device))
+
+
+def _fit_coop(data: FitData, params, seed, model, prompts: dict, table: pd.DataFrame):
+    from medtune.methods.coop import fit_coop
+
     names = table[["label", "label_name"]].drop_duplicates().sort_values("label")["label_name"]
     words = [(prompts or {}).get("classnames", {}).get(n, n) for n in names]
     return fit_coop(model, words, data, params, seed)

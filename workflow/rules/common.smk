@@ -1,5 +1,6 @@
 # Paths, wildcard constraints and input functions shared by the rule files.
 
+import os
 import re
 
 RESULTS = config["results"]
@@ -61,13 +62,25 @@ def run_dir(run):
     return f"{RESULTS}/runs/{run.path}"
 
 
+def trained_fractions(wildcards):
+    """The fractions one train_frozen job fits: those of the studies' runs of its method and seed."""
+    return [
+        r.fraction
+        for r in RUNS
+        if (r.dataset, r.method, r.backbone, str(r.seed)) == (wildcards.dataset, wildcards.trained, wildcards.backbone, wildcards.seed)
+    ]
+
+
 def trained_inputs(wildcards):
     feats = lambda split: features_dir(wildcards.backbone, wildcards.dataset, split)
     return {
         "train": feats("train"),
         "val": feats("val"),
         "text": f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/text.npz",
-        "subset": f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{wildcards.fraction}.csv",
+        "subsets": [
+            f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{fraction}.csv"
+            for fraction in trained_fractions(wildcards)
+        ],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
         "weights": backbone_weights(wildcards.backbone) if wildcards.trained == "coop" else [],
@@ -90,6 +103,17 @@ def evaluate_inputs(wildcards):
     }
 
 
+def run_output(run):
+    """What a run's producing job declares: a frozen method's job writes the folder of its seed."""
+    if run.method in plan.FROZEN_METHODS:
+        return os.path.dirname(run_dir(run))
+    return f"{run_dir(run)}/metrics.csv"
+
+
+def all_run_outputs():
+    return sorted({run_output(r) for r in RUNS})
+
+
 def all_metrics():
     return [f"{run_dir(r)}/metrics.csv" for r in RUNS]
 
@@ -106,20 +130,25 @@ def all_outputs():
     return tables + [f"{RESULTS}/figures/{name}.{ext}" for name in plan.figures(config) for ext in ("png", "pdf")]
 
 
-def confusion_inputs(wildcards):
-    """Heads of the CLIPath study's frozen-backbone runs (zero-shot included) on its first dataset
-    and backbone, and the test features they read: the figure picks the most accurate."""
+def confusion_runs():
+    """The CLIPath study's frozen-backbone runs (zero-shot included) on its first dataset and
+    backbone: the confusion figure picks the most accurate."""
     study = config["studies"]["clipath"]
     dataset, backbone = study["datasets"][0], study["backbones"][0]
-    heads = [
-        f"{run_dir(r)}/head.pt"
+    return [
+        r
         for r in RUNS
         if r.dataset == dataset and r.backbone == backbone and r.method in ("zeroshot", *plan.FROZEN_METHODS)
         and r.method in study["methods"]
     ]
+
+
+def confusion_inputs(wildcards):
+    study = config["studies"]["clipath"]
+    dataset, backbone = study["datasets"][0], study["backbones"][0]
     return {
         "metrics": f"{RESULTS}/metrics.csv",
-        "heads": heads,
+        "runs": sorted({run_output(r) for r in confusion_runs()}),
         "test": features_dir(backbone, dataset, "test"),
         "samples": dataset_files(dataset)["samples"],
     }

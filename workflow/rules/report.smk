@@ -15,11 +15,13 @@ localrules:
 
 rule collect_metrics:
     input:
-        metrics=all_metrics(),
-        records=all_train_records(),
+        all_run_outputs(),
     output:
         metrics=f"{RESULTS}/metrics.csv",
         costs=f"{RESULTS}/costs.csv",
+    params:
+        metrics=all_metrics(),
+        records=all_train_records(),
     log:
         f"{RESULTS}/logs/collect_metrics.log",
     conda:
@@ -138,6 +140,7 @@ rule figure_clipath_confusion:
         pdf=f"{RESULTS}/figures/clipath_confusion.pdf",
     params:
         study=lambda wc: config["studies"]["clipath"],
+        heads=[f"{run_dir(r)}/head.pt" for r in confusion_runs()],
     log:
         f"{RESULTS}/logs/figures/clipath_confusion.log",
     conda:

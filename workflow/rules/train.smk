@@ -1,6 +1,7 @@
-# Adaptation methods. Frozen-backbone methods train from the cached features only, and
-# evaluate in the same job: fitting a head on cached features takes seconds, less than
-# a second interpreter start, so a separate evaluate job per run would double the cost.
+# Adaptation methods. Frozen-backbone methods train from the cached features only, one job
+# per seed covering every fraction, and evaluate in the same job: fitting a head on cached
+# features takes about a second, less than starting Python and importing torch, so a job
+# per fraction (or a separate evaluate job per run) would spend most of its time starting.
 
 
 rule zeroshot_head:
@@ -21,20 +22,21 @@ rule train_frozen:
     input:
         unpack(trained_inputs),
     output:
-        head=f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/head.pt",
-        record=f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/train.json",
-        metrics=f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
+        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}
+        directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
         method=lambda wc: wc.trained,
+        fractions=trained_fractions,
         hyper=lambda wc: config["methods"][plan.base_method(wc.trained)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
         device=config["device"],
+        progress=config["progress"],
     log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.log",
+        f"{RESULTS}/logs/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

@@ -52,14 +52,19 @@ def load_head(path) -> torch.nn.Module:
     return build_head(torch.load(path, map_location="cpu", weights_only=True))
 
 
+def _tensor(features: np.ndarray) -> torch.Tensor:
+    # cached features are memory-mapped read-only; torch wants memory it may write
+    return torch.from_numpy(np.require(features, dtype=np.float32, requirements=["W"]))
+
+
 @torch.inference_mode()
 def predict(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
-    return head(torch.from_numpy(np.asarray(features, dtype=np.float32))).numpy()
+    return head(_tensor(features)).numpy()
 
 
 @torch.inference_mode()
 def embed(head: torch.nn.Module, features: np.ndarray) -> torch.Tensor:
-    return head.embed(torch.from_numpy(np.asarray(features, dtype=np.float32)))
+    return head.embed(_tensor(features))
 
 
 def accuracy(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
