@@ -270,7 +270,7 @@ def naive_rfc(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, c
     from medtune.training import seed_everything
 
     val_f = enc.many(val_idx, batch_size).numpy()  # once per run
-    y = torch.from_numpy(np.asarray(train_labels, dtype=np.int64))
+    y = torch.tensor(np.asarray(train_labels), dtype=torch.int64)
     model = enc.backbone.model
     val_acc = {}
     for alpha in params["alphas"]:
@@ -320,9 +320,9 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
     best = None
     with frozen(model):
         learner = PromptLearner(model, backbone.tokenizer, class_names, p["n_ctx"], p["ctx_init"], p["ctx_std"], gen)
-        y = torch.from_numpy(np.asarray(train_labels, dtype=np.int64)).to(device)
+        y = torch.tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
         val_x = enc.many(val_idx, batch_size).to(device)  # once per run
-        val_y = torch.from_numpy(np.asarray(val_labels, dtype=np.int64)).to(device)
+        val_y = torch.tensor(np.asarray(val_labels), dtype=torch.int64).to(device)
         optimizer = torch.optim.SGD([learner.ctx], lr=lr_at(0, p), momentum=float(p["momentum"]),
                                     weight_decay=float(p["weight_decay"]))
         batch = int(p["batch_size"])
@@ -949,7 +949,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-test", type=int, default=256, help="images encoded under every condition (figure 2)")
     p.add_argument("--fractions", type=float, nargs="+", default=[1.0, 10.0, 50.0])
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--epochs", type=int, default=3, help="epochs of RFC and CoOp in figure 1 (the other settings: config/config.yaml)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of RFC and CoOp in figure 1 (default: as config/config.yaml, like every other setting)")
     p.add_argument("--methods", nargs="+", default=["rfc", "linear_probe", "coop"], choices=["rfc", "linear_probe", "coop"])
     p.add_argument("--only", nargs="+", choices=["encode", "corrupt", "dag", "end_to_end", "scaling"], default=None,
                    help="run only these figures")
@@ -1014,16 +1015,18 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
 
     if "encode" in only:
         params = method_params(repo)
-        for name in ("rfc", "coop"):
-            params[name]["epochs"] = args.epochs
-        log(f"[1/5] encode once: {args.methods} x fractions {args.fractions} x seeds {args.seeds}, {args.epochs} epochs")
+        if args.epochs:
+            for name in ("rfc", "coop"):
+                params[name]["epochs"] = args.epochs
+        epochs = ", ".join(f"{name} {params[name]['epochs']}" for name in ("rfc", "coop") if name in args.methods)
+        log(f"[1/5] encode once: {args.methods} x fractions {args.fractions} x seeds {args.seeds}, epochs: {epochs}")
         r = bench_encode_once(backbone, images, samples, args.fractions, args.seeds, params, args.methods, device,
                               args.batch_size, log=log)
         figures.append(encode_once_figure(r))
         write_json(figures[-1].to_json(), out / "encode_once.json")
         log(figures[-1].line())
         settings["summary"] += (f"; figure 1: {args.n_train} train + {args.n_val} val images, fractions {args.fractions} %, "
-                                f"seeds {args.seeds}, {args.epochs} epochs")
+                                f"seeds {args.seeds}, epochs: {epochs}")
 
     if "corrupt" in only:
         log(f"[2/5] corrupted evaluation: {args.n_test} images x 29 conditions")

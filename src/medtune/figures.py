@@ -109,7 +109,7 @@ def corruption_gallery(images: np.ndarray, index: int, conditions, path) -> None
     from medtune.conditions import CORRUPTIONS, SEVERITY_LABEL, parse_condition
     from medtune.corrupt import apply
 
-    x = torch.from_numpy(np.ascontiguousarray(images[index : index + 1])).permute(0, 3, 1, 2)
+    x = torch.tensor(images[index : index + 1]).permute(0, 3, 1, 2)  # a copy of the read-only memory map
     rows = [c for c in CORRUPTIONS if any(parse_condition(k)[0] == c for k in conditions)]
     fig, axes = plt.subplots(len(rows), 5, figsize=(7.5, 1.6 * max(len(rows), 1)), squeeze=False)
     for r, corruption in enumerate(rows):

@@ -18,7 +18,9 @@ KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, 
 def run(main: Callable[[object], None], smk) -> None:
     log_path = smk.log[0] if len(smk.log) else None
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    # torch sizes its thread pool from this when it is first imported; light jobs
+    # (subsets, tables, figures) never import it and should not pay for it
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     with contextlib.ExitStack() as stack:
         if log_path:
             os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
@@ -35,9 +37,8 @@ def run(main: Callable[[object], None], smk) -> None:
                 device = stack.enter_context(acquire_gpu(count=gpus))
                 if device is not None:
                     print(f"medtune: GPU job on device {device}")
-            import torch
-
-            torch.set_num_threads(threads)
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(threads)
             main(smk)
         except KNOWN_ERRORS as err:
             message = oom_message(smk) if _is_out_of_memory(err) else f"{type(err).__name__}: {err}".splitlines()[0]
@@ -50,9 +51,8 @@ def run(main: Callable[[object], None], smk) -> None:
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
-    import torch
-
-    return isinstance(err, torch.cuda.OutOfMemoryError)
+    torch = sys.modules.get("torch")  # not imported: not a CUDA out-of-memory error
+    return torch is not None and isinstance(err, torch.cuda.OutOfMemoryError)
 
 
 def oom_message(smk) -> str:

@@ -84,4 +84,4 @@ def _labels(labels, device: torch.device) -> torch.Tensor:
     if values.dtype.kind not in "biu":
         # Strings or other class names: only equality matters, so number them.
         values = np.unique(values, return_inverse=True)[1]
-    return torch.as_tensor(values, device=device)
+    return torch.tensor(values, device=device)  # a copy: pandas hands out read-only arrays

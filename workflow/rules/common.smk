@@ -15,10 +15,8 @@ wildcard_constraints:
     split=r"pretrain|train|val|test",
     seed=r"\d+",
     fraction=r"\d+(\.\d+)?",
-    method=r"zeroshot|linear_probe|rfc|coop|linear_probe_augmented|rfc_augmented|finetune_caption|finetune_label",
-    trained=r"linear_probe|rfc|coop|linear_probe_augmented|rfc_augmented",
-    tuned=r"finetune_caption|finetune_label",
-    setting=r"pretrained",
+    trained="|".join(plan.FROZEN_METHODS),
+    tuned="|".join(plan.TUNED_METHODS),
 
 
 def dataset_files(dataset):
@@ -97,7 +95,7 @@ def finetune_inputs(wildcards):
 
 def evaluate_inputs(wildcards):
     return {
-        "head": f"{RESULTS}/runs/{wildcards.dataset}/{wildcards.method}/{wildcards.backbone}/{wildcards.setting}/head.pt",
+        "text": f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/text.npz",
         "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
         "samples": dataset_files(wildcards.dataset)["samples"],
     }

@@ -18,6 +18,8 @@ rule pretrain_backbone:
         f"{RESULTS}/logs/pretrain_backbone/{{backbone}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_backbone/{{backbone}}.tsv"
+    # every model job waits for the backbone: start it before the many small subset jobs
+    priority: 20
     threads: 2
     resources:
         mem_mb=4000,
@@ -43,6 +45,8 @@ rule encode_images:
         f"{RESULTS}/logs/encode_images/{{backbone}}/{{dataset}}/{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/encode_images/{{backbone}}/{{dataset}}/{{split}}.tsv"
+    # the training and evaluation jobs wait for these features; fine-tuning does not
+    priority: 10
     threads: 2
     resources:
         mem_mb=4000,

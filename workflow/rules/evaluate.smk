@@ -1,22 +1,25 @@
-# Metrics of a pretrained model's head (zero-shot) under every test condition its dataset x
-# backbone needs. Frozen-feature methods evaluate inside their training job (train.smk).
+# Zero-shot: the pretrained model's class-prompt classifier, evaluated under every test
+# condition its dataset x backbone needs, in one job (the head is a copy of the text
+# features, so a job of its own would be all start-up). Frozen-feature methods evaluate
+# inside their training job (train.smk).
 
 
 rule evaluate:
     input:
         unpack(evaluate_inputs),
     output:
-        f"{RESULTS}/runs/{{dataset}}/{{method}}/{{backbone}}/{{setting}}/metrics.csv",
+        head=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/head.pt",
+        metrics=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/metrics.csv",
     params:
-        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.method),
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, "zeroshot"),
         run=lambda wc: {
             "dataset": wc.dataset,
-            "method": wc.method,
+            "method": "zeroshot",
             "backbone": wc.backbone,
-            "setting": wc.setting,
+            "setting": "pretrained",
         },
     log:
-        f"{RESULTS}/logs/evaluate/{{dataset}}/{{method}}/{{backbone}}/{{setting}}.log",
+        f"{RESULTS}/logs/evaluate/{{dataset}}/zeroshot/{{backbone}}.log",
     threads: 1
     resources:
         mem_mb=2000,

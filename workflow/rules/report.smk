@@ -140,7 +140,7 @@ rule figure_clipath_confusion:
         pdf=f"{RESULTS}/figures/clipath_confusion.pdf",
     params:
         study=lambda wc: config["studies"]["clipath"],
-        heads=[f"{run_dir(r)}/head.pt" for r in confusion_runs()],
+        heads=lambda wc: [f"{run_dir(r)}/head.pt" for r in confusion_runs()],
     log:
         f"{RESULTS}/logs/figures/clipath_confusion.log",
     conda:

@@ -4,20 +4,6 @@
 # per fraction (or a separate evaluate job per run) would spend most of its time starting.
 
 
-rule zeroshot_head:
-    input:
-        text=f"{RESULTS}/features/{{backbone}}/{{dataset}}/text.npz",
-    output:
-        head=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/head.pt",
-    log:
-        f"{RESULTS}/logs/train/{{dataset}}/zeroshot/{{backbone}}.log",
-    threads: 1
-    conda:
-        "../../envs/medtune.yaml"
-    script:
-        "../scripts/zeroshot_head.py"
-
-
 rule train_frozen:
     input:
         unpack(trained_inputs),

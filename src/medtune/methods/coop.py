@@ -258,10 +258,10 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
     scale = float(backbone.logit_scale)
     with frozen(model):
         learner = PromptLearner(model, backbone.tokenizer, class_names, p["n_ctx"], p["ctx_init"], p["ctx_std"], gen)
-        x = torch.from_numpy(np.asarray(data.train_features, dtype=np.float32)).to(device)
+        x = torch.tensor(np.asarray(data.train_features), dtype=torch.float32).to(device)
         y = torch.from_numpy(labels).to(device)
-        val_x = torch.from_numpy(np.asarray(data.val_features, dtype=np.float32)).to(device)
-        val_y = torch.from_numpy(np.asarray(data.val_labels, dtype=np.int64)).to(device)
+        val_x = torch.tensor(np.asarray(data.val_features), dtype=torch.float32).to(device)
+        val_y = torch.tensor(np.asarray(data.val_labels), dtype=torch.int64).to(device)
 
         def validate() -> tuple[float | None, float | None]:
             if len(val_y) == 0:

@@ -84,8 +84,8 @@ def train_alphas(data, params: dict, seed: int) -> list[tuple[RFCHead, list[floa
     alpha = torch.tensor(alphas)[:, None, None]
     renormalise = torch.tensor([a not in (0.0, 1.0) for a in alphas])[:, None, None]
     class_text = torch.as_tensor(data.class_text).float()
-    x = torch.from_numpy(np.asarray(data.train_features, dtype=np.float32))
-    y = torch.from_numpy(np.asarray(data.train_labels, dtype=np.int64))
+    x = torch.tensor(np.asarray(data.train_features), dtype=torch.float32)
+    y = torch.tensor(np.asarray(data.train_labels), dtype=torch.int64)
     optimizer = torch.optim.Adam(weights, lr=params["lr"], weight_decay=params["weight_decay"])
     losses, step = [], 0
     for _ in range(params["epochs"]):
