@@ -79,11 +79,12 @@ def _fake_run(workdir: Path) -> Path:
 
 def test_end_to_end_and_scaling_from_benchmark_files(tmp_path):
     results = _fake_run(tmp_path)
-    e2e = bench.bench_end_to_end(results, tmp_path, import_repeats=1, import_statement="import json")
+    e2e = bench.bench_end_to_end(results, tmp_path, import_repeats=1, imports=dict.fromkeys(bench.STARTUP_IMPORTS, "import json"))
     assert e2e["benchmark_files"] == 3
     assert e2e["job_seconds"] == pytest.approx(9.0 + 6.0 + 10.0)
     assert e2e["per_rule"]["train"]["jobs"] == 2
-    assert e2e["last_complete_run"]["wall_s"] == 330 and e2e["import_s"] > 0
+    assert e2e["last_complete_run"]["wall_s"] == 330
+    assert e2e["jobs_by_kind"] == {"data": 1, "frozen fit": 2} and all(s > 0 for s in e2e["import_s"].values())
     assert bench.end_to_end_figure(e2e).value == 330
 
     scaling = bench.bench_scaling(results)

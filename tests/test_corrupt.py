@@ -278,3 +278,14 @@ def test_hue_matches_torchvision(dtype, shift):
         assert (got.int() - expected.int()).abs().max() <= 1
     else:
         torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("scale", [0.8, 0.4, 0.2])
+def test_resolution_matrices_match_torchvision_resizes(scale):
+    import torchvision.transforms.v2.functional as TF
+
+    x = _images(batch=2, size=64)[:, :, :, :50].contiguous()
+    small = [round(64 * scale), round(50 * scale)]
+    bilinear = TF.InterpolationMode.BILINEAR
+    expected = TF.resize(TF.resize(x, small, interpolation=bilinear, antialias=True), [64, 50], interpolation=bilinear, antialias=True)
+    torch.testing.assert_close(corrupt.resolution(x, scale), expected.clamp(0, 1), atol=1e-5, rtol=0)

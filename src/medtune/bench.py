@@ -767,7 +767,24 @@ def last_run_log(log_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] |
     return best, (runs[-1] if runs else None)
 
 
-def time_imports(repeats: int = 3, statement: str = "import torch, open_clip, medtune.encode") -> float:
+# What each kind of job imports before its work starts (its script's imports, measured the same way).
+STARTUP_IMPORTS = {
+    "data": "import medtune.data.sources, medtune.subsets",
+    "frozen fit": "import medtune.train",  # torch, scikit-learn, pandas: linear probe, RFC, zero-shot evaluation
+    "model": "import torch, open_clip, medtune.encode, medtune.train",  # jobs that build an open_clip model
+}
+
+
+def startup_kind(rule: str, path: str) -> str:
+    """Which of STARTUP_IMPORTS a benchmarked job pays, from its rule and benchmark path."""
+    if rule in ("prepare_dataset", "subsample"):
+        return "data"
+    if rule == "evaluate" or (rule == "train" and "/coop/" not in f"/{path}" and "/finetune_" not in f"/{path}"):
+        return "frozen fit"
+    return "model"
+
+
+def time_imports(repeats: int = 3, statement: str = STARTUP_IMPORTS["model"]) -> float:
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -777,7 +794,7 @@ def time_imports(repeats: int = 3, statement: str = "import torch, open_clip, me
 
 
 def bench_end_to_end(results: Path, workdir: Path, import_repeats: int = 3,
-                     import_statement: str = "import torch, open_clip, medtune.encode") -> dict[str, Any]:
+                     imports: dict[str, str] | None = None) -> dict[str, Any]:
     """Snakemake's benchmark files under ``results`` and the logs of the runs in ``workdir``."""
     table = read_benchmarks(results / "benchmarks")
     complete, newest = last_run_log(workdir / ".snakemake" / "log")
@@ -785,14 +802,18 @@ def bench_end_to_end(results: Path, workdir: Path, import_repeats: int = 3,
     if table.empty:
         return out
     per_rule = table.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
-    import_s = time_imports(import_repeats, import_statement)
+    kinds = [startup_kind(rule, path) for rule, path in zip(table["rule"], table["path"])]
+    statements = imports or STARTUP_IMPORTS
+    import_s = {kind: time_imports(import_repeats, statements[kind]) for kind in sorted(set(kinds))}
+    startup_s = sum(import_s[kind] for kind in kinds)
     job_s = float(table["s"].sum())
     out.update(
         job_seconds=job_s,
         per_rule={rule: {"jobs": int(r["count"]), "seconds": float(r["sum"]), "mean_s": float(r["mean"])} for rule, r in per_rule.iterrows()},
         import_s=import_s,
-        startup_s=import_s * len(table),
-        startup_share=import_s * len(table) / job_s if job_s else None,
+        jobs_by_kind={kind: kinds.count(kind) for kind in import_s},
+        startup_s=startup_s,
+        startup_share=startup_s / job_s if job_s else None,
         max_rss_mb=float(table["max_rss"].max()) if "max_rss" in table else None,
     )
     return out
@@ -804,8 +825,9 @@ def end_to_end_figure(r: dict[str, Any]) -> Figure:
     if r["benchmark_files"]:
         details.append(f"{r['benchmark_files']} benchmarked jobs, {r['job_seconds']:.0f} s summed: " + ", ".join(
             f"{rule} {v['seconds']:.0f} s ({v['jobs']} jobs, {v['mean_s']:.1f} s each)" for rule, v in r["per_rule"].items()))
-        details.append(f"outside model compute: starting Python + importing torch/open_clip/medtune takes {r['import_s']:.1f} s "
-                       f"per job, x {r['benchmark_files']} jobs = {r['startup_s']:.0f} s, {r['startup_share']:.0%} of the summed job seconds")
+        per_kind = ", ".join(f"{r['jobs_by_kind'][k]} {k} jobs x {s:.1f} s" for k, s in r["import_s"].items())
+        details.append(f"outside model compute: starting Python + each job's imports ({per_kind}) = {r['startup_s']:.0f} s, "
+                       f"{r['startup_share']:.0%} of the summed job seconds")
     else:
         details.append("no Snakemake benchmark files under results/benchmarks: run `make run` first")
     complete, newest = r["last_complete_run"], r["newest_run"]

@@ -118,17 +118,23 @@ def hue(images: torch.Tensor, factor: float) -> torch.Tensor:
         return images
     x = images if images.is_floating_point() else images.float() / 255
     r, g, b = x.unbind(dim=1)
-    top = torch.maximum(torch.maximum(r, g), b)
-    chroma = top - torch.minimum(torch.minimum(r, g), b)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    # hue in sixths of a turn, with HSV's tie rule: red wins, then green
-    sixths = torch.where(top == r, (g - b) / safe, torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
-    sixths = (sixths + 6 * shift).remainder_(6)
+    top = torch.maximum(r, g)
+    torch.maximum(top, b, out=top)
+    chroma = torch.minimum(r, g)
+    torch.minimum(chroma, b, out=chroma)
+    torch.sub(top, chroma, out=chroma)
+    # the hue in sixths of a turn, shifted, with HSV's tie rule: red wins, then green
+    is_r = top == r
+    is_g = (top == g) & ~is_r
+    sixths = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
+    sixths.div_(torch.where(chroma > 0, chroma, 1.0))
+    sixths.add_(torch.where(is_r, 6 * shift, torch.where(is_g, 2 + 6 * shift, 4 + 6 * shift)))
     # hsv -> rgb: channel n is top - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6
-    out = torch.stack(
-        [top - chroma * torch.minimum(k, 4 - k).clamp_(0, 1) for k in ((sixths + n).remainder_(6) for n in (5, 3, 1))],
-        dim=1,
-    )
+    out = torch.empty_like(x)
+    for channel, n in zip(out.unbind(dim=1), (5, 3, 1)):
+        k = torch.remainder(sixths + n, 6)
+        torch.minimum(k, 4 - k, out=channel)
+        channel.clamp_(0, 1).mul_(chroma).neg_().add_(top)
     if images.is_floating_point():
         return out.to(images.dtype)
     return (out * 255).round_().clamp_(0, 255).to(images.dtype)
@@ -168,15 +174,36 @@ def _blur_matrix(length: int, size: int, sigma: float, like: torch.Tensor) -> to
 
 
 def resolution(images: torch.Tensor, scale: float) -> torch.Tensor:
-    """Shrink each side to ``scale`` of its length and scale back up to the input size."""
+    """Shrink each side to ``scale`` of its length and scale back up to the input size.
+
+    Both resizes are antialiased bilinear, linear and separable, so on float images the
+    round trip along each axis is one L x L matrix (built by resizing the identity) and
+    the corruption is two matrix products; uint8 images keep torchvision's two resizes,
+    rounding in between as a saved low-resolution image would.
+    """
     _check(images)
     if scale >= 1:
         return images
     height, width = images.shape[-2:]
     small = [max(1, round(height * scale)), max(1, round(width * scale))]
-    # Bilinear weights are non-negative, so neither step leaves the value range (bicubic would).
-    low = TF.resize(images, small, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    return TF.resize(low, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    if not images.is_floating_point():
+        # Bilinear weights are non-negative, so neither step leaves the value range (bicubic would).
+        low = TF.resize(images, small, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        return TF.resize(low, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    rows = _round_trip_matrix(height, small[0], images)
+    cols = _round_trip_matrix(width, small[1], images)
+    return (rows @ images @ cols.T).clamp_(0, 1)
+
+
+def _round_trip_matrix(length: int, small: int, like: torch.Tensor) -> torch.Tensor:
+    """``length`` x ``length``: antialiased bilinear resize to ``small`` and back, along one axis."""
+    def resize(matrix: torch.Tensor, size: int) -> torch.Tensor:
+        # each column is an impulse; resizing along the rows gives the resize's matrix
+        out = TF.resize(matrix[None], [size, matrix.shape[1]], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+        return out[0]
+
+    eye = lambda n: torch.eye(n, dtype=like.dtype, device=like.device)  # noqa: E731
+    return resize(eye(small), length) @ resize(eye(length), small)
 
 
 def markup(
@@ -207,10 +234,11 @@ def markup(
     if images.dtype == torch.uint8:
         drawn = images.float() / 255 * (1 - alpha) + ink * alpha
         out = (drawn * 255).round().clamp(0, 255).to(torch.uint8)
-    else:
-        out = (images * (1 - alpha.to(images.dtype)) + ink.to(images.dtype) * alpha.to(images.dtype)).clamp(0, 1)
-    # Untouched pixels are copied, not recomputed, so they stay bit-identical.
-    return torch.where(alpha > 0, out, images)
+        # Untouched pixels are copied, not recomputed, so they stay bit-identical.
+        return torch.where(alpha > 0, out, images)
+    # in float, x * 1 + ink * 0 is x exactly: untouched pixels stay bit-identical as they are
+    alpha = alpha.to(images.dtype)
+    return (images * (1 - alpha)).addcmul_(ink.to(images.dtype), alpha).clamp_(0, 1)
 
 
 def _stroke_distance2(points: torch.Tensor, strokes: int, height: int, width: int, reach: float) -> torch.Tensor:

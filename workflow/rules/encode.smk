@@ -69,6 +69,8 @@ rule encode_text:
         device=config["device"],
     log:
         f"{RESULTS}/logs/encode_text/{{backbone}}/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/encode_text/{{backbone}}/{{dataset}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,

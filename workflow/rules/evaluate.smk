@@ -20,6 +20,8 @@ rule evaluate:
         },
     log:
         f"{RESULTS}/logs/evaluate/{{dataset}}/zeroshot/{{backbone}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{dataset}}/zeroshot/{{backbone}}.tsv"
     threads: 1
     resources:
         mem_mb=2000,
