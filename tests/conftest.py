@@ -1,7 +1,9 @@
+import contextlib
 import os
 import re
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -87,3 +89,18 @@ def small_run(tmp_path_factory):
     write_config(workdir, SMALL_CONFIG)
     snakemake(workdir)
     return workdir
+
+
+@contextlib.contextmanager
+def serve_locally(handler):
+    """An HTTP server for ``handler`` on 127.0.0.1 in a thread; yields its base URL."""
+    from http.server import ThreadingHTTPServer
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

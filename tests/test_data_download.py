@@ -5,14 +5,15 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import h5py
 import numpy as np
 import pytest
+
+from conftest import serve_locally
 
 from medtune.data import pcam
 from medtune.data.download import DownloadError, download, gunzip, part_path
@@ -79,13 +80,9 @@ def make_handler(config: ServerConfig):
 @pytest.fixture
 def server():
     config = ServerConfig()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(config))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    config.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield config
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_locally(make_handler(config)) as base:
+        config.base = base
+        yield config
 
 
 def payload(n: int = 50_000, seed: int = 0) -> bytes:

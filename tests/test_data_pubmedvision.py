@@ -6,15 +6,16 @@ import io
 import json
 import os
 import re
-import threading
 import zipfile
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from conftest import serve_locally
 
 from medtune.data import pubmedvision as pmv
 from medtune.data.convert import stratified_splits
@@ -114,13 +115,9 @@ def make_handler(hub: Hub):
 @pytest.fixture
 def hub():
     state = Hub()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(state))
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
-    yield state
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_locally(make_handler(state)) as base:
+        state.base = base
+        yield state
 
 
 # --------------------------------------------------------------------------- fake data
