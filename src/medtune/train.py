@@ -10,9 +10,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import evaluate_run
+from medtune.evaluate import evaluate_features
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
-from medtune.methods import FitData, fit
+from medtune.methods import FitData, fit, load_head
 from medtune.methods import zeroshot
 from medtune.conditions import AUGMENTED
 from medtune.plan import AUGMENTED_SUFFIX, base_method
@@ -80,8 +80,10 @@ def train_frozen(
     augmented = None
     if method.endswith(AUGMENTED_SUFFIX):
         augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
+    val_x, val_y = np.array(val_features), val_rows["label"].to_numpy()
     classifier, scale = load_text(text)
     test_rows = table[table["split"] == "test"]
+    test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
     dev = resolve_device(device if method == "coop" else "cpu")
     coop_model = _coop_backbone(backbone, dev) if method == "coop" else None
     with atomic_dir(out_dir) as tmp:
@@ -94,8 +96,8 @@ def train_frozen(
             data = FitData(
                 train_features=train_x,
                 train_labels=train_y,
-                val_features=np.array(val_features),
-                val_labels=val_rows["label"].to_numpy(),
+                val_features=val_x,
+                val_labels=val_y,
                 class_text=classifier,
                 logit_scale=scale,
             )
@@ -111,7 +113,9 @@ def train_frozen(
             record = {"method": method, "seed": seed, "n_train": int(len(picked)), "chosen": info, "params": params}
             record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
             write_json(record, run_dir / "train.json")
-            metrics = evaluate_run(run_dir / "head.pt", test_dir, test_rows, conditions, {**(run or {}), "fraction": float(fraction)})
+            # evaluate what was saved, on the test features loaded once for all fractions
+            head = load_head(run_dir / "head.pt")
+            metrics = evaluate_features(head, test_features, test_rows, {**(run or {}), "fraction": float(fraction)})
             write_csv(metrics, run_dir / "metrics.csv")
 
 
