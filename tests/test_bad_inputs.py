@@ -7,7 +7,6 @@ test_faults.py.
 
 import copy
 import gzip
-import io
 import pickle
 import zipfile
 from pathlib import Path

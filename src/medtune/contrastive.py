@@ -144,7 +144,7 @@ def contrastive_loss(backbone: Backbone, images, indices, texts, device, batch_s
 
     loss_fn, total, count = ClipLoss(), 0.0, 0
     tokens_all = backbone.tokenizer(list(texts))
-    model = backbone.model.to(device).eval()
+    backbone.model.to(device).eval()
     for start in range(0, len(indices), batch_size):
         sel = np.arange(start, min(start + batch_size, len(indices)))
         if len(sel) < 2:
