@@ -88,8 +88,8 @@ def train_frozen(
     coop_model = _coop_backbone(backbone, dev) if method == "coop" else None
     with atomic_dir(out_dir) as tmp:
         for fraction, subset in tqdm(subsets.items(), desc=f"{method} seed {seed}", disable=not progress):
-            picked = subset_positions(train_rows, subset)
-            train_x, train_y = np.array(train_features[picked]), train_rows["label"].to_numpy()[picked]
+            picked = subset_positions(train_rows, subset)  # indexing by positions copies out of the memory map
+            train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
             if augmented is not None:
                 # each training image twice: clean, and under its own corruption
                 train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
