@@ -289,3 +289,31 @@ def test_resolution_matrices_match_torchvision_resizes(scale):
     bilinear = TF.InterpolationMode.BILINEAR
     expected = TF.resize(TF.resize(x, small, interpolation=bilinear, antialias=True), [64, 50], interpolation=bilinear, antialias=True)
     torch.testing.assert_close(corrupt.resolution(x, scale), expected.clamp(0, 1), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_many_conditions_give_what_apply_gives(dtype):
+    x = _images(batch=4, dtype=dtype)
+    keys = [3, 1, 4, 15]
+    # any order, repeats included: markup-2 after markup-4 reuses the strokes already drawn
+    order = list(reversed(CONDITIONS)) + ["markup-2", "hue-1", "augmented"]
+    for condition, got in corrupt.apply_many(x, order, keys=keys):
+        assert got.dtype == dtype and got.shape == x.shape
+        assert torch.equal(got, apply(x, condition, keys=keys)), condition
+
+
+def test_many_conditions_share_the_work_of_levels(monkeypatch):
+    calls = {"hue": 0, "stroke": 0}
+
+    def counted(name, function):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    monkeypatch.setattr(corrupt, "_hue_parts", counted("hue", corrupt._hue_parts))
+    monkeypatch.setattr(corrupt, "_stroke_distance2", counted("stroke", corrupt._stroke_distance2))
+    for _ in corrupt.apply_many(_images(batch=2), CONDITIONS):
+        pass
+    assert calls == {"hue": 1, "stroke": corrupt.MAX_STROKES}  # not 4 decompositions and 1 + 2 + 3 + 4 strokes

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -66,16 +66,55 @@ def apply(images: torch.Tensor, condition: str, keys: torch.Tensor | Sequence[in
 
     ``augmented`` gives each image the corruption :func:`augmentation_for` picks by its key.
     """
-    if condition == AUGMENTED:
-        return augment(images, keys)
-    corruption, level = parse_condition(condition)
-    _check(images)
-    if corruption == "clean":
-        return images
-    param = PARAMETERS[corruption][level]
-    if corruption == "markup":
-        return markup(images, int(param), keys)
-    return _FUNCTIONS[corruption](images, param)
+    return _Batch(images, keys).apply(condition)
+
+
+def apply_many(
+    images: torch.Tensor, conditions: Sequence[str], keys: torch.Tensor | Sequence[int] | None = None
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(condition, corrupted batch)`` for each condition in turn, each as :func:`apply` gives it.
+
+    The levels of one corruption share their common work on the batch: hue's HSV
+    decomposition is made once, and each markup stroke is rasterised once (level n's
+    strokes are the first n of level n + 1). A batch is corrupted under all 29
+    conditions in evaluation, so this is the hot path.
+    """
+    batch = _Batch(images, keys)
+    for condition in conditions:
+        yield condition, batch.apply(condition)
+
+
+class _Batch:
+    """One batch under any number of conditions, keeping what several levels need."""
+
+    def __init__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None) -> None:
+        _check(images)
+        self.images, self.keys = images, keys
+        self._hue_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._strokes: _Strokes | None = None
+
+    def apply(self, condition: str) -> torch.Tensor:
+        if condition == AUGMENTED:
+            return augment(self.images, self.keys)
+        corruption, level = parse_condition(condition)
+        if corruption == "clean":
+            return self.images
+        param = PARAMETERS[corruption][level]
+        if corruption == "hue":
+            shift = _hue_shift(param)
+            if shift == 0:
+                return self.images
+            if self._hue_parts is None:
+                self._hue_parts = _hue_parts(self.images)
+            return _hue_rotate(self.images, self._hue_parts, shift)
+        if corruption == "markup":
+            strokes = _check_strokes(int(param))
+            if strokes == 0:
+                return self.images
+            if self._strokes is None:
+                self._strokes = _Strokes(self.images, self.keys)
+            return self._strokes.draw(self.images, strokes)
+        return _FUNCTIONS[corruption](self.images, param)
 
 
 def augment(images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
@@ -111,11 +150,25 @@ def hue(images: torch.Tensor, factor: float) -> torch.Tensor:
     hue angle is needed, with elementwise ops instead of a channel reduction and a gather.
     """
     _check(images)
+    shift = _hue_shift(factor)
+    return images if shift == 0 else _hue_rotate(images, _hue_parts(images), shift)
+
+
+def _hue_shift(factor: float) -> float:
     shift = (factor - 1) / 4
     if not -0.5 <= shift <= 0.5:
         raise ValueError(f"hue factor {factor} is outside [-1, 3], a shift beyond half a turn")
-    if shift == 0:
-        return images
+    return shift
+
+
+def _hue_parts(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each pixel's largest channel, chroma (largest - smallest) and hue in sixths of a turn (B x H x W).
+
+    The hue comes with HSV's tie rule (red wins, then green) and its sextant's offset
+    (red 0, green 2, blue 4) added, so a shift is one more addition. The choice by
+    largest channel is made with 0/1 masks and multiply-adds, exact because the masks
+    exclude each other, and several times faster than ``torch.where`` on a CPU.
+    """
     x = images if images.is_floating_point() else images.float() / 255
     r, g, b = x.unbind(dim=1)
     top = torch.maximum(r, g)
@@ -123,18 +176,25 @@ def hue(images: torch.Tensor, factor: float) -> torch.Tensor:
     chroma = torch.minimum(r, g)
     torch.minimum(chroma, b, out=chroma)
     torch.sub(top, chroma, out=chroma)
-    # the hue in sixths of a turn, shifted, with HSV's tie rule: red wins, then green
     is_r = top == r
     is_g = (top == g) & ~is_r
-    sixths = torch.where(is_r, g - b, torch.where(is_g, b - r, r - g))
-    sixths.div_(torch.where(chroma > 0, chroma, 1.0))
-    sixths.add_(torch.where(is_r, 6 * shift, torch.where(is_g, 2 + 6 * shift, 4 + 6 * shift)))
-    # hsv -> rgb: channel n is top - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6
-    out = torch.empty_like(x)
-    for channel, n in zip(out.unbind(dim=1), (5, 3, 1)):
-        k = torch.remainder(sixths + n, 6)
-        torch.minimum(k, 4 - k, out=channel)
-        channel.clamp_(0, 1).mul_(chroma).neg_().add_(top)
+    red, green = is_r.to(x.dtype), is_g.to(x.dtype)
+    blue = 1 - red - green
+    sixths = (g - b).mul_(red).addcmul_(b - r, green).addcmul_(r - g, blue)
+    sixths.div_(chroma + (chroma == 0))  # grey pixels have no hue: 0 / 1
+    sixths.add_(green, alpha=2).add_(blue, alpha=4)
+    return top, chroma, sixths
+
+
+def _hue_rotate(images: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], shift: float) -> torch.Tensor:
+    """HSV -> RGB with the hue shifted: channel n is top - chroma * clamp(min(k, 4 - k), 0, 1), k = (n + hue) mod 6."""
+    top, chroma, sixths = parts
+    # hue >= -1 and shift >= -1/2 turn, so the 6 added keeps k positive and mod 6 is frac(k / 6) * 6,
+    # which runs at twice the speed of torch.remainder
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=sixths.dtype, device=sixths.device).view(1, 3, 1, 1) + (6 + 6 * shift)
+    k = (sixths[:, None] + n).div_(6).frac_().mul_(6)
+    torch.minimum(k, 4 - k, out=k).clamp_(0, 1)
+    out = torch.addcmul(top[:, None], chroma[:, None], k, value=-1)
     if images.is_floating_point():
         return out.to(images.dtype)
     return (out * 255).round_().clamp_(0, 255).to(images.dtype)
@@ -176,10 +236,11 @@ def _blur_matrix(length: int, size: int, sigma: float, like: torch.Tensor) -> to
 def resolution(images: torch.Tensor, scale: float) -> torch.Tensor:
     """Shrink each side to ``scale`` of its length and scale back up to the input size.
 
-    Both resizes are antialiased bilinear, linear and separable, so on float images the
-    round trip along each axis is one L x L matrix (built by resizing the identity) and
-    the corruption is two matrix products; uint8 images keep torchvision's two resizes,
-    rounding in between as a saved low-resolution image would.
+    Both resizes are antialiased bilinear, linear and separable, so on float images
+    each is a matrix per axis (built by resizing the identity) and the corruption is
+    matrix products: through the small image when that is cheaper (strong shrinks),
+    else one L x L round-trip matrix per axis. uint8 images keep torchvision's two
+    resizes, rounding in between as a saved low-resolution image would.
     """
     _check(images)
     if scale >= 1:
@@ -190,20 +251,21 @@ def resolution(images: torch.Tensor, scale: float) -> torch.Tensor:
         # Bilinear weights are non-negative, so neither step leaves the value range (bicubic would).
         low = TF.resize(images, small, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
         return TF.resize(low, [height, width], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-    rows = _round_trip_matrix(height, small[0], images)
-    cols = _round_trip_matrix(width, small[1], images)
-    return (rows @ images @ cols.T).clamp_(0, 1)
+    rows_down, rows_up = _resize_matrix(height, small[0], images), _resize_matrix(small[0], height, images)
+    cols_down, cols_up = _resize_matrix(width, small[1], images), _resize_matrix(small[1], width, images)
+    # multiply-adds per image of each order
+    through_small = height * width * (small[0] + small[1]) + small[0] * small[1] * (height + width)
+    round_trip = height * width * (height + width)
+    if through_small < round_trip:
+        return (rows_up @ (rows_down @ images @ cols_down.T) @ cols_up.T).clamp_(0, 1)
+    return ((rows_up @ rows_down) @ images @ (cols_up @ cols_down).T).clamp_(0, 1)
 
 
-def _round_trip_matrix(length: int, small: int, like: torch.Tensor) -> torch.Tensor:
-    """``length`` x ``length``: antialiased bilinear resize to ``small`` and back, along one axis."""
-    def resize(matrix: torch.Tensor, size: int) -> torch.Tensor:
-        # each column is an impulse; resizing along the rows gives the resize's matrix
-        out = TF.resize(matrix[None], [size, matrix.shape[1]], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
-        return out[0]
-
-    eye = lambda n: torch.eye(n, dtype=like.dtype, device=like.device)  # noqa: E731
-    return resize(eye(small), length) @ resize(eye(length), small)
+def _resize_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:
+    """``size`` x ``length``: the antialiased bilinear resize of one axis from ``length`` to ``size``."""
+    eye = torch.eye(length, dtype=like.dtype, device=like.device)
+    # each column is an impulse; resizing along the rows gives the resize's matrix
+    return TF.resize(eye[None], [size, length], interpolation=TF.InterpolationMode.BILINEAR, antialias=True)[0]
 
 
 def markup(
@@ -211,49 +273,61 @@ def markup(
 ) -> torch.Tensor:
     """Draw ``strokes`` pen strokes on each image, the same ones for the same key."""
     _check(images)
+    if _check_strokes(strokes) == 0:
+        return images
+    return _Strokes(images, keys).draw(images, strokes)
+
+
+def _check_strokes(strokes: int) -> int:
     if not 0 <= strokes <= MAX_STROKES:
         raise ValueError(f"markup takes 0..{MAX_STROKES} strokes, got {strokes}")
-    if strokes == 0:
-        return images
-    batch, _, height, width = images.shape
-    keys = _keys(keys, batch)
-    device = images.device
-
-    # Geometry comes from numpy on the CPU in float64, so it does not depend on the
-    # device or on torch's generator; only the rasterising below runs on the device.
-    inks, curves = _pens(keys)
-    ink = torch.tensor(inks, dtype=torch.float32, device=device)[:, :, None, None]
-    points = torch.tensor(curves[:, :strokes], dtype=torch.float32, device=device)
-    points = points * torch.tensor([width, height], dtype=torch.float32, device=device)
-    points = points.reshape(batch, strokes * (_BEZIER_SEGMENTS + 1), 2)
-
-    half_width = max(2.0, STROKE_WIDTH * min(height, width)) / 2
-    dist2 = _stroke_distance2(points, strokes, height, width, reach=half_width + 0.5)
-    # One pixel of linear falloff at the edge instead of a jagged threshold.
-    alpha = INK_OPACITY * (half_width + 0.5 - dist2.sqrt()).clamp(0, 1)[:, None]
-    if images.dtype == torch.uint8:
-        drawn = images.float() / 255 * (1 - alpha) + ink * alpha
-        out = (drawn * 255).round().clamp(0, 255).to(torch.uint8)
-        # Untouched pixels are copied, not recomputed, so they stay bit-identical.
-        return torch.where(alpha > 0, out, images)
-    # in float, x * 1 + ink * 0 is x exactly: untouched pixels stay bit-identical as they are
-    alpha = alpha.to(images.dtype)
-    return (images * (1 - alpha)).addcmul_(ink.to(images.dtype), alpha).clamp_(0, 1)
+    return strokes
 
 
-def _stroke_distance2(points: torch.Tensor, strokes: int, height: int, width: int, reach: float) -> torch.Tensor:
-    """B x H x W squared distance of each pixel centre to the nearest chord, exact within ``reach``.
+class _Strokes:
+    """A batch's pen strokes: inks, curves, and the distance of every pixel to the first n strokes."""
+
+    def __init__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None) -> None:
+        batch, _, self.height, self.width = images.shape
+        device = images.device
+        # Geometry comes from numpy on the CPU in float64, so it does not depend on the
+        # device or on torch's generator; only the rasterising runs on the device.
+        inks, curves = _pens(_keys(keys, batch))
+        self.ink = torch.tensor(inks, dtype=torch.float32, device=device)[:, :, None, None]
+        points = torch.tensor(curves, dtype=torch.float32, device=device)
+        self.points = points * torch.tensor([self.width, self.height], dtype=torch.float32, device=device)
+        self.half_width = max(2.0, STROKE_WIDTH * min(self.height, self.width)) / 2
+        self._distance2: list[torch.Tensor] = []  # [n - 1]: squared distance to the nearest of the first n strokes
+
+    def distance2(self, strokes: int) -> torch.Tensor:
+        while len(self._distance2) < strokes:
+            stroke = self.points[:, len(self._distance2)]
+            d2 = _stroke_distance2(stroke, self.height, self.width, reach=self.half_width + 0.5)
+            self._distance2.append(torch.minimum(self._distance2[-1], d2) if self._distance2 else d2)
+        return self._distance2[strokes - 1]
+
+    def draw(self, images: torch.Tensor, strokes: int) -> torch.Tensor:
+        # One pixel of linear falloff at the edge instead of a jagged threshold.
+        alpha = INK_OPACITY * (self.half_width + 0.5 - self.distance2(strokes).sqrt()).clamp(0, 1)[:, None]
+        if images.dtype == torch.uint8:
+            drawn = images.float() / 255 * (1 - alpha) + self.ink * alpha
+            out = (drawn * 255).round().clamp(0, 255).to(torch.uint8)
+            # Untouched pixels are copied, not recomputed, so they stay bit-identical.
+            return torch.where(alpha > 0, out, images)
+        # in float, x * 1 + ink * 0 is x exactly: untouched pixels stay bit-identical as they are
+        alpha = alpha.to(images.dtype)
+        return (images * (1 - alpha)).addcmul_(self.ink.to(images.dtype), alpha).clamp_(0, 1)
+
+
+def _stroke_distance2(points: torch.Tensor, height: int, width: int, reach: float) -> torch.Tensor:
+    """B x H x W squared distance of each pixel centre to one stroke (B x points x 2, as (x, y)), exact within ``reach``.
 
     A stroke is thin, so each chord is measured only over a small window of pixels
     around it (every pixel nearer than ``reach``) instead of the whole image: about
     1 % of the work at 64 px. Pixels no chord reaches stay at infinity.
     """
     batch, device = points.shape[0], points.device
-    per_stroke = _BEZIER_SEGMENTS + 1
-    starts = torch.tensor(
-        [s * per_stroke + j for s in range(strokes) for j in range(_BEZIER_SEGMENTS)], device=device
-    )
-    a, b = points[:, starts], points[:, starts + 1]  # B x chords x 2, as (x, y)
+    a, b = points[:, :-1], points[:, 1:]  # B x chords x 2
     # Pixel i has its centre at i + 0.5; the window spans every centre within reach of the chord's box.
     low = torch.floor(torch.minimum(a, b) - reach - 0.5)
     size = int(torch.ceil((a - b).abs().max() + 2 * reach).item()) + 2

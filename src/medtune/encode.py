@@ -62,7 +62,7 @@ def encode_images(
     Each batch is moved to the device once, resized once, then corrupted and
     encoded under every condition.
     """
-    from medtune.corrupt import apply as corrupt
+    from medtune.corrupt import apply_many
 
     device = torch.device(device)
     use_amp = device.type == "cuda"
@@ -75,8 +75,7 @@ def encode_images(
     for idx, batch in tqdm(batches, total=total, desc=f"encode {backbone.name}", disable=not progress, mininterval=5):
         x = resize_crop(to_device_batch(batch, device), backbone.image_size)
         keys = torch.as_tensor(idx, device=device)
-        for condition in conditions:
-            xc = corrupt(x, condition, keys=keys)
+        for condition, xc in apply_many(x, conditions, keys=keys):
             with torch.autocast(device.type, enabled=use_amp):
                 feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std).contiguous(memory_format=memory_format))
             out[condition].append(F.normalize(feats.float(), dim=-1).cpu())
