@@ -35,6 +35,20 @@ def test_encode_once_times_both_paths(tiny):
     assert fig.line().startswith("encode once") and fig.status in {"PASS", "MISS"}
 
 
+def test_upstream_coop_text_encoder_gives_the_pipelines_prompt_features(tiny):
+    """The public-code path runs CoOp's own text encoder over the whole context: the same features, more work."""
+    import torch
+
+    from medtune.methods.coop import PromptLearner
+
+    backbone = tiny[0]
+    learner = PromptLearner(backbone.model, backbone.tokenizer, ["tumor", "normal tissue"], n_ctx=3,
+                            generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(bench.upstream_prompt_features(backbone.model, learner), learner(backbone.model),
+                                   atol=1e-5, rtol=0)
+
+
 def test_corrupt_throughput_on_few_conditions(tiny):
     backbone, images, samples = tiny
     test_idx = np.array(samples.loc[samples["split"] == "test", "index"])

@@ -148,3 +148,42 @@ def test_text_transformer_runs_on_the_prompt_length_only(backbone):
         hook.remove()
     longest = int(coop._eos_positions(backbone.model, learner.tokens).max()) + 1
     assert seen == [longest] and longest < backbone.model.positional_embedding.shape[0]
+
+
+def test_training_is_the_plain_loop_with_one_text_pass_per_step(backbone):
+    """Reusing an epoch's last prompt features for validation and the next step changes nothing but the cost."""
+    from medtune.training import seed_everything
+
+    data, params = _toy(), {**PARAMS, "epochs": 3, "batch_size": 16}
+    model = backbone.model
+    passes = []
+    hook = model.transformer.register_forward_hook(lambda module, args, out: passes.append(1))
+    try:
+        state, info = coop.fit_coop(backbone, TWO, data, params, seed=0)
+    finally:
+        hook.remove()
+    assert len(passes) == info["steps"] + 1  # was steps + epochs + 2: every step, every validation, the saved head
+
+    # the same training written plainly, the prompts encoded for every step
+    p = {**coop.DEFAULTS, **params}
+    gen = seed_everything(0)
+    x, y = torch.from_numpy(data.train_features), torch.from_numpy(data.train_labels)
+    contexts = []
+    with coop.frozen(model):
+        learner = coop.PromptLearner(model, backbone.tokenizer, TWO, p["n_ctx"], None, p["ctx_std"], gen)
+        optimizer = torch.optim.SGD([learner.ctx], lr=p["lr"], momentum=p["momentum"], weight_decay=p["weight_decay"])
+        for epoch in range(p["epochs"]):
+            for group in optimizer.param_groups:
+                group["lr"] = coop.lr_at(epoch, p)
+            order = torch.randperm(len(x), generator=gen)
+            for start in range(0, len(x) - len(x) % 16, 16):
+                sel = order[start : start + 16]
+                loss = F.cross_entropy(coop._logits(x[sel], learner(model), backbone.logit_scale), y[sel])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            contexts.append(learner.ctx.detach().clone())
+        best = contexts[info["best_epoch"] - 1]
+        text = coop.encode_prompts(model, best, learner.token_prefix, learner.token_suffix, learner.tokens)
+    assert torch.equal(state["ctx"], best)
+    torch.testing.assert_close(state["class_text"], text, atol=1e-6, rtol=0)

@@ -304,8 +304,24 @@ def naive_linear_probe(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_
     return max(info["val_accuracy_by_C"].values(), default=None)
 
 
+def upstream_prompt_features(model, learner):
+    """CoOp's own ``TextEncoder`` (KaiyangZhou/CoOp, ``trainers/coop.py``): the whole context length through
+    the text transformer, where :func:`medtune.methods.coop.encode_prompts` stops at the prompts' last EOS."""
+    import torch
+    import torch.nn.functional as F
+
+    ctx = learner.ctx.unsqueeze(0).expand(len(learner.tokens), -1, -1)
+    x = torch.cat([learner.token_prefix, ctx, learner.token_suffix], dim=1) + model.positional_embedding
+    x = model.ln_final(model.transformer(x, attn_mask=model.attn_mask))
+    x = x[torch.arange(x.shape[0]), learner.tokens.argmax(dim=-1)] @ model.text_projection
+    return F.normalize(x, dim=-1)
+
+
 def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, backbone, class_names, params, seed, batch_size):
-    """:func:`medtune.methods.coop.fit_coop`, encoding each training batch every epoch (CoOp's image encoder is frozen)."""
+    """:func:`medtune.methods.coop.fit_coop`, encoding each training batch every epoch (CoOp's image encoder is frozen).
+
+    Public-code style, the prompts go through CoOp's own text encoder (the whole context length).
+    """
     import torch
     import torch.nn.functional as F
 
@@ -320,15 +336,17 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
     best = None
     with frozen(model):
         learner = PromptLearner(model, backbone.tokenizer, class_names, p["n_ctx"], p["ctx_init"], p["ctx_std"], gen)
+        prompts = (lambda: upstream_prompt_features(model, learner)) if enc.style == "public" else (lambda: learner(model))
         y = torch.tensor(np.asarray(train_labels), dtype=torch.int64).to(device)
         val_x = enc.many(val_idx, batch_size).to(device)  # once per run
         val_y = torch.tensor(np.asarray(val_labels), dtype=torch.int64).to(device)
         optimizer = torch.optim.SGD([learner.ctx], lr=lr_at(0, p), momentum=float(p["momentum"]),
                                     weight_decay=float(p["weight_decay"]))
-        batch = int(p["batch_size"])
+        batch, epochs = int(p["batch_size"]), int(p["epochs"])
         n = len(train_idx)
         stop = n - n % batch if n >= batch else n
-        for epoch in range(int(p["epochs"])):
+        text = prompts()  # as fit_coop: an epoch's last prompt features also serve the next epoch's first step
+        for epoch in range(epochs):
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(epoch, p)
             order = torch.randperm(n, generator=gen)
@@ -336,12 +354,15 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
                 sel = order[start : start + batch]
                 with torch.no_grad():
                     x = enc(train_idx[sel.numpy()]).to(device)
-                loss = F.cross_entropy(_logits(x, learner(model), scale), y[sel.to(device)])
+                loss = F.cross_entropy(_logits(x, text if text is not None else prompts(), scale), y[sel.to(device)])
+                text = None
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
+            with torch.set_grad_enabled(epoch < epochs - 1):
+                text = prompts()
             with torch.no_grad():
-                acc = float((_logits(val_x, learner(model), scale).argmax(1) == val_y).float().mean())
+                acc = float((_logits(val_x, text.detach(), scale).argmax(1) == val_y).float().mean())
             best = acc if best is None else max(best, acc)
     return best
 

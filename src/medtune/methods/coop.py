@@ -263,23 +263,27 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
         val_x = torch.tensor(np.asarray(data.val_features), dtype=torch.float32).to(device)
         val_y = torch.tensor(np.asarray(data.val_labels), dtype=torch.int64).to(device)
 
-        def validate() -> tuple[float | None, float | None]:
+        def validate(text: torch.Tensor) -> tuple[float | None, float | None]:
             if len(val_y) == 0:
                 return None, None
             with torch.no_grad():
-                logits = _logits(val_x, learner(model), scale)
+                logits = _logits(val_x, text, scale)
                 return float((logits.argmax(1) == val_y).float().mean()), float(F.cross_entropy(logits, val_y))
 
-        init_acc, _ = validate()
+        # The prompts' features after an epoch serve its validation and, unchanged since no
+        # step came between, the next epoch's first step: one text-encoder pass per epoch saved.
+        text = learner(model)
+        init_acc, _ = validate(text.detach())
         optimizer = torch.optim.SGD(
             [learner.ctx], lr=lr_at(0, p), momentum=float(p["momentum"]), weight_decay=float(p["weight_decay"])
         )
         batch = int(p["batch_size"])
         drop_last = len(x) >= batch
         history: dict[str, list] = {"train_loss": [], "train_accuracy": [], "val_accuracy": [], "val_loss": [], "lr": []}
-        best: tuple | None = None  # (key, epoch, ctx)
+        best: tuple | None = None  # (key, epoch, ctx, class text)
         step = 0
-        for epoch in range(int(p["epochs"])):
+        epochs = int(p["epochs"])
+        for epoch in range(epochs):
             lr = lr_at(epoch, p)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -288,7 +292,8 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
             losses, correct = [], 0
             for start in range(0, stop, batch):
                 sel = order[start : start + batch]
-                logits = _logits(x[sel], learner(model), scale)
+                logits = _logits(x[sel], text if text is not None else learner(model), scale)
+                text = None
                 loss = F.cross_entropy(logits, y[sel])
                 check_finite(loss, step, lr)
                 optimizer.zero_grad()
@@ -297,7 +302,9 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
                 losses.append(loss.item())
                 correct += int((logits.argmax(1) == y[sel]).sum())
                 step += 1
-            val_acc, val_loss = validate()
+            with torch.set_grad_enabled(epoch < epochs - 1):
+                text = learner(model)
+            val_acc, val_loss = validate(text.detach())
             history["train_loss"].append(float(np.mean(losses)))
             history["train_accuracy"].append(correct / stop)
             history["val_accuracy"].append(val_acc)
@@ -307,12 +314,10 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
             # without a validation split, the last epoch
             key = (val_acc, -val_loss) if val_acc is not None else (epoch,)
             if best is None or key > best[0]:
-                best = (key, epoch, learner.ctx.detach().clone())
+                best = (key, epoch, learner.ctx.detach().clone(), text.detach())
         if best is None:  # epochs == 0: the initial context
-            best = (None, -1, learner.ctx.detach().clone())
-        _, best_epoch, best_ctx = best
-        with torch.no_grad():
-            class_text = encode_prompts(model, best_ctx, learner.token_prefix, learner.token_suffix, learner.tokens)
+            best = (None, -1, learner.ctx.detach().clone(), text.detach())
+        _, best_epoch, best_ctx, class_text = best
 
     state = {
         "method": "coop",
