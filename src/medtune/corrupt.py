@@ -101,20 +101,29 @@ class _Batch:
             return self.images
         param = PARAMETERS[corruption][level]
         if corruption == "hue":
-            shift = _hue_shift(param)
-            if shift == 0:
-                return self.images
-            if self._hue_parts is None:
-                self._hue_parts = _hue_parts(self.images)
-            return _hue_rotate(self.images, self._hue_parts, shift)
+            return self.hue(param)
         if corruption == "markup":
-            strokes = _check_strokes(int(param))
-            if strokes == 0:
-                return self.images
-            if self._strokes is None:
-                self._strokes = _Strokes(self.images, self.keys)
-            return self._strokes.draw(self.images, strokes)
+            return self.markup(int(param))
         return _FUNCTIONS[corruption](self.images, param)
+
+    def hue(self, factor: float) -> torch.Tensor:
+        shift = (factor - 1) / 4
+        if not -0.5 <= shift <= 0.5:
+            raise ValueError(f"hue factor {factor} is outside [-1, 3], a shift beyond half a turn")
+        if shift == 0:
+            return self.images
+        if self._hue_parts is None:
+            self._hue_parts = _hue_parts(self.images)
+        return _hue_rotate(self.images, self._hue_parts, shift)
+
+    def markup(self, strokes: int) -> torch.Tensor:
+        if not 0 <= strokes <= MAX_STROKES:
+            raise ValueError(f"markup takes 0..{MAX_STROKES} strokes, got {strokes}")
+        if strokes == 0:
+            return self.images
+        if self._strokes is None:
+            self._strokes = _Strokes(self.images, self.keys)
+        return self._strokes.draw(self.images, strokes)
 
 
 def augment(images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
@@ -149,16 +158,7 @@ def hue(images: torch.Tensor, factor: float) -> torch.Tensor:
     in RGB: a hue shift keeps each pixel's largest and smallest channel, so only the
     hue angle is needed, with elementwise ops instead of a channel reduction and a gather.
     """
-    _check(images)
-    shift = _hue_shift(factor)
-    return images if shift == 0 else _hue_rotate(images, _hue_parts(images), shift)
-
-
-def _hue_shift(factor: float) -> float:
-    shift = (factor - 1) / 4
-    if not -0.5 <= shift <= 0.5:
-        raise ValueError(f"hue factor {factor} is outside [-1, 3], a shift beyond half a turn")
-    return shift
+    return _Batch(images, None).hue(factor)
 
 
 def _hue_parts(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -272,16 +272,7 @@ def markup(
     images: torch.Tensor, strokes: int, keys: torch.Tensor | Sequence[int] | None = None
 ) -> torch.Tensor:
     """Draw ``strokes`` pen strokes on each image, the same ones for the same key."""
-    _check(images)
-    if _check_strokes(strokes) == 0:
-        return images
-    return _Strokes(images, keys).draw(images, strokes)
-
-
-def _check_strokes(strokes: int) -> int:
-    if not 0 <= strokes <= MAX_STROKES:
-        raise ValueError(f"markup takes 0..{MAX_STROKES} strokes, got {strokes}")
-    return strokes
+    return _Batch(images, keys).markup(strokes)
 
 
 class _Strokes:
