@@ -14,6 +14,8 @@ REPO = Path(__file__).resolve().parents[1]
 # The smallest config that still exercises every stage of the DAG.
 SMALL_CONFIG = {
     "seeds": [1, 2],
+    # a method from outside the package, as a user would add one (tests/toy_method.py)
+    "method_modules": [str(Path(__file__).with_name("toy_method.py"))],
     "progress": False,
     "device": "cpu",
     "datasets": {
@@ -32,9 +34,12 @@ SMALL_CONFIG = {
         "linear_probe": {"C": [1.0]},
         "coop": {"n_ctx": 2, "epochs": 2, "lr": 0.05},
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
+        "rfc_augmented": {"base": "rfc", "train_conditions": "augmented"},
+        "finetune_caption": {"base": "finetune", "text": "caption"},
+        "finetune_label": {"base": "finetune", "text": "label"},
     },
     "studies": {
-        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc", "coop", "rfc_augmented"], "fractions": [5, 50],
+        "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc", "coop", "rfc_augmented", "toy_method"], "fractions": [5, 50],
                     "conditions": ["clean", "blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],

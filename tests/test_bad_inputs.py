@@ -291,12 +291,12 @@ def test_nan_loss_stops_with_step_and_lr_and_writes_no_checkpoint(tmp_path):
 
 
 class FakeSnakemake:
-    rule = "finetune"
+    rule = "train_backbone"
     log: list = []
     threads = 1
 
     class params:  # noqa: N801  (mimics snakemake.params)
-        hyper = {"batch_size": 256}
+        method = {"module": "medtune.methods.finetune", "params": {"batch_size": 256}}
 
 
 def test_out_of_gpu_memory_names_the_batch_size(capfd):
@@ -307,7 +307,7 @@ def test_out_of_gpu_memory_names_the_batch_size(capfd):
         jobs.run(main, FakeSnakemake())
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("medtune error:")]
     assert lines == [
-        "medtune error: out of GPU memory in rule finetune at batch size 256; "
+        "medtune error: out of GPU memory in rule train_backbone at batch size 256; "
         "lower methods.<method>.batch_size (now 256) (or set grad_accum for fine-tuning)"
     ]
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtune.methods import FitData, predict
+from medtune.heads import FitData, fit, load_head, predict
 from medtune.methods import coop
 from medtune.methods.zeroshot import TextClassifier
 from medtune.models import load_backbone
@@ -111,12 +111,13 @@ def test_same_seed_same_context(backbone):
 
 def test_head_round_trips_through_weights_only_load(backbone, tmp_path):
     data = _toy()
-    state, _ = coop.fit_coop(backbone, TWO, data, {**PARAMS, "epochs": 1, "ctx_init": "a photo of a"}, seed=0)
-    assert set(state) >= {"method", "class_text", "logit_scale", "ctx"} and state["method"] == "coop"
+    data.backbone, data.class_names = backbone, TWO
+    state, _ = fit("coop", data, {**PARAMS, "epochs": 1, "ctx_init": "a photo of a"}, seed=0)
+    assert set(state) >= {"module", "class_text", "logit_scale", "ctx"} and state["module"] == "medtune.methods.coop"
     torch.save(state, tmp_path / "head.pt")
     loaded = torch.load(tmp_path / "head.pt", map_location="cpu", weights_only=True)
     assert torch.equal(loaded["ctx"], state["ctx"])
-    assert np.array_equal(predict(coop.build_head(loaded), data.val_features), predict(coop.build_head(state), data.val_features))
+    assert np.array_equal(predict(load_head(tmp_path / "head.pt"), data.val_features), predict(coop.build_head(state), data.val_features))
 
 
 def test_nan_features_name_step_and_lr(backbone):
@@ -128,7 +129,7 @@ def test_nan_features_name_step_and_lr(backbone):
 
 
 def test_clear_errors(backbone):
-    with pytest.raises(coop.CoOpError, match="fit_coop"):
+    with pytest.raises(coop.CoOpError, match="FitData.backbone is not set"):
         coop.fit(_toy(), PARAMS, 0)
     with pytest.raises(coop.CoOpError, match="context length"):
         coop.PromptLearner(backbone.model, backbone.tokenizer, ["a very long class name " * 3], n_ctx=16)
@@ -165,7 +166,7 @@ def test_training_is_the_plain_loop_with_one_text_pass_per_step(backbone):
     assert len(passes) == info["steps"] + 1  # was steps + epochs + 2: every step, every validation, the saved head
 
     # the same training written plainly, the prompts encoded for every step
-    p = {**coop.DEFAULTS, **params}
+    p = {**coop.SPEC["defaults"], **params}
     gen = seed_everything(0)
     x, y = torch.from_numpy(data.train_features), torch.from_numpy(data.train_labels)
     contexts = []

@@ -317,3 +317,20 @@ def test_many_conditions_share_the_work_of_levels(monkeypatch):
     for _ in corrupt.apply_many(_images(batch=2), CONDITIONS):
         pass
     assert calls == {"hue": 1, "stroke": corrupt.MAX_STROKES}  # not 4 decompositions and 1 + 2 + 3 + 4 strokes
+
+
+def test_augmentation_choice_is_keyed_by_name_and_stable_when_the_list_grows():
+    """Adding a condition to the pool moves only the images that now pick it; reordering moves none."""
+    from collections import Counter
+
+    from medtune.conditions import CONDITIONS, augmentation_for
+
+    pool = tuple(CONDITIONS[1:])
+    before = [augmentation_for(k, pool) for k in range(3000)]
+    assert before == [augmentation_for(k, tuple(reversed(pool))) for k in range(3000)]
+    grown = [augmentation_for(k, pool + ("stain-1",)) for k in range(3000)]
+    moved = [(a, b) for a, b in zip(before, grown) if a != b]
+    assert moved and all(b == "stain-1" for _, b in moved)
+    # and the choice is spread evenly: about 3000 / 29 each
+    counts = Counter(grown)
+    assert len(counts) == 29 and max(counts.values()) < 2 * 3000 / 29

@@ -20,7 +20,7 @@ def _bad(mutate):
 
 def test_default_config_is_valid_and_gets_defaults():
     config = plan.validate(DEFAULT)
-    assert config["methods"]["rfc"]["alphas"] == [0.2, 0.4, 0.6, 0.8, 1.0]
+    assert config["methods"]["rfc"]["params"]["alphas"] == [0.2, 0.4, 0.6, 0.8, 1.0]
     assert config["studies"]["pathclip"]["fractions"] == plan.DEFAULT_FRACTIONS
 
 
@@ -81,3 +81,71 @@ def test_all_conditions_expand_to_the_29_of_the_benchmark():
 def test_unknown_condition_named():
     message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["clean", "blur-9"]))
     assert "studies.pathclip.conditions" in message and "blur-9" in message
+
+
+def test_a_variant_takes_its_base_then_the_bases_entry_then_its_own_keys():
+    config = plan.validate({**DEFAULT, "methods": {**DEFAULT["methods"], "rfc_fast": {"base": "rfc", "epochs": 2}}})
+    rfc, variant = config["methods"]["rfc"], config["methods"]["rfc_fast"]
+    from medtune.methods.rfc import SPEC
+
+    assert variant["base"] == "rfc" and variant["module"] == "medtune.methods.rfc" and variant["training"] == "frozen"
+    assert variant["params"] == {**SPEC["defaults"], **DEFAULT["methods"]["rfc"], "epochs": 2}
+    assert rfc["params"]["epochs"] == DEFAULT["methods"]["rfc"]["epochs"]
+    assert variant["label"] == "CLIP + RFC (rfc_fast)" and rfc["order"] < variant["order"] < config["methods"]["coop"]["order"]
+    augmented = config["methods"]["rfc_augmented"]
+    assert augmented["train_conditions"] == "augmented" and augmented["label"] == "CLIP + RFC + corruption aug."
+    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented"]
+
+
+def test_a_variant_is_validated_against_its_base_parameters():
+    assert "methods.rfc_fast.alphas.0" in _bad(lambda c: c["methods"].update(rfc_fast={"base": "rfc", "alphas": [3]}))
+    assert "methods.rfc_fast" in _bad(lambda c: c["methods"].update(rfc_fast={"base": "rfc", "n_ctx": 4}))
+    message = _bad(lambda c: c["methods"].update(svm={"C": [1]}))
+    assert "methods.svm" in message and "unknown method 'svm'" in message
+    assert "methods.x.base" in _bad(lambda c: c["methods"].update(x={"base": "svm"}))
+
+
+def test_the_registries_declare_every_built_in_method_and_study():
+    from medtune import methods, studies
+
+    registered = methods.registered()
+    assert {n: m.training for n, m in registered.items()} == {
+        "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none"
+    }
+    assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
+    assert set(studies.registered()) == {"clipath", "pathclip", "pubmedvision"}
+    # a module's declaration is its import's own SPEC, read without importing it
+    from medtune.methods import linear_probe
+
+    assert registered["linear_probe"].defaults == linear_probe.SPEC["defaults"]
+
+
+def test_the_registries_read_no_heavy_module():
+    """DAG building reads the declarations without torch, pandas or matplotlib."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from medtune import plan, methods, studies; plan.validate(__import__('yaml').safe_load(open(sys.argv[1])));"
+        "print(sorted(m for m in ('torch', 'pandas', 'matplotlib', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(plan.SCHEMA_PATH.parents[1] / "config.yaml")], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_tables_and_figures_come_from_the_study_declarations():
+    config = plan.validate(DEFAULT)
+    assert plan.tables(config) == [
+        "clipath_accuracy", "clipath_cost", "adapted_robustness", "pubmedvision_topk", "pathclip_zeroshot", "pathclip_retrieval"
+    ]
+    clean_only = copy.deepcopy(DEFAULT)
+    clean_only["studies"]["clipath"]["conditions"] = ["clean"]
+    assert "adapted_robustness" not in plan.tables(plan.validate(clean_only))
+    assert "pubmedvision_groups" in plan.figures(config) and "corruption_gallery" in plan.figures(config)
+
+
+def test_run_labels_are_what_every_file_of_the_run_carries():
+    run = plan.Run("d", "rfc", "b", 2, "0.5")
+    assert run.labels() == {"dataset": "d", "method": "rfc", "backbone": "b", "seed": 2, "fraction": 0.5}
+    assert run.path == "d/rfc/b/seed2/frac0.5"
+    assert plan.Run("d", "zeroshot", "b").labels()["seed"] is None

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from medtune.methods import FitData, build_head, fit, predict
+from medtune.heads import FitData, build_head, fit, predict
 from medtune.methods.rfc import ResidualFeatureConnection, RFCHead, bottleneck
 from medtune.methods.zeroshot import TextClassifier
 
@@ -81,7 +81,7 @@ def test_head_round_trips_through_weights_only_load(tmp_path):
     data = FitData(feats[:20], labels[:20], feats[20:], labels[20:], text, 20.0)
     state, _ = fit("rfc", data, {**PARAMS, "alphas": [0.5], "epochs": 2}, seed=0)
     torch.save(state, tmp_path / "head.pt")
-    from medtune.methods import load_head
+    from medtune.heads import load_head
 
     assert np.array_equal(predict(load_head(tmp_path / "head.pt"), feats), predict(build_head(state), feats))
 

@@ -22,7 +22,7 @@ import yaml
 from conftest import REPO, SMALL_CONFIG, write_config
 
 SLURM_DIR = Path(os.environ.get("MEDTUNE_SLURM_DIR", "/tmp/medtune-slurm"))
-GPU_RULES = {"pretrain_backbone", "encode_images", "finetune"}  # + train_frozen for CoOp
+GPU_RULES = {"pretrain_backbone", "encode_images", "train_backbone"}  # + train_frozen for CoOp
 
 
 def wants_gpu(rule: str, wildcards: str) -> bool:
@@ -62,7 +62,7 @@ def slurm_profile(folder: Path) -> Path:
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())
     assert profile["executor"] == "slurm"
     assert {rule for rule, res in profile["set-resources"].items() if res.get("gpu") == 1} == GPU_RULES
-    assert "coop" in str(profile["set-resources"]["train_frozen"]["gpu"])
+    assert "text_encoder" in str(profile["set-resources"]["train_frozen"]["gpu"])
     profile.update(
         {
             "slurm-no-account": True,

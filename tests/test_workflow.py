@@ -12,16 +12,20 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"]))
-    trained = {(m, f) for m in ("linear_probe", "rfc", "coop", "rfc_augmented") for f in (5.0, 50.0)}
+    trained = {(m, f) for m in ("linear_probe", "rfc", "coop", "rfc_augmented", "toy_method") for f in (5.0, 50.0)}
     assert rows == {("zeroshot", 0.0)} | trained
+    # rows in the methods' declared order, the toy method (registered from tests/) last
+    assert list(dict.fromkeys(acc["method"])) == ["zeroshot", "linear_probe", "rfc", "rfc_augmented", "coop", "toy_method"]
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
     # two seeds -> a confidence interval for every trained row
     assert acc.loc[acc["method"] != "zeroshot", "accuracy_ci95"].notna().all()
 
     cost = pd.read_csv(tables / "clipath_cost.csv")
-    trained = cost[cost["method"] != "zeroshot"]
+    trained = cost[~cost["method"].isin(["zeroshot", "toy_method"])]
     assert (trained["train_seconds_mean"] > 0).all() and (trained["trainable_parameters"] > 0).all()
+    toy = cost[cost["method"] == "toy_method"]  # class means: faster than the clock's millisecond
+    assert (toy["train_seconds_mean"] >= 0).all() and (toy["trainable_parameters"] == 5 * 64).all()
 
     topk = pd.read_csv(tables / "pubmedvision_topk.csv")
     assert topk["group"].iloc[0] == "all" and len(topk) == 1 + 3  # overall + three organ groups
@@ -44,7 +48,7 @@ def test_tables_have_the_seed_shapes(small_run):
     assert list(robust.columns[-2:]) == ["clean", "blur-2"]
     assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot"} <= set(robust["model"])
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -71,9 +75,9 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
     finally:
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
-    downstream = {"collect_metrics", "tables", "all", "total"}
-    figures = {"figure_clipath_accuracy", "figure_clipath_training_time", "figure_clipath_confusion", "figure_pathclip_robustness"}
-    assert set(counts) == downstream | figures
+    # the tables and the figures made from metrics, costs or runs; not those of images or features alone
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "pathclip_robustness", "pubmedvision_groups"})
+    assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
 def test_bad_config_stops_with_one_line(tmp_path):

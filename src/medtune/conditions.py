@@ -7,6 +7,9 @@ what each corruption and level does.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 CORRUPTIONS = ("brightness", "contrast", "blur", "resolution", "saturation", "hue", "markup")
 
 COLOUR_FACTORS = {-2: 0.4, -1: 0.8, 1: 1.2, 2: 1.6}
@@ -56,9 +59,29 @@ def parse_condition(name: str) -> tuple[str, int]:
 # A training-time pseudo-condition: every image under one corruption of its own, picked
 # from the 28 by its sample index (corruption augmentation, the seed's "future work").
 AUGMENTED = "augmented"
-_AUGMENT_SALT = 0x9E3779B1
+_MASK = 2**64 - 1
 
 
-def augmentation_for(key: int) -> str:
-    """The corruption an image gets in the augmented training set; fixed per sample index."""
-    return CONDITIONS[1 + (int(key) * _AUGMENT_SALT + 12345) % (len(CONDITIONS) - 1)]
+def _mix(x: int) -> int:
+    """splitmix64's finaliser: a well-spread 64-bit hash of a 64-bit integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK
+    return x ^ (x >> 31)
+
+
+@functools.lru_cache(maxsize=None)
+def _name_hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def augmentation_for(key: int, pool: tuple[str, ...] | None = None) -> str:
+    """The corruption an image gets in the augmented training set; fixed per sample index.
+
+    Rendezvous hashing: each condition of ``pool`` (default: the 28 corrupted ones) gets a
+    score from the image's key and the condition's *name*, and the highest wins. So the
+    choice depends on names, not on positions in a list: adding a condition moves only the
+    images that now pick it, and reordering the list moves none.
+    """
+    pool = CONDITIONS[1:] if pool is None else pool
+    return max(pool, key=lambda name: (_mix(_name_hash(name) ^ _mix(int(key) & _MASK)), name))

@@ -45,6 +45,7 @@ from pathlib import Path
 __all__ = [
     "GpuUnavailableError",
     "acquire_gpu",
+    "gpu_slots",
     "default_lock_dir",
     "device_pool",
     "slurm_assigned_gpus",
@@ -91,6 +92,17 @@ def device_pool(n_devices: int | None = None, env: Mapping[str, str] | None = No
         fake = env.get("MEDTUNE_FAKE_GPUS")
         n_devices = int(fake) if fake not in (None, "") else _count_nvidia_smi()
     return [str(i) for i in range(max(0, int(n_devices)))]
+
+
+def gpu_slots(configured_device: str) -> int:
+    """GPU slots a heavy job declares (Snakemake's ``gpu`` resource) for the config's ``device``:
+    none on ``cpu``; one on ``cuda``/``cuda:N``; on ``auto``, one when this machine has a GPU
+    (:func:`device_pool`: the one place that decides it without initialising CUDA)."""
+    if configured_device == "cpu":
+        return 0
+    if configured_device == "auto":
+        return 1 if device_pool() else 0
+    return 1
 
 
 def default_lock_dir(env: Mapping[str, str] | None = None) -> Path:

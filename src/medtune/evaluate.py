@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from medtune.methods import embed, load_head, predict
+from medtune.heads import embed, load_head, predict
 from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
@@ -43,6 +43,7 @@ def evaluate_run(
 
 
 def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd.DataFrame, run: dict) -> pd.DataFrame:
+    """Tidy rows of every condition, each carrying the run's labels (:meth:`medtune.plan.Run.labels`)."""
     labels = test_samples["label"].to_numpy()
     groups = test_samples["group"].astype(str).to_numpy()
     frames = []
@@ -56,14 +57,3 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
     for i, key in enumerate(["dataset", "method", "backbone", "seed", "fraction"]):
         out.insert(i, key, run.get(key))
     return out[METRIC_COLUMNS]
-
-
-def run_labels(run: dict) -> dict:
-    """Dataset, method, backbone, seed and fraction of a run from its path wildcards."""
-    labels = {k: run[k] for k in ("dataset", "method", "backbone")}
-    if run["setting"] == "pretrained":
-        labels.update(seed=None, fraction=None)
-    else:
-        seed, fraction = run["setting"].split("/")
-        labels.update(seed=int(seed.removeprefix("seed")), fraction=float(fraction.removeprefix("frac")))
-    return labels

@@ -58,7 +58,7 @@ def _is_out_of_memory(err: BaseException) -> bool:
 def oom_message(smk) -> str:
     """Out of GPU memory: name the batch size the user can lower and where it is set."""
     params = getattr(smk, "params", None)
-    hyper = getattr(params, "hyper", None) or {}
+    hyper = (getattr(params, "method", None) or {}).get("params", {})
     spec = getattr(params, "spec", None) or {}
     rule = getattr(smk, "rule", "job")
     if "batch_size" in hyper:

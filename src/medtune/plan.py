@@ -15,55 +15,20 @@ from typing import Any
 
 import yaml
 
+from medtune import methods as method_registry
+from medtune import studies as study_registry
 from medtune.conditions import AUGMENTED, CONDITIONS, parse_condition
+from medtune.registry import RegistryError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
-FROZEN_METHODS = ("linear_probe", "rfc", "coop", "linear_probe_augmented", "rfc_augmented")  # on cached features
-AUGMENTED_SUFFIX = "_augmented"  # the same method trained on clean + corruption-augmented features
-TUNED_METHODS = ("finetune_caption", "finetune_label")  # train the encoders themselves
-STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip": CONDITIONS}
-METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
-    "zeroshot": {},
-    "linear_probe": {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "max_iter": 1000},
-    "coop": {
-        "n_ctx": 16,
-        "ctx_init": None,
-        "lr": 0.002,
-        "momentum": 0.9,
-        "weight_decay": 5e-4,
-        "epochs": 50,
-        "batch_size": 32,
-        "warmup_epochs": 1,
-        "warmup_lr": 1e-5,
-    },
-    "finetune": {
-        "epochs": 20,
-        "batch_size": 256,
-        "lr": 1e-6,
-        "weight_decay": 0.0,
-        "warmup_steps": 0,
-        "augment": False,
-        "amp": True,
-        "grad_accum": 1,
-        "wise_alphas": [0.5],
-    },
-    "rfc": {
-        "alphas": [0.2, 0.4, 0.6, 0.8, 1.0],
-        "lr": 1e-4,
-        "weight_decay": 5e-3,
-        "epochs": 5,
-        "batch_size": 32,
-        "hidden_divisors": [4, 16, 4],
-    },
-}
-# the tables each study writes (medtune.tables.write_study_tables)
-STUDY_TABLES = {
-    "clipath": ["clipath_accuracy", "clipath_cost"],
-    "pubmedvision": ["pubmedvision_topk"],
-    "pathclip": ["pathclip_zeroshot", "pathclip_retrieval"],
-}
 DEFAULT_FRACTIONS = [0.1, 0.5, 1, 5, 10, 50]
 DEFAULT_TEMPLATES = ["a histopathology image of {c}."]
+# keys of a config method entry that are not hyperparameters
+ENTRY_KEYS = {
+    "base": {"type": "string", "description": "the registered method this entry configures (default: the entry's name)"},
+    "train_conditions": {"enum": ["clean", AUGMENTED], "description": "augmented: train on clean + corruption-augmented features"},
+    "label": {"type": "string", "description": "how tables and figures name it"},
+}
 
 
 class ConfigError(ValueError):
@@ -72,6 +37,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Run:
+    """One run's identity. It travels into the job that makes the run as :meth:`labels`,
+    and the job writes it into every file it makes, so nothing parses a path back."""
+
     dataset: str
     method: str
     backbone: str
@@ -85,6 +53,16 @@ class Run:
     @property
     def path(self) -> str:
         return f"{self.dataset}/{self.method}/{self.backbone}/{self.setting}"
+
+    def labels(self) -> dict[str, Any]:
+        """The columns every metric row and record of the run carries."""
+        return {
+            "dataset": self.dataset,
+            "method": self.method,
+            "backbone": self.backbone,
+            "seed": self.seed,
+            "fraction": None if self.fraction is None else float(self.fraction),
+        }
 
 
 def format_fraction(fraction: float) -> str:
@@ -119,10 +97,20 @@ def check_config_file(path: str | Path) -> None:
 
 
 def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
-    """The config with defaults filled in, or ConfigError naming the first problem."""
+    """The config with defaults filled in and every method entry resolved, or ConfigError
+    naming the first problem.
+
+    ``config["methods"][name]`` becomes ``{base, module, training, needs_text_encoder,
+    train_conditions, label, order, params}``: a variant (an entry with ``base``) takes
+    the base method's defaults, then the base's own config entry, then its own keys.
+    """
     import jsonschema
 
-    schema = yaml.safe_load(schema_path.read_text())
+    try:
+        registered = method_registry.registered(config.get("method_modules", []) if isinstance(config, dict) else [])
+    except RegistryError as err:
+        raise ConfigError(f"config key method_modules: {err}") from None
+    schema = _schema(yaml.safe_load(schema_path.read_text()), config, registered)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
@@ -133,13 +121,11 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     config.setdefault("device", "auto")
     config.setdefault("progress", True)
     config.setdefault("seeds", [1, 2, 3])
-    methods = config.setdefault("methods", {})
-    for name, defaults in METHOD_DEFAULTS.items():
-        methods[name] = {**defaults, **methods.get(name, {})}
+    config["methods"] = _resolve_methods(config.get("methods", {}), registered)
     for study_name, study in config["studies"].items():
         study.setdefault("fractions", DEFAULT_FRACTIONS)
         study.setdefault("seeds", config["seeds"])
-        study.setdefault("conditions", list(STUDY_CONDITIONS[study_name]))
+        study.setdefault("conditions", list(study_registry.registered()[study_name].conditions))
         if study["conditions"] == ["all"]:
             study["conditions"] = list(CONDITIONS)
     for dataset in config["datasets"].values():
@@ -148,9 +134,55 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     return config
 
 
+def _schema(schema: dict[str, Any], config: Any, registered: dict[str, method_registry.Method]) -> dict[str, Any]:
+    """The schema file completed from the registries: each method entry is validated against
+    its base method's declared parameters, and ``studies`` takes the registered studies."""
+    entries = config.get("methods") if isinstance(config, dict) else None
+    names = set(registered) | set(entries if isinstance(entries, dict) else {})
+    properties = {}
+    for name in sorted(names):
+        entry = entries.get(name) if isinstance(entries, dict) else None
+        base = entry.get("base", name) if isinstance(entry, dict) else name
+        if base not in registered:
+            what = f"base method {base!r}" if base != name else f"method {name!r}"
+            raise ConfigError(
+                f"config key methods.{name}{'.base' if base != name else ''}: unknown {what}; "
+                f"registered: {', '.join(sorted(registered))} (a variant names one as its base)"
+            )
+        properties[name] = {"type": "object", "additionalProperties": False, "properties": {**registered[base].params, **ENTRY_KEYS}}
+    schema["properties"]["methods"] = {"type": "object", "additionalProperties": False, "properties": properties}
+    schema["properties"]["studies"]["properties"] = {name: {"$ref": "#/$defs/study"} for name in study_registry.registered()}
+    return schema
+
+
+def _resolve_methods(entries: dict[str, Any], registered: dict[str, method_registry.Method]) -> dict[str, dict[str, Any]]:
+    resolved = {}
+    for name in [*registered, *(n for n in entries if n not in registered)]:
+        entry = dict(entries.get(name, {}))
+        base = registered[entry.pop("base", name)]
+        label = entry.pop("label", base.label if name == base.name else f"{base.label} ({name})")
+        train_conditions = entry.pop("train_conditions", "clean")
+        inherited = {} if name == base.name else {k: v for k, v in entries.get(base.name, {}).items() if k not in ENTRY_KEYS}
+        resolved[name] = {
+            "base": base.name,
+            "module": base.source,
+            "training": base.training,
+            "needs_text_encoder": base.needs_text_encoder,
+            "train_conditions": train_conditions,
+            "label": label,
+            # a variant sorts right after its base
+            "order": base.order + (0 if name == base.name else 0.5),
+            "params": {**base.defaults, **inherited, **entry},
+        }
+    return resolved
+
+
 def _check_references(config: dict[str, Any]) -> None:
     datasets, backbones = config["datasets"], config["backbones"]
     for study_name, study in config["studies"].items():
+        for name in study["methods"]:
+            if name not in config["methods"]:
+                raise ConfigError(f"config key studies.{study_name}.methods: unknown method {name!r}; configured: {', '.join(config['methods'])}")
         for name in study["datasets"]:
             if name not in datasets:
                 raise ConfigError(f"config key studies.{study_name}.datasets: unknown dataset {name!r}")
@@ -181,7 +213,7 @@ def runs(config: dict[str, Any]) -> list[Run]:
         for dataset in study["datasets"]:
             for backbone in study["backbones"]:
                 for method in study["methods"]:
-                    if method == "zeroshot":
+                    if config["methods"][method]["training"] == "none":
                         found = [Run(dataset, method, backbone)]
                     else:
                         found = [
@@ -193,15 +225,20 @@ def runs(config: dict[str, Any]) -> list[Run]:
     return list(out.values())
 
 
-def base_method(method: str) -> str:
-    return method.removesuffix(AUGMENTED_SUFFIX)
+def methods_of(config: dict[str, Any], training: str) -> list[str]:
+    """Names of the configured methods of one training kind (none, frozen, backbone)."""
+    return [name for name, m in config["methods"].items() if m["training"] == training]
+
+
+def _trains(config: dict[str, Any], study: dict[str, Any]) -> bool:
+    return any(config["methods"][m]["training"] != "none" for m in study["methods"])
 
 
 def train_conditions(config: dict[str, Any], dataset: str, backbone: str) -> list[str]:
     """Conditions of the train split: clean, plus the augmented set if a study trains on it."""
     for study in config["studies"].values():
         if dataset in study["datasets"] and backbone in study["backbones"]:
-            if any(m.endswith(AUGMENTED_SUFFIX) for m in study["methods"]):
+            if any(config["methods"][m]["train_conditions"] == AUGMENTED for m in study["methods"]):
                 return ["clean", AUGMENTED]
     return ["clean"]
 
@@ -220,7 +257,7 @@ def conditions_for(config: dict[str, Any], dataset: str, backbone: str, method: 
 def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
     found: list[str] = []
     for study in config["studies"].values():
-        if dataset in study["datasets"] and set(study["methods"]) - {"zeroshot"}:
+        if dataset in study["datasets"] and _trains(config, study):
             found += [format_fraction(f) for f in study["fractions"] if format_fraction(f) not in found]
     return sorted(found, key=float)
 
@@ -228,25 +265,19 @@ def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
 def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
     found: list[int] = []
     for study in config["studies"].values():
-        if dataset in study["datasets"] and set(study["methods"]) - {"zeroshot"}:
+        if dataset in study["datasets"] and _trains(config, study):
             found += [s for s in study["seeds"] if s not in found]
     return found
 
 
 def tables(config: dict[str, Any]) -> list[str]:
-    names = [name for study in config["studies"] for name in STUDY_TABLES[study]]
-    clipath = config["studies"].get("clipath")
-    if clipath and clipath["conditions"] != ["clean"]:
-        names.append("adapted_robustness")
-    if config["studies"].get("pubmedvision", {}).get("paper", {}).get("pubmedvision_topk"):
-        names.append("pubmedvision_paper")
-    return names
+    return [t.name for name, study in config["studies"].items() for t in study_registry.tables(name, study)]
 
 
 def figures(config: dict[str, Any]) -> list[str]:
-    found = []
-    if "clipath" in config["studies"]:
-        found += ["clipath_accuracy", "clipath_training_time", "clipath_confusion"]
-    if "pathclip" in config["studies"]:
-        found += ["pathclip_robustness", "corruption_gallery", "retrieval_examples"]
-    return found
+    return [f.name for name, study in config["studies"].items() for f in study_registry.figures(name, study)]
+
+
+def method_labels(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What tables and figures need of each method: its label and where it sorts."""
+    return {name: {"label": m["label"], "order": m["order"]} for name, m in config["methods"].items()}

@@ -7,6 +7,7 @@ never sees.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from pathlib import Path
@@ -30,7 +31,7 @@ def pretrain_backbone(
     progress: bool = True,
 ) -> None:
     settings = dict(spec["pretrain"])
-    dataset = load_dataset(images.rsplit("/", 1)[0])
+    dataset = load_dataset(os.path.dirname(images))
     split = settings.pop("split", "pretrain")
     rows = dataset.split(split)
     captions = rows["caption"].tolist()

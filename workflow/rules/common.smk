@@ -1,12 +1,25 @@
-# Paths, wildcard constraints and input functions shared by the rule files.
+# Paths, wildcard constraints and input functions shared by the rule files. What runs
+# exist, which methods and figures there are, comes from medtune.plan and the registries.
 
 import os
 import re
+
+from medtune import devices
+from medtune import studies as study_registry
+from medtune.records import MANIFEST
 
 RESULTS = config["results"]
 RUNS = plan.runs(config)
 DATASETS = config["datasets"]
 BACKBONES = config["backbones"]
+METHODS = config["methods"]
+TABLES = plan.tables(config)
+FIGURES = plan.figures(config)
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (never an empty alternation)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 wildcard_constraints:
@@ -15,8 +28,9 @@ wildcard_constraints:
     split=r"pretrain|train|val|test",
     seed=r"\d+",
     fraction=r"\d+(\.\d+)?",
-    trained="|".join(plan.FROZEN_METHODS),
-    tuned="|".join(plan.TUNED_METHODS),
+    trained=one_of(plan.methods_of(config, "frozen")),
+    tuned=one_of(plan.methods_of(config, "backbone")),
+    figure=one_of(FIGURES),
 
 
 def dataset_files(dataset):
@@ -44,6 +58,14 @@ def features_dir(backbone, dataset, split):
     return f"{RESULTS}/features/{backbone}/{dataset}/{split}"
 
 
+def text_features(backbone, dataset):
+    return f"{RESULTS}/features/{backbone}/{dataset}/text.npz"
+
+
+def subset_file(dataset, seed, fraction):
+    return f"{RESULTS}/subsets/{dataset}/seed{seed}/frac{fraction}.csv"
+
+
 def encode_inputs(wildcards):
     return {**dataset_files(wildcards.dataset), "weights": backbone_weights(wildcards.backbone)}
 
@@ -60,13 +82,10 @@ def run_dir(run):
     return f"{RESULTS}/runs/{run.path}"
 
 
-def trained_fractions(wildcards):
-    """The fractions one train_frozen job fits: those of the studies' runs of its method and seed."""
-    return [
-        r.fraction
-        for r in RUNS
-        if (r.dataset, r.method, r.backbone, str(r.seed)) == (wildcards.dataset, wildcards.trained, wildcards.backbone, wildcards.seed)
-    ]
+def seed_runs(wildcards):
+    """The runs one train_frozen job makes: every fraction of its method and seed."""
+    key = (wildcards.dataset, wildcards.trained, wildcards.backbone, int(wildcards.seed))
+    return [r for r in RUNS if (r.dataset, r.method, r.backbone, r.seed) == key]
 
 
 def trained_inputs(wildcards):
@@ -74,97 +93,79 @@ def trained_inputs(wildcards):
     return {
         "train": feats("train"),
         "val": feats("val"),
-        "text": f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/text.npz",
-        "subsets": [
-            f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{fraction}.csv"
-            for fraction in trained_fractions(wildcards)
-        ],
+        "text": text_features(wildcards.backbone, wildcards.dataset),
+        "subsets": [subset_file(r.dataset, r.seed, r.fraction) for r in seed_runs(wildcards)],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
-        "weights": backbone_weights(wildcards.backbone) if wildcards.trained == "coop" else [],
+        "weights": backbone_weights(wildcards.backbone) if METHODS[wildcards.trained]["needs_text_encoder"] else [],
+        # named only for methods that run the text encoder: a profile can ask for a GPU by it
+        **({"text_encoder": text_features(wildcards.backbone, wildcards.dataset)} if METHODS[wildcards.trained]["needs_text_encoder"] else {}),
     }
 
 
-def finetune_inputs(wildcards):
+def backbone_run(wildcards):
+    return plan.Run(wildcards.dataset, wildcards.tuned, wildcards.backbone, int(wildcards.seed), wildcards.fraction)
+
+
+def tuned_inputs(wildcards):
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),
-        "subset": f"{RESULTS}/subsets/{wildcards.dataset}/seed{wildcards.seed}/frac{wildcards.fraction}.csv",
+        "subset": subset_file(wildcards.dataset, wildcards.seed, wildcards.fraction),
     }
 
 
-def evaluate_inputs(wildcards):
+def zeroshot_inputs(wildcards):
     return {
-        "text": f"{RESULTS}/features/{wildcards.backbone}/{wildcards.dataset}/text.npz",
+        "text": text_features(wildcards.backbone, wildcards.dataset),
         "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
         "samples": dataset_files(wildcards.dataset)["samples"],
     }
 
 
 def run_output(run):
-    """What a run's producing job declares: a frozen method's job writes the folder of its seed."""
-    if run.method in plan.FROZEN_METHODS:
+    """What a run's producing job declares: a frozen method's job writes the folder of its
+    seed; the others write the run's manifest beside its files."""
+    if METHODS[run.method]["training"] == "frozen":
         return os.path.dirname(run_dir(run))
-    return f"{run_dir(run)}/metrics.csv"
+    return f"{run_dir(run)}/{MANIFEST}"
 
 
-def all_run_outputs():
-    return sorted({run_output(r) for r in RUNS})
-
-
-def all_metrics():
-    return [f"{run_dir(r)}/metrics.csv" for r in RUNS]
-
-
-def all_train_records():
-    return [f"{run_dir(r)}/train.json" for r in RUNS if r.seed is not None]
-
-
-TABLES = plan.tables(config)
+def all_run_outputs(runs=RUNS):
+    return sorted({run_output(r) for r in runs})
 
 
 def all_outputs():
     tables = [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "md", "tex")]
-    return tables + [f"{RESULTS}/figures/{name}.{ext}" for name in plan.figures(config) for ext in ("png", "pdf")]
+    return tables + [f"{RESULTS}/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
 
 
-def confusion_runs():
-    """The CLIPath study's frozen-backbone runs (zero-shot included) on its first dataset and
-    backbone: the confusion figure picks the most accurate."""
-    study = config["studies"]["clipath"]
+def figure_study(wildcards):
+    study, figure = study_registry.find_figure(wildcards.figure)
+    return study, figure, config["studies"][study.name]
+
+
+def figure_inputs(wildcards):
+    """The files a figure declares (medtune.studies.FIGURE_INPUTS), for its study: images,
+    features and runs are those of the study's first dataset and backbone."""
+    _, figure, study = figure_study(wildcards)
     dataset, backbone = study["datasets"][0], study["backbones"][0]
-    return [
-        r
-        for r in RUNS
-        if r.dataset == dataset and r.backbone == backbone and r.method in ("zeroshot", *plan.FROZEN_METHODS)
-        and r.method in study["methods"]
+    runs = [
+        r for r in RUNS
+        if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]
+        and METHODS[r.method]["training"] in ("none", "frozen")
     ]
-
-
-def confusion_inputs(wildcards):
-    study = config["studies"]["clipath"]
-    dataset, backbone = study["datasets"][0], study["backbones"][0]
-    return {
+    available = {
         "metrics": f"{RESULTS}/metrics.csv",
-        "runs": sorted({run_output(r) for r in confusion_runs()}),
-        "test": features_dir(backbone, dataset, "test"),
+        "costs": f"{RESULTS}/costs.csv",
+        "runs": all_run_outputs(runs),
+        "images": dataset_files(dataset)["images"],
         "samples": dataset_files(dataset)["samples"],
+        "test_features": features_dir(backbone, dataset, "test"),
     }
-
-
-def retrieval_example_inputs(wildcards):
-    study = config["studies"]["pathclip"]
-    dataset, backbone = study["datasets"][0], study["backbones"][0]
-    return {"test": features_dir(backbone, dataset, "test"), **dataset_files(dataset)}
+    return {name: available[name] for name in figure.inputs}
 
 
 def gpu_request(wildcards):
     """One GPU for heavy jobs when the configured device is CUDA; none on a CPU-only setup."""
-    device = config["device"]
-    if device == "cpu":
-        return 0
-    if device == "auto":
-        import shutil
-
-        return 1 if shutil.which("nvidia-smi") else 0
-    return 1
+    return devices.gpu_slots(config["device"])

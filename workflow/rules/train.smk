@@ -1,19 +1,21 @@
-# Adaptation methods. Frozen-backbone methods train from the cached features only, one job
-# per seed covering every fraction, and evaluate in the same job: fitting a head on cached
-# features takes about a second, less than starting Python and importing torch, so a job
-# per fraction (or a separate evaluate job per run) would spend most of its time starting.
+# Adaptation methods, as their modules declare them (medtune.methods). Frozen-feature
+# methods train from the cached features only, one job per seed covering every fraction,
+# and evaluate in the same job: fitting a head on cached features takes about a second,
+# less than starting Python and importing torch, so a job per fraction (or a separate
+# evaluate job per run) would spend most of its time starting. Backbone-training methods
+# (full fine-tuning) run one job per run.
 
 
 rule train_frozen:
     input:
         unpack(trained_inputs),
     output:
-        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}
+        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
-        method=lambda wc: wc.trained,
-        fractions=trained_fractions,
-        hyper=lambda wc: config["methods"][plan.base_method(wc.trained)],
+        method=lambda wc: {k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")},
+        runs=lambda wc: [r.labels() for r in seed_runs(wc)],
+        fractions=lambda wc: [r.fraction for r in seed_runs(wc)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
@@ -27,31 +29,33 @@ rule train_frozen:
     resources:
         mem_mb=2000,
         runtime=60,
-        # only CoOp runs a network (the text encoder) while training
-        gpu=lambda wc: gpu_request(wc) if wc.trained == "coop" else 0,
+        # of the frozen methods, only those that run the text encoder use a GPU
+        gpu=lambda wc: gpu_request(wc) if METHODS[wc.trained]["needs_text_encoder"] else 0,
     conda:
         "../../envs/medtune.yaml"
     script:
         "../scripts/train_frozen.py"
 
 
-rule finetune:
+rule train_backbone:
     input:
-        unpack(finetune_inputs),
+        unpack(tuned_inputs),
     output:
         weights=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/weights.pt",
         head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/head.pt",
         record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/train.json",
         metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
+        manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/{MANIFEST}",
     params:
-        hyper=lambda wc: config["methods"]["finetune"],
+        method=lambda wc: {k: METHODS[wc.tuned][k] for k in ("module", "params")},
+        run=lambda wc: backbone_run(wc).labels(),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.tuned),
         device=config["device"],
         progress=config["progress"],
         # resumable state lives outside the outputs so a killed job can continue
-        state_dir=lambda wc: f"{RESULTS}/resume/{wc.dataset}/{wc.tuned}/{wc.backbone}/seed{wc.seed}/frac{wc.fraction}",
+        state_dir=lambda wc: f"{RESULTS}/resume/{backbone_run(wc).path}",
     log:
         f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.log",
     benchmark:
@@ -64,4 +68,4 @@ rule finetune:
     conda:
         "../../envs/medtune.yaml"
     script:
-        "../scripts/finetune.py"
+        "../scripts/train_backbone.py"

@@ -1,3 +1,5 @@
+import os
+
 from medtune import jobs
 
 
@@ -8,7 +10,7 @@ def main(smk):
         smk.wildcards.backbone,
         smk.params.spec,
         weights=smk.input.weights or None,
-        dataset_dir=smk.input.images.rsplit("/", 1)[0],
+        dataset_dir=os.path.dirname(smk.input.images),
         split=smk.wildcards.split,
         conditions=smk.params.conditions,
         out_dir=smk.output[0],

@@ -7,7 +7,7 @@ def main(smk):
     from medtune.tables import write_study_tables
 
     write_study_tables(
-        pd.read_csv(smk.input.metrics), pd.read_csv(smk.input.costs), smk.params.studies, smk.params.folder
+        pd.read_csv(smk.input.metrics), pd.read_csv(smk.input.costs), smk.params.studies, smk.params.folder, smk.params.methods
     )
 
 

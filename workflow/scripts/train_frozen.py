@@ -2,12 +2,11 @@ from medtune import jobs
 
 
 def main(smk):
-    from medtune.train import train_frozen
+    from medtune.adapt import train_frozen
 
     train_frozen(
         method=smk.params.method,
-        params=smk.params.hyper,
-        seed=int(smk.wildcards.seed),
+        runs=smk.params.runs,
         subsets=dict(zip(smk.params.fractions, smk.input.subsets)),
         out_dir=smk.output[0],
         train_dir=smk.input.train,
@@ -20,8 +19,6 @@ def main(smk):
         prompts=smk.params.prompts,
         device=smk.params.device,
         progress=smk.params.progress,
-        run={"dataset": smk.wildcards.dataset, "method": smk.params.method, "backbone": smk.wildcards.backbone,
-             "seed": int(smk.wildcards.seed)},
     )
 
 

@@ -1,71 +1,99 @@
-"""Adaptation methods over cached, L2-normalised image features.
+"""The method registry: every adaptation method is one module in this package.
 
-Every method turns training features into a *head*: a small module mapping image
-features to class logits, saved as ``head.pt`` (a dict of plain tensors and
-numbers, loadable with ``weights_only=True``). Evaluation only ever calls
-:func:`load_head`, whatever the method.
+A method module declares, as a literal at its top, ::
+
+    SPEC = {
+        "training": "frozen",          # none (zero-shot) | frozen (cached features) | backbone
+        "needs_text_encoder": False,   # frozen methods that back-propagate through the text tower
+        "label": "CLIP + RFC",         # how tables and figures name it
+        "order": 30,                   # where it sorts in tables and legends
+        "defaults": {...},             # its hyperparameters
+        "params": {...},               # JSON-schema properties validating them
+    }
+
+and the functions its kind needs: ``fit(data, params, seed)`` and ``build_head(state)``
+for frozen methods (see :mod:`medtune.heads`), ``tune(...)`` and ``mixes(...)`` for
+backbone training (see :mod:`medtune.methods.finetune`). Its name is the module's
+name. Everything else — the config schema, the plan, the rules, tables and figures —
+reads the registry, so adding a method is its module plus its config entry. Modules
+outside the package are registered with the config key ``method_modules``.
+
+This module imports neither torch nor the method modules: the workflow builds its
+DAG from the declarations alone (:mod:`medtune.registry`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Iterable
 
-import numpy as np
-import torch
+from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
-
-@dataclass
-class FitData:
-    train_features: np.ndarray
-    train_labels: np.ndarray
-    val_features: np.ndarray
-    val_labels: np.ndarray
-    class_text: np.ndarray  # C x D normalised class-prompt features
-    logit_scale: float
+TRAINING_KINDS = ("none", "frozen", "backbone")
+_SPEC_KEYS = {"training", "needs_text_encoder", "label", "order", "defaults", "params"}
 
 
-def _module(method: str):
-    if method == "zeroshot":
-        from medtune.methods import zeroshot as module
-    elif method == "linear_probe":
-        from medtune.methods import linear_probe as module
-    elif method == "rfc":
-        from medtune.methods import rfc as module
-    elif method == "coop":
-        from medtune.methods import coop as module
-    else:
-        raise ValueError(f"unknown method {method!r}")
-    return module
+@dataclass(frozen=True)
+class Method:
+    name: str
+    training: str  # none | frozen | backbone
+    label: str
+    order: float
+    source: str  # dotted module name, or a file path for a module outside the package
+    needs_text_encoder: bool = False
+    defaults: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # JSON-schema properties
+
+    def load(self) -> ModuleType:
+        return import_module(self.source)
 
 
-def fit(method: str, data: FitData, params: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(head_state, info)``: the saved head and what training chose and measured."""
-    return _module(method).fit(data, params, seed)
+def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method:
+    unknown = set(spec) - _SPEC_KEYS
+    if unknown:
+        raise RegistryError(f"{where}: unknown SPEC key {sorted(unknown)[0]!r}; expected {sorted(_SPEC_KEYS)}")
+    if spec.get("training") not in TRAINING_KINDS:
+        raise RegistryError(f"{where}: SPEC training must be one of {TRAINING_KINDS}, not {spec.get('training')!r}")
+    return Method(
+        name=name,
+        training=spec["training"],
+        label=str(spec.get("label", name)),
+        order=float(spec.get("order", 1000)),
+        source=source,
+        needs_text_encoder=bool(spec.get("needs_text_encoder", False)),
+        defaults=dict(spec.get("defaults", {})),
+        params=dict(spec.get("params", {})),
+    )
 
 
-def build_head(state: dict[str, Any]) -> torch.nn.Module:
-    return _module(state["method"]).build_head(state).eval()
+@lru_cache(maxsize=None)
+def _registered(extra: tuple[str, ...]) -> dict[str, Method]:
+    found: dict[str, Method] = {}
+    for path in package_modules(Path(__file__).parent):
+        spec = read_spec(path)
+        if spec is not None:
+            found[path.stem] = _method(path.stem, spec, f"{__name__}.{path.stem}", path)
+    for source in extra:
+        path = Path(source)
+        if not path.is_file():
+            raise RegistryError(f"method module {source} does not exist")
+        spec = read_spec(path)
+        if spec is None:
+            raise RegistryError(f"{source}: declares no SPEC, so it is not a method module")
+        if path.stem in found:
+            raise RegistryError(f"{source}: a method named {path.stem!r} is already registered ({found[path.stem].source})")
+        found[path.stem] = _method(path.stem, spec, str(path.resolve()), path)
+    return found
 
 
-def load_head(path) -> torch.nn.Module:
-    return build_head(torch.load(path, map_location="cpu", weights_only=True))
+def registered(extra_modules: Iterable[str] = ()) -> dict[str, Method]:
+    """Every method: this package's modules, then ``extra_modules`` (file paths)."""
+    return _registered(tuple(str(m) for m in extra_modules))
 
 
-def _tensor(features: np.ndarray) -> torch.Tensor:
-    # cached features are memory-mapped read-only; torch wants memory it may write
-    return torch.from_numpy(np.require(features, dtype=np.float32, requirements=["W"]))
-
-
-@torch.inference_mode()
-def predict(head: torch.nn.Module, features: np.ndarray) -> np.ndarray:
-    return head(_tensor(features)).numpy()
-
-
-@torch.inference_mode()
-def embed(head: torch.nn.Module, features: np.ndarray) -> torch.Tensor:
-    return head.embed(_tensor(features))
-
-
-def accuracy(head: torch.nn.Module, features: np.ndarray, labels: np.ndarray) -> float:
-    return float((predict(head, features).argmax(1) == labels).mean())
+def load(method: dict[str, Any]) -> ModuleType:
+    """The module of a configured method (an entry of the validated ``config["methods"]``)."""
+    return import_module(method["module"])

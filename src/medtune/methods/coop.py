@@ -57,17 +57,35 @@ from torch import nn
 from medtune.methods.zeroshot import TextClassifier
 from medtune.training import check_finite, seed_everything
 
-DEFAULTS: dict[str, Any] = {
-    "n_ctx": 16,
-    "ctx_init": None,  # e.g. "a photo of a"; then n_ctx = its number of tokens
-    "ctx_std": 0.02,
-    "lr": 0.002,
-    "momentum": 0.9,
-    "weight_decay": 5e-4,
-    "epochs": 50,  # CoOp paper: 50 (1 shot), 100 (2-4 shots), 200 (8-16 shots)
-    "warmup_epochs": 1,
-    "warmup_lr": 1e-5,
-    "batch_size": 32,
+SPEC = {
+    "training": "frozen",
+    "needs_text_encoder": True,  # back-propagates into the context through the frozen text tower
+    "label": "CLIP + CoOp",
+    "order": 50,
+    "defaults": {
+        "n_ctx": 16,
+        "ctx_init": None,  # e.g. "a photo of a"; then n_ctx = its number of tokens
+        "ctx_std": 0.02,
+        "lr": 0.002,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "epochs": 50,  # CoOp paper: 50 (1 shot), 100 (2-4 shots), 200 (8-16 shots)
+        "warmup_epochs": 1,
+        "warmup_lr": 1e-5,
+        "batch_size": 32,
+    },
+    "params": {
+        "n_ctx": {"type": "integer", "minimum": 1, "maximum": 64},
+        "ctx_std": {"type": "number", "exclusiveMinimum": 0},
+        "ctx_init": {"type": ["string", "null"], "description": "phrase whose token embeddings initialise the context, e.g. 'a photo of a'"},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
+        "momentum": {"type": "number", "minimum": 0, "maximum": 1},
+        "weight_decay": {"type": "number", "minimum": 0},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "warmup_epochs": {"type": "integer", "minimum": 0},
+        "warmup_lr": {"type": "number", "minimum": 0},
+    },
 }
 
 PLACEHOLDER = "X"
@@ -241,7 +259,7 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
     ``class_names`` are the words put in the prompts, in label order (``_`` reads as
     a space, as upstream). Returns ``(head_state, info)`` like every method's ``fit``.
     """
-    p = {**DEFAULTS, **(params or {})}
+    p = {**SPEC["defaults"], **(params or {})}
     model = backbone.model
     check_supported(model)
     n_classes = len(class_names)
@@ -320,7 +338,6 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
         _, best_epoch, best_ctx, class_text = best
 
     state = {
-        "method": "coop",
         "class_text": class_text.detach().float().cpu(),
         "logit_scale": scale,
         "ctx": best_ctx.float().cpu(),
@@ -346,10 +363,9 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
 
 
 def fit(data, params, seed):
-    raise CoOpError(
-        "CoOp trains prompts through the backbone's text encoder, which FitData does not carry: "
-        "call medtune.methods.coop.fit_coop(backbone, class_names, data, params, seed)"
-    )
+    if data.backbone is None:
+        raise CoOpError("CoOp trains prompts through the backbone's text encoder: FitData.backbone is not set")
+    return fit_coop(data.backbone, data.class_names, data, params, seed)
 
 
 def build_head(s: dict) -> nn.Module:

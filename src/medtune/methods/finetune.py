@@ -20,6 +20,40 @@ from medtune.contrastive import ContrastiveConfig, contrastive_loss, train_contr
 from medtune.io import save_torch
 from medtune.models import Backbone
 
+SPEC = {
+    "training": "backbone",
+    "label": "full fine-tuning",
+    "order": 70,
+    "defaults": {
+        "text": "label",
+        "epochs": 20,
+        "batch_size": 256,
+        "lr": 1e-6,
+        "weight_decay": 0.0,
+        "warmup_steps": 0,
+        "augment": False,
+        "amp": True,
+        "grad_accum": 1,
+        "wise_alphas": [0.5],
+    },
+    "params": {
+        "text": {"enum": ["caption", "label"], "description": "each training image's text: its caption or its class-label prompt"},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "batch_size": {"type": "integer", "minimum": 2},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "weight_decay": {"type": "number", "minimum": 0},
+        "warmup_steps": {"type": "integer", "minimum": 0},
+        "augment": {"type": "boolean"},
+        "amp": {"type": "boolean", "description": "mixed precision on CUDA"},
+        "grad_accum": {"type": "integer", "minimum": 1},
+        "wise_alphas": {
+            "type": "array",
+            "items": {"type": "number", "minimum": 0, "maximum": 1},
+            "description": "WiSE-FT mixing ratios evaluated besides 1.0",
+        },
+    },
+}
+
 
 def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
     if text == "caption":
@@ -117,3 +151,15 @@ def finetune(
         "chosen_val_loss": best["loss"],
     }
     return pretrained, best["weights"], info
+
+
+def tune(backbone: Backbone, images, train_rows, val_rows, params, prompts, seed, device, state_dir=None, progress=True):
+    """The backbone-training entry point (see :mod:`medtune.adapt`): ``(pretrained, kept, info)``."""
+    settings = {**params, "template": prompts["templates"][0]}
+    return finetune(backbone, images, train_rows, val_rows, settings, seed, device, state_dir, progress)
+
+
+def mixes(pretrained: dict[str, torch.Tensor], kept: dict[str, torch.Tensor], params: dict[str, Any]):
+    """``(label suffix, weights)`` of each model to evaluate: the WiSE-FT mixes, then the kept model ("")."""
+    for alpha in sorted(set(params.get("wise_alphas", [])) | {1.0}):
+        yield ("" if alpha == 1 else f"+wise{alpha:g}"), wise_ft(pretrained, kept, alpha)

@@ -8,6 +8,17 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
+SPEC = {
+    "training": "frozen",
+    "label": "linear probe",
+    "order": 10,
+    "defaults": {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "max_iter": 1000},
+    "params": {
+        "C": {"type": "array", "items": {"type": "number", "exclusiveMinimum": 0}, "minItems": 1},
+        "max_iter": {"type": "integer", "minimum": 1},
+    },
+}
+
 
 def fit(data, params, seed):
     n_classes = data.class_text.shape[0]
@@ -35,7 +46,7 @@ def fit(data, params, seed):
         # classes absent from the subset never win
         absent = np.setdiff1d(np.arange(n_classes), clf.classes_)
         bias[absent] = -1e4
-    state = {"method": "linear_probe", "weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
+    state = {"weight": torch.from_numpy(weight), "bias": torch.from_numpy(bias)}
     return state, {"C": best[0] if best else None, "val_accuracy_by_C": {str(k): v for k, v in scores.items()}}
 
 

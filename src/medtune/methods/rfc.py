@@ -23,6 +23,28 @@ from torch import nn
 
 from medtune.training import check_finite, seed_everything
 
+SPEC = {
+    "training": "frozen",
+    "label": "CLIP + RFC",
+    "order": 30,
+    "defaults": {
+        "alphas": [0.2, 0.4, 0.6, 0.8, 1.0],
+        "lr": 1e-4,
+        "weight_decay": 5e-3,
+        "epochs": 5,
+        "batch_size": 32,
+        "hidden_divisors": [4, 16, 4],
+    },
+    "params": {
+        "alphas": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "weight_decay": {"type": "number", "minimum": 0},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000},
+        "batch_size": {"type": "integer", "minimum": 1},
+        "hidden_divisors": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 1},
+    },
+}
+
 
 def bottleneck(dim: int, hidden_divisors) -> nn.Sequential:
     """dim -> dim/4 -> dim/16 -> dim/4 -> dim for divisors (4, 16, 4): 1024-256-64-256-1024 on RN50."""
@@ -123,7 +145,7 @@ def train_alphas(data, params: dict, seed: int) -> list[tuple[RFCHead, list[floa
 
 
 def fit(data, params, seed):
-    from medtune.methods import accuracy
+    from medtune.heads import accuracy
 
     best, val_acc = None, {}
     for alpha, (head, losses) in zip(params["alphas"], train_alphas(data, params, seed)):
@@ -132,7 +154,6 @@ def fit(data, params, seed):
             best = (alpha, head, losses)
     alpha, head, losses = best
     state = {
-        "method": "rfc",
         "alpha": alpha,
         "hidden_divisors": list(params["hidden_divisors"]),
         "mlp": {k: v.detach().clone() for k, v in head.rfc.mlp.state_dict().items()},

@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SPEC = {
+    "training": "none",
+    "label": "zero-shot",
+    "order": 0,
+}
+
 
 class TextClassifier(nn.Module):
     def __init__(self, class_text: torch.Tensor, logit_scale: float) -> None:
@@ -20,8 +26,8 @@ class TextClassifier(nn.Module):
         return self.logit_scale * self.embed(features) @ self.class_text.T
 
 
-def state(class_text, logit_scale: float, method: str = "zeroshot") -> dict:
-    return {"method": method, "class_text": torch.as_tensor(class_text).float(), "logit_scale": float(logit_scale)}
+def state(class_text, logit_scale: float) -> dict:
+    return {"module": __name__, "class_text": torch.as_tensor(class_text).float(), "logit_scale": float(logit_scale)}
 
 
 def fit(data, params, seed):

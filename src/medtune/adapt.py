@@ -1,4 +1,9 @@
-"""Training entry points of the workflow: load cached features, fit a method, save its head."""
+"""The jobs that adapt a backbone and write runs: frozen-feature fits from cached features
+(``train_frozen``), backbone training (``train_backbone``) and zero-shot (``zeroshot``).
+
+Each reads what its method declares (:mod:`medtune.methods`), writes the run's labels into
+every file it makes, and lists its runs in a manifest (:mod:`medtune.records`).
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,13 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import evaluate_features
-from medtune.io import atomic_dir, save_torch, write_csv, write_json
-from medtune.methods import FitData, fit, load_head
-from medtune.methods import zeroshot
 from medtune.conditions import AUGMENTED
-from medtune.plan import AUGMENTED_SUFFIX, base_method
+from medtune.data.store import DatasetError, read_samples
+from medtune.evaluate import evaluate_features, evaluate_run
+from medtune.heads import FitData, fit, load_head
+from medtune.io import atomic_dir, save_torch, write_csv, write_json
+from medtune.methods import zeroshot
+from medtune.records import write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 
@@ -24,9 +29,15 @@ def load_text(path) -> tuple[np.ndarray, float]:
         return text["classifier"], float(text["logit_scale"])
 
 
-def zeroshot_head(text_path, head_out) -> None:
-    classifier, scale = load_text(text_path)
-    save_torch(zeroshot.state(classifier, scale), head_out)
+def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir) -> None:
+    """The pretrained model's class-prompt classifier under every test condition: ``out_dir/``
+    ``{head.pt, metrics.csv, runs.json}``."""
+    classifier, scale = load_text(text)
+    out_dir = Path(out_dir)
+    save_torch({**zeroshot.state(classifier, scale), "run": run}, out_dir / "head.pt")
+    table = read_samples(samples)
+    write_csv(evaluate_run(out_dir / "head.pt", test_dir, table[table["split"] == "test"], conditions, run), out_dir / "metrics.csv")
+    write_manifest([{**run, "files": {"head": "head.pt", "metrics": "metrics.csv"}}], out_dir)
 
 
 def split_features(features_dir, samples: pd.DataFrame, split: str, condition: str = "clean") -> tuple[np.ndarray, pd.DataFrame]:
@@ -48,9 +59,8 @@ def subset_positions(rows: pd.DataFrame, subset_path) -> np.ndarray:
 
 
 def train_frozen(
-    method: str,
-    params: dict[str, Any],
-    seed: int,
+    method: dict[str, Any],
+    runs: list[dict[str, Any]],
     subsets: Mapping[str, Any],
     out_dir,
     train_dir,
@@ -59,35 +69,40 @@ def train_frozen(
     samples,
     test_dir,
     conditions=("clean",),
-    run: dict | None = None,
     backbone: dict | None = None,
     prompts: dict | None = None,
     device: str = "cpu",
     progress: bool = True,
 ) -> None:
     """Fit a frozen-backbone method on cached features for every training fraction of one
-    seed (``subsets``: fraction -> subset CSV), and evaluate each fit on the test conditions.
+    seed, and evaluate each fit on the test conditions.
 
-    Writes ``out_dir/frac{fraction}/{head.pt,train.json,metrics.csv}``, the whole folder at
-    once. One job covers all fractions because a fit from cached features takes about a
-    second, less than starting Python and importing torch and scikit-learn. CoOp also needs
-    the frozen text encoder (``backbone``: name, spec, weights) to back-propagate into its
-    context; the others need features alone.
+    ``method`` is the configured method (``config["methods"][name]``); ``runs`` the labels of
+    the runs to make, one per fraction, and ``subsets`` maps each fraction (as spelled in
+    paths) to its subset CSV. Writes ``out_dir/frac{fraction}/{head.pt,train.json,metrics.csv}``
+    and ``out_dir/runs.json``, the whole folder at once. One job covers all fractions because
+    a fit from cached features takes about a second, less than starting Python and importing
+    torch and scikit-learn. A method that needs the text encoder gets the frozen backbone
+    (``backbone``: name, spec, weights); the others need features alone.
     """
+    params, seed = method["params"], runs[0]["seed"]
     table = read_samples(samples)
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
     augmented = None
-    if method.endswith(AUGMENTED_SUFFIX):
+    if method["train_conditions"] == AUGMENTED:
         augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
     val_x, val_y = np.array(val_features), val_rows["label"].to_numpy()
     classifier, scale = load_text(text)
     test_rows = table[table["split"] == "test"]
     test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
-    dev = resolve_device(device if method == "coop" else "cpu")
-    coop_model = _coop_backbone(backbone, dev) if method == "coop" else None
+    dev = resolve_device(device if method["needs_text_encoder"] else "cpu")
+    text_encoder = {}
+    if method["needs_text_encoder"]:
+        text_encoder = {"backbone": _frozen_backbone(backbone, dev), "class_names": _class_words(table, prompts)}
+    manifest = []
     with atomic_dir(out_dir) as tmp:
-        for fraction, subset in tqdm(subsets.items(), desc=f"{method} seed {seed}", disable=not progress):
+        for (fraction, subset), run in zip(tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress), runs):
             picked = subset_positions(train_rows, subset)  # indexing by positions copies out of the memory map
             train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
             if augmented is not None:
@@ -100,37 +115,35 @@ def train_frozen(
                 val_labels=val_y,
                 class_text=classifier,
                 logit_scale=scale,
+                **text_encoder,
             )
             clock = Stopwatch()
-            if method == "coop":
-                state, info = _fit_coop(data, params, seed, coop_model, prompts, table)
-            else:
-                state, info = fit(base_method(method), data, params, seed)
+            state, info = fit(method["module"], data, params, seed)
             seconds = clock.seconds
             trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
-            run_dir = tmp / f"frac{fraction}"
-            save_torch(state, run_dir / "head.pt")
-            record = {"method": method, "seed": seed, "n_train": int(len(picked)), "chosen": info, "params": params}
+            folder = f"frac{fraction}"
+            save_torch({**state, "run": run}, tmp / folder / "head.pt")
+            record = {**run, "n_train": int(len(picked)), "chosen": info, "params": params}
             record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
-            write_json(record, run_dir / "train.json")
+            write_json(record, tmp / folder / "train.json")
             # evaluate what was saved, on the test features loaded once for all fractions
-            head = load_head(run_dir / "head.pt")
-            metrics = evaluate_features(head, test_features, test_rows, {**(run or {}), "fraction": float(fraction)})
-            write_csv(metrics, run_dir / "metrics.csv")
+            head = load_head(tmp / folder / "head.pt")
+            write_csv(evaluate_features(head, test_features, test_rows, run), tmp / folder / "metrics.csv")
+            files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv"}
+            manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
+        write_manifest(manifest, tmp)
 
 
-def _coop_backbone(backbone: dict, device):
+def _frozen_backbone(backbone: dict, device):
     from medtune.models import load_backbone
 
     return load_backbone(backbone["name"], backbone["spec"], weights=backbone.get("weights"), device=str(device))
 
 
-def _fit_coop(data: FitData, params, seed, model, prompts: dict, table: pd.DataFrame):
-    from medtune.methods.coop import fit_coop
-
+def _class_words(table: pd.DataFrame, prompts: dict | None) -> list[str]:
+    """The words each class's prompts are built from, in label order."""
     names = table[["label", "label_name"]].drop_duplicates().sort_values("label")["label_name"]
-    words = [(prompts or {}).get("classnames", {}).get(n, n) for n in names]
-    return fit_coop(model, words, data, params, seed)
+    return [(prompts or {}).get("classnames", {}).get(n, n) for n in names]
 
 
 def _tensors(state: dict, prefix: str = ""):
@@ -143,70 +156,65 @@ def _tensors(state: dict, prefix: str = ""):
             yield from _tensors(value, prefix + key + ".")
 
 
-def train_finetune(
-    method: str,
-    params: dict[str, Any],
-    seed: int,
-    backbone_name: str,
+def train_backbone(
+    method: dict[str, Any],
+    run: dict[str, Any],
     backbone_spec: dict,
     backbone_weights,
     dataset_dir,
     subset,
     prompts: dict,
     conditions,
-    weights_out,
-    head_out,
-    record_out,
-    metrics_out,
-    run: dict,
+    out_dir,
     state_dir=None,
     device: str = "auto",
     progress: bool = True,
 ) -> None:
-    """Full fine-tuning of one run, then evaluation of the kept model and its WiSE-FT mixes.
+    """Train inside the backbone for one run, then evaluate each model the method yields
+    (for fine-tuning: the kept model and its WiSE-FT mixes). Writes ``out_dir/``
+    ``{weights.pt, head.pt, train.json, metrics.csv, runs.json}``.
 
-    Fine-tuning changes the image encoder, so unlike the frozen methods this job
-    re-encodes the test split (every condition) with its own encoder.
+    Training changes the image encoder, so unlike the frozen methods this job re-encodes
+    the test split (every condition) with its own encoder.
     """
     from medtune.data.store import load_dataset
     from medtune.encode import class_prompts, encode_images, prompt_ensemble
-    from medtune.evaluate import evaluate_features
-    from medtune.methods.finetune import finetune, wise_ft
+    from medtune.methods import load
     from medtune.models import load_backbone
     from medtune.training import count_trainable, seed_everything
 
+    module, params, seed = load(method), method["params"], run["seed"]
+    out_dir = Path(out_dir)
     dev = resolve_device(device)
     seed_everything(seed)
     dataset = load_dataset(dataset_dir)
     train_rows = dataset.split("train")
     train_rows = train_rows.iloc[subset_positions(train_rows.reset_index(drop=True), subset)]
     val_rows, test_rows = dataset.split("val"), dataset.split("test")
-    backbone = load_backbone(backbone_name, backbone_spec, weights=backbone_weights, device=str(dev))
-    text = "caption" if method.endswith("caption") else "label"
-    settings = {**params, "text": text, "template": prompts["templates"][0]}
+    backbone = load_backbone(run["backbone"], backbone_spec, weights=backbone_weights, device=str(dev))
     clock = Stopwatch()
-    pretrained, kept, info = finetune(backbone, dataset.images, train_rows, val_rows, settings, seed, dev, state_dir, progress)
+    pretrained, kept, info = module.tune(backbone, dataset.images, train_rows, val_rows, params, prompts, seed, dev, state_dir, progress)
     seconds = clock.seconds
     trainable = count_trainable(backbone.model.parameters())
 
     per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
     frames = []
-    for alpha in sorted(set(params.get("wise_alphas", [])) | {1.0}):
-        backbone.model.load_state_dict(wise_ft(pretrained, kept, alpha))
+    for suffix, weights in module.mixes(pretrained, kept, params):
+        backbone.model.load_state_dict(weights)
         backbone.model.eval()
         head = zeroshot.build_head(zeroshot.state(prompt_ensemble(backbone, per_class, dev), backbone.logit_scale))
         features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev, progress=progress)
-        label = method if alpha == 1 else f"{method}+wise{alpha:g}"
-        frames.append(evaluate_features(head, features, test_rows, {**run, "method": label}))
-        if alpha == 1:
+        frames.append(evaluate_features(head, features, test_rows, {**run, "method": run["method"] + suffix}))
+        if not suffix:
             # the tuned model's own class-prompt classifier: evaluated like a zero-shot head
-            save_torch(zeroshot.state(head.class_text, head.logit_scale), head_out)
-    save_torch(kept, weights_out)
-    record = {"method": method, "seed": seed, "n_train": len(train_rows), "chosen": info, "params": settings}
-    images_seen = len(train_rows) * params["epochs"]
-    record.update(cost_record(dev, seconds, trainable, images_seen))
-    write_json(record, record_out)
-    write_csv(pd.concat(frames, ignore_index=True), metrics_out)
+            save_torch({**zeroshot.state(head.class_text, head.logit_scale), "run": run}, out_dir / "head.pt")
+    save_torch(kept, out_dir / "weights.pt")
+    record = {**run, "n_train": len(train_rows), "chosen": info, "params": params}
+    record.update(cost_record(dev, seconds, trainable, len(train_rows) * params["epochs"]))
+    write_json(record, out_dir / "train.json")
+    write_csv(pd.concat(frames, ignore_index=True), out_dir / "metrics.csv")
+    files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv"}
+    write_manifest([{**run, "files": files}], out_dir)
     if state_dir:
         import shutil
 

@@ -1,0 +1,19 @@
+import os
+
+from medtune import jobs
+
+
+def main(smk):
+    from medtune.adapt import zeroshot_run
+
+    zeroshot_run(
+        smk.params.run,
+        text=smk.input.text,
+        samples=smk.input.samples,
+        test_dir=smk.input.test,
+        conditions=smk.params.conditions,
+        out_dir=os.path.dirname(smk.output.manifest),
+    )
+
+
+jobs.run(main, snakemake)  # noqa: F821
