@@ -148,7 +148,7 @@ def _quiet_open_clip():
 
 def make_backbone(arch: str = "medtune-tiny", image_size: int | None = None, device: str = "cpu"):
     """A randomly initialised backbone (no weights needed); ``image_size`` overrides the architecture's."""
-    from medtune.models import Backbone, _open_clip, load_backbone
+    from medtune.models import Backbone, load_backbone, registered_open_clip
 
     with _quiet_open_clip():
         if image_size is None:
@@ -156,10 +156,10 @@ def make_backbone(arch: str = "medtune-tiny", image_size: int | None = None, dev
         import torch
 
         torch.manual_seed(0)
-        model = _open_clip().create_model(arch, force_image_size=image_size, output_dict=True)
+        model = registered_open_clip().create_model(arch, force_image_size=image_size, output_dict=True)
     model.to(device).eval()
     pp = model.visual.preprocess_cfg
-    return Backbone(arch.lower(), model, _open_clip().get_tokenizer(arch), int(image_size), tuple(pp["mean"]), tuple(pp["std"]))
+    return Backbone(arch.lower(), model, registered_open_clip().get_tokenizer(arch), int(image_size), tuple(pp["mean"]), tuple(pp["std"]))
 
 
 def make_data(n_train: int, n_val: int, n_test: int, image_size: int = 64, seed: int = 0):
@@ -325,7 +325,7 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
     import torch
     import torch.nn.functional as F
 
-    from medtune.methods.coop import DEFAULTS, PromptLearner, _logits, frozen, lr_at
+    from medtune.methods.coop import DEFAULTS, PromptLearner, class_logits, frozen, lr_at
     from medtune.training import seed_everything
 
     p = {**DEFAULTS, **params}
@@ -354,7 +354,7 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
                 sel = order[start : start + batch]
                 with torch.no_grad():
                     x = enc(train_idx[sel.numpy()]).to(device)
-                loss = F.cross_entropy(_logits(x, text if text is not None else prompts(), scale), y[sel.to(device)])
+                loss = F.cross_entropy(class_logits(x, text if text is not None else prompts(), scale), y[sel.to(device)])
                 text = None
                 optimizer.zero_grad()
                 loss.backward()
@@ -362,7 +362,7 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
             with torch.set_grad_enabled(epoch < epochs - 1):
                 text = prompts()
             with torch.no_grad():
-                acc = float((_logits(val_x, text.detach(), scale).argmax(1) == val_y).float().mean())
+                acc = float((class_logits(val_x, text.detach(), scale).argmax(1) == val_y).float().mean())
             best = acc if best is None else max(best, acc)
     return best
 
