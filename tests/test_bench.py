@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medtune import bench
+from medtune.bench import cli, corrupt_throughput, encode_once, end_to_end, inputs, public_code, scaling, snakemake_cli
+
+TEMPLATES = ["a histopathology image of {c}.", "an H&E stained patch of {c}."]
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    backbone = bench.make_backbone("medtune-tiny", image_size=32)
-    images, samples = bench.make_data(n_train=20, n_val=10, n_test=6, image_size=32)
+    backbone = inputs.make_backbone("medtune-tiny", image_size=32)
+    images, samples = inputs.make_data(n_train=20, n_val=10, n_test=6, image_size=32)
     return backbone, images, samples
 
 
@@ -23,7 +25,7 @@ def test_encode_once_times_both_paths(tiny):
         "linear_probe": {"C": [1.0]},
         "coop": {"n_ctx": 2, "epochs": 1, "batch_size": 4, "lr": 0.01},
     }
-    r = bench.bench_encode_once(backbone, images, samples, [50], [1], params, batch_size=16, warmup=False)
+    r = encode_once.bench_encode_once(backbone, images, samples, [50], [1], params, TEMPLATES, batch_size=16, warmup=False)
     assert len(r["runs"]) == 3
     assert r["cached_images"] == 30
     assert r["naive_images"] == sum(v["naive_images"] for v in r["per_method"].values()) > 0
@@ -31,7 +33,7 @@ def test_encode_once_times_both_paths(tiny):
     assert np.isfinite(r["ratio"]) and np.isfinite(r["ratio_reencode"])
     # both paths train the same models: at most one validation image flips on float noise
     assert r["max_val_accuracy_difference"] <= 0.1 + 1e-9
-    fig = bench.encode_once_figure(r)
+    fig = encode_once.encode_once_figure(r)
     assert fig.line().startswith("encode once") and fig.status in {"PASS", "MISS"}
 
 
@@ -45,29 +47,29 @@ def test_upstream_coop_text_encoder_gives_the_pipelines_prompt_features(tiny):
     learner = PromptLearner(backbone.model, backbone.tokenizer, ["tumor", "normal tissue"], n_ctx=3,
                             generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(bench.upstream_prompt_features(backbone.model, learner), learner(backbone.model),
+        torch.testing.assert_close(public_code.upstream_prompt_features(backbone.model, learner), learner(backbone.model),
                                    atol=1e-5, rtol=0)
 
 
 def test_corrupt_throughput_on_few_conditions(tiny):
     backbone, images, samples = tiny
     test_idx = np.array(samples.loc[samples["split"] == "test", "index"])
-    r = bench.bench_corrupt_throughput(backbone, images, test_idx, ["clean", "blur-1", "markup-1"], batch_size=4, repeats=1)
+    r = corrupt_throughput.bench_corrupt_throughput(backbone, images, test_idx, ["clean", "blur-1", "markup-1"], batch_size=4, repeats=1)
     assert r["conditions"] == 3 and r["images"] == len(test_idx)
     assert set(r["per_condition_s"]) == {"clean", "blur-1", "markup-1"}
     assert r["full_s"] > 0 and r["bare_s"] > 0 and r["ratio"] > 0
-    assert bench.corrupt_figure(r).status in {"PASS", "MISS"}
+    assert corrupt_throughput.corrupt_figure(r).status in {"PASS", "MISS"}
 
 
 def test_job_count_parses_dry_run_output():
     stats = "Job stats:\njob      count\n-----  -------\nall        1\ntrain     12\ntotal     13\n\nReasons:"
-    assert bench.job_count(stats) == 13
-    assert bench.job_count("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).") == 0
-    assert bench.job_count("Error") is None
+    assert snakemake_cli.job_count(stats) == 13
+    assert snakemake_cli.job_count("Building DAG of jobs...\nNothing to be done (all requested files are present and up to date).") == 0
+    assert snakemake_cli.job_count("Error") is None
     reasons = ("total 3\n\nReasons:\n    (check individual jobs above for details)\n    params have changed since last execution:\n"
                "        encode_images\n    output files have to be generated:\n        train_frozen, tables\n"
                "This was a dry-run (flag -n).")
-    assert bench.dry_run_reasons(reasons) == {"params have changed since last execution": "encode_images",
+    assert snakemake_cli.dry_run_reasons(reasons) == {"params have changed since last execution": "encode_images",
                                               "output files have to be generated": "train_frozen, tables"}
 
 
@@ -80,7 +82,8 @@ def _fake_run(workdir: Path) -> Path:
         for fraction, s, n in (("0.1", seconds[0], 5), ("50", seconds[1], 500)):
             record = results / "runs" / "synthetic" / method / "tiny" / "seed1" / f"frac{fraction}" / "train.json"
             record.parent.mkdir(parents=True, exist_ok=True)
-            record.write_text(json.dumps({"n_train": n, "wall_seconds": s}))
+            record.write_text(json.dumps({"dataset": "synthetic", "method": method, "backbone": "tiny", "seed": 1,
+                                          "fraction": float(fraction), "n_train": n, "wall_seconds": s}))
     prep = results / "benchmarks" / "prepare_dataset" / "synthetic.tsv"
     prep.parent.mkdir(parents=True)
     prep.write_text("s\th:m:s\tmax_rss\n10.0\t0:00:10\t200.0\n")
@@ -93,26 +96,70 @@ def _fake_run(workdir: Path) -> Path:
 
 def test_end_to_end_and_scaling_from_benchmark_files(tmp_path):
     results = _fake_run(tmp_path)
-    e2e = bench.bench_end_to_end(results, tmp_path, import_repeats=1, imports=dict.fromkeys(bench.STARTUP_IMPORTS, "import json"))
+    e2e = end_to_end.bench_end_to_end(results, tmp_path, import_repeats=1,
+                                      imports=dict.fromkeys(end_to_end.STARTUP_IMPORTS, "import json"))
     assert e2e["benchmark_files"] == 3
     assert e2e["job_seconds"] == pytest.approx(9.0 + 6.0 + 10.0)
     assert e2e["per_rule"]["train"]["jobs"] == 2
     assert e2e["last_complete_run"]["wall_s"] == 330
     assert e2e["jobs_by_kind"] == {"data": 1, "frozen fit": 2} and all(s > 0 for s in e2e["import_s"].values())
-    assert bench.end_to_end_figure(e2e).value == 330
+    assert end_to_end.end_to_end_figure(e2e).value == 330
+    # startup share: one fresh interpreter + imports per job, by kind, over the summed job seconds (worked by hand)
+    by_hand = (1 * e2e["import_s"]["data"] + 2 * e2e["import_s"]["frozen fit"]) / (9.0 + 6.0 + 10.0)
+    assert e2e["startup_share"] == pytest.approx(by_hand)
+    assert end_to_end.end_to_end_figure(e2e).to_json()["startup_share"] == pytest.approx(by_hand)
 
-    scaling = bench.bench_scaling(results)
-    by_method = {s["method"]: s for s in scaling["summary"]}
+    result = scaling.bench_scaling(results)
+    by_method = {s["method"]: s for s in result["summary"]}
     assert by_method["rfc"]["time_ratio"] == pytest.approx(3.5 / 3.0)
     assert by_method["rfc"]["images_ratio"] == pytest.approx(100)
-    assert scaling["jobs"]["linear_probe"] == {"jobs": 1, "mean_s": 6.0}
-    assert bench.plot_scaling(scaling, tmp_path / "scaling.png").exists()
+    assert result["jobs"]["linear_probe"] == {"jobs": 1, "mean_s": 6.0}
+    assert scaling.plot_scaling(result, tmp_path / "scaling.png").exists()
 
 
 def test_main_writes_summary_without_results(tmp_path):
-    figures = bench.main(["--only", "end_to_end", "scaling", "--workdir", str(tmp_path), "--out", str(tmp_path / "bench"),
-                          "--import-repeats", "1"])
+    figures = cli.main(["--only", "end_to_end", "scaling", "--workdir", str(tmp_path), "--out", str(tmp_path / "bench"),
+                        "--import-repeats", "1"])
     assert [f.status for f in figures] == ["N/A", "N/A"]
     summary = (tmp_path / "bench" / "summary.md").read_text()
     assert "## Performance" in summary and "run `make run` first" in summary
     assert json.loads((tmp_path / "bench" / "bench.json").read_text())["figures"]
+    assert "startup_share" in json.loads((tmp_path / "bench" / "end_to_end.json").read_text())
+
+
+def test_scaling_reads_run_labels_from_train_json_not_its_path(tmp_path):
+    runs = tmp_path / "results" / "runs"
+    for name, fraction, seconds, n in (("a", 0.5, 1.0, 10), ("b", 25.0, 4.0, 500)):
+        record = runs / "anywhere" / name / "train.json"  # a layout no path parser would read
+        record.parent.mkdir(parents=True)
+        record.write_text(json.dumps({"dataset": "pcam", "method": "rfc", "backbone": "vit", "seed": 7,
+                                      "fraction": fraction, "n_train": n, "wall_seconds": seconds}))
+    unlabelled = runs / "pcam" / "rfc" / "vit" / "seed7" / "frac50" / "train.json"  # the old layout, labels missing
+    unlabelled.parent.mkdir(parents=True)
+    unlabelled.write_text(json.dumps({"n_train": 1000, "wall_seconds": 9.0}))
+
+    result = scaling.bench_scaling(tmp_path / "results")
+    assert result["skipped_records"] == 1
+    assert result["summary"] == [{"dataset": "pcam", "backbone": "vit", "method": "rfc", "low": 0.5, "high": 25.0,
+                                  "s_low": 1.0, "s_high": 4.0, "time_ratio": 4.0, "images_ratio": 50.0}]
+    assert any("left out" in d for d in scaling.scaling_figure(result, None).details)
+
+
+def test_method_settings_come_from_the_validated_embedded_default():
+    import yaml
+
+    configured = yaml.safe_load((inputs.REPO / "config" / "config.yaml").read_text())
+    config = inputs.embedded_default()
+    params = inputs.method_params(config)
+    for method, settings in configured["methods"].items():
+        assert {k: params[method][k] for k in settings} == settings
+    assert "max_iter" not in configured["methods"]["linear_probe"] and params["linear_probe"]["max_iter"] > 0  # a default filled in
+    synthetic = configured["datasets"]["synthetic"]
+    assert synthetic["source"] == "synthetic" and inputs.prompt_templates(config) == synthetic["prompts"]["templates"]
+
+
+def test_missing_config_is_one_clear_error(tmp_path):
+    from medtune.plan import ConfigError
+
+    with pytest.raises(ConfigError, match="config.yaml"):
+        inputs.embedded_default(tmp_path)

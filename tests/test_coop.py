@@ -179,7 +179,7 @@ def test_training_is_the_plain_loop_with_one_text_pass_per_step(backbone):
             order = torch.randperm(len(x), generator=gen)
             for start in range(0, len(x) - len(x) % 16, 16):
                 sel = order[start : start + 16]
-                loss = F.cross_entropy(coop._logits(x[sel], learner(model), backbone.logit_scale), y[sel])
+                loss = F.cross_entropy(coop.class_logits(x[sel], learner(model), backbone.logit_scale), y[sel])
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

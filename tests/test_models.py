@@ -41,9 +41,9 @@ def no_network(monkeypatch):
 def hf_tiny_arch(tmp_path_factory):
     import open_clip
 
-    from medtune.models import _open_clip
+    from medtune.models import registered_open_clip
 
-    _open_clip()  # register medtune's own configs first; it caches, so this one stays registered too
+    registered_open_clip()  # register medtune's own configs first; it caches, so this one stays registered too
     path = tmp_path_factory.mktemp("configs") / f"{HF_TINY_ARCH}.json"
     path.write_text(json.dumps(HF_TINY_OPEN_CLIP))
     open_clip.add_model_config(path)

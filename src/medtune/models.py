@@ -54,7 +54,12 @@ class Backbone:
 
 
 @functools.cache
-def _open_clip():
+def registered_open_clip():
+    """The ``open_clip`` module with medtune's model configs (``model_configs/``) registered.
+
+    Use it instead of ``import open_clip`` wherever a model is built by architecture name, so
+    that ``medtune-tiny`` resolves; the registration runs once per process.
+    """
     # add_model_config appends a search path and rescans every config; once per process is enough
     import open_clip
 
@@ -63,7 +68,7 @@ def _open_clip():
 
 
 def known_architectures() -> list[str]:
-    return _open_clip().list_models()
+    return registered_open_clip().list_models()
 
 
 def check_architecture(arch: str) -> None:
@@ -92,7 +97,7 @@ def load_backbone(name: str, spec: dict[str, Any], weights: str | Path | None = 
     with _as_backbone_error(name, arch, weights or source):
         model, tokenizer = _hf_clip_model(name, spec) if hf else _open_clip_model(name, spec, weights or source)
         if hf and weights is not None:
-            _open_clip().load_checkpoint(model, str(weights), weights_only=True)
+            registered_open_clip().load_checkpoint(model, str(weights), weights_only=True)
     model.to(device).eval()
     # each backbone's own preprocessing: what its tag, hub config or HF processor declares
     pp = model.visual.preprocess_cfg
@@ -101,7 +106,7 @@ def load_backbone(name: str, spec: dict[str, Any], weights: str | Path | None = 
 
 
 def _open_clip_model(name: str, spec: dict[str, Any], checkpoint: str | Path | None) -> tuple[torch.nn.Module, Callable]:
-    open_clip = _open_clip()
+    open_clip = registered_open_clip()
     arch, tag = spec["arch"], spec.get("pretrained")
     quick_gelu = resolve_quick_gelu(name, spec)
     model = open_clip.create_model(
@@ -126,7 +131,7 @@ def _hf_clip_model(name: str, spec: dict[str, Any]) -> tuple[torch.nn.Module, Ca
     model, cfg = load_hf_clip(spec["checkpoint"], quick_gelu=spec.get("quick_gelu"))
     _check_same_shape(name, spec["arch"], cfg)
     # HF CLIP's BPE is the original CLIP vocabulary: open_clip's SimpleTokenizer at HF's context length
-    return model, _open_clip().SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
+    return model, registered_open_clip().SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
 
 
 def _check_same_shape(name: str, arch: str, cfg: dict[str, Any]) -> None:
@@ -135,7 +140,7 @@ def _check_same_shape(name: str, arch: str, cfg: dict[str, Any]) -> None:
     The model is built from the checkpoint's own config, so a wrong ``arch`` would
     otherwise pass unnoticed and mislabel every result.
     """
-    open_clip = _open_clip()
+    open_clip = registered_open_clip()
     expected = open_clip.get_model_config(arch)
     defaults = {"vision_cfg": open_clip.CLIPVisionCfg(), "text_cfg": open_clip.CLIPTextCfg()}
     differ = [f"embed_dim {cfg['embed_dim']} vs {expected['embed_dim']}"] if expected["embed_dim"] != cfg["embed_dim"] else []
@@ -176,7 +181,7 @@ def resolve_quick_gelu(name: str, spec: dict[str, Any]) -> bool:
 
 
 def _declared_quick_gelu(arch: str, tag: str | None) -> tuple[bool | None, str]:
-    open_clip = _open_clip()
+    open_clip = registered_open_clip()
     if arch.startswith(("hf-hub:", "local-dir:")):
         # the repo's open_clip_config.json is what open_clip builds; no quick_gelu there means GELU
         return bool(open_clip.get_model_config(arch).get("quick_gelu", False)), f"{arch}'s open_clip_config.json"
@@ -189,13 +194,13 @@ def _declared_quick_gelu(arch: str, tag: str | None) -> tuple[bool | None, str]:
 
 
 def _has_quick_gelu_weights(arch: str) -> bool:
-    open_clip = _open_clip()
+    open_clip = registered_open_clip()
     tags = open_clip.list_pretrained_tags_by_model(arch)
     return any(open_clip.get_pretrained_cfg(arch, t).get("quick_gelu", False) for t in tags)
 
 
 def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any] | None:
-    tag_cfg = _open_clip().get_pretrained_cfg(arch, tag) if tag else {}
+    tag_cfg = registered_open_clip().get_pretrained_cfg(arch, tag) if tag else {}
     return {k: tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg} or None
 
 

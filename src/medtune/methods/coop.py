@@ -249,7 +249,10 @@ def lr_at(epoch: int, p: dict[str, Any]) -> float:
     return float(p["lr"]) * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / int(p["epochs"])))
 
 
-def _logits(features: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+def class_logits(features: torch.Tensor, text: torch.Tensor, scale: float) -> torch.Tensor:
+    """CoOp's logits: ``scale`` x cosine similarity of image ``features`` (normalised here) to the
+    class prompts' normalised ``text`` features (C x D). Public so that a reference implementation
+    (``medtune.bench.public_code``) scores exactly as :func:`fit_coop` does."""
     return scale * F.normalize(features, dim=-1) @ text.T
 
 
@@ -285,7 +288,7 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
             if len(val_y) == 0:
                 return None, None
             with torch.no_grad():
-                logits = _logits(val_x, text, scale)
+                logits = class_logits(val_x, text, scale)
                 return float((logits.argmax(1) == val_y).float().mean()), float(F.cross_entropy(logits, val_y))
 
         # The prompts' features after an epoch serve its validation and, unchanged since no
@@ -310,7 +313,7 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
             losses, correct = [], 0
             for start in range(0, stop, batch):
                 sel = order[start : start + batch]
-                logits = _logits(x[sel], text if text is not None else learner(model), scale)
+                logits = class_logits(x[sel], text if text is not None else learner(model), scale)
                 text = None
                 loss = F.cross_entropy(logits, y[sel])
                 check_finite(loss, step, lr)

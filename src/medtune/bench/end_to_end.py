@@ -1,0 +1,96 @@
+"""Figure 4, the embedded default end to end: job seconds, start-up share and wall time of the last run.
+
+From Snakemake's benchmark files under ``results/benchmarks`` (one per job) and its logs under
+``.snakemake/log``. ``startup_share`` is the share of the summed job seconds spent starting
+Python and importing what each kind of job imports, measured here in fresh interpreters.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from medtune.bench.figure import Figure
+from medtune.bench.snakemake_logs import last_run_log, read_benchmarks
+
+
+# What each kind of job imports before its work starts (its script's imports, measured the same way).
+STARTUP_IMPORTS = {
+    "data": "import medtune.data.sources, medtune.subsets",
+    "frozen fit": "import medtune.train",  # torch, scikit-learn, pandas: linear probe, RFC, zero-shot evaluation
+    "model": "import torch, open_clip, medtune.encode, medtune.train",  # jobs that build an open_clip model
+}
+
+
+def startup_kind(rule: str, path: str) -> str:
+    """Which of STARTUP_IMPORTS a benchmarked job pays, from its rule and benchmark path."""
+    if rule in ("prepare_dataset", "subsample"):
+        return "data"
+    if rule == "evaluate" or (rule == "train" and "/coop/" not in f"/{path}" and "/finetune_" not in f"/{path}"):
+        return "frozen fit"
+    return "model"
+
+
+def time_imports(repeats: int = 3, statement: str = STARTUP_IMPORTS["model"]) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", statement], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench_end_to_end(results: Path, workdir: Path, import_repeats: int = 3,
+                     imports: dict[str, str] | None = None) -> dict[str, Any]:
+    """Snakemake's benchmark files under ``results`` and the logs of the runs in ``workdir``."""
+    table = read_benchmarks(results / "benchmarks")
+    complete, newest = last_run_log(workdir / ".snakemake" / "log")
+    out: dict[str, Any] = {"benchmark_files": len(table), "last_complete_run": complete, "newest_run": newest}
+    if table.empty:
+        return out
+    per_rule = table.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
+    kinds = [startup_kind(rule, path) for rule, path in zip(table["rule"], table["path"])]
+    statements = imports or STARTUP_IMPORTS
+    import_s = {kind: time_imports(import_repeats, statements[kind]) for kind in sorted(set(kinds))}
+    startup_s = sum(import_s[kind] for kind in kinds)
+    job_s = float(table["s"].sum())
+    out.update(
+        job_seconds=job_s,
+        per_rule={rule: {"jobs": int(r["count"]), "seconds": float(r["sum"]), "mean_s": float(r["mean"])} for rule, r in per_rule.iterrows()},
+        import_s=import_s,
+        jobs_by_kind={kind: kinds.count(kind) for kind in import_s},
+        startup_s=startup_s,
+        startup_share=startup_s / job_s if job_s else None,
+        max_rss_mb=float(table["max_rss"].max()) if "max_rss" in table else None,
+    )
+    return out
+
+
+def end_to_end_figure(r: dict[str, Any]) -> Figure:
+    """The last complete run's wall time against its target; ``startup_share`` also at the JSON's top level."""
+    name = "embedded default end to end"
+    data = {"startup_share": r.get("startup_share"), "result": r}
+    details = []
+    if r["benchmark_files"]:
+        details.append(f"{r['benchmark_files']} benchmarked jobs, {r['job_seconds']:.0f} s summed: " + ", ".join(
+            f"{rule} {v['seconds']:.0f} s ({v['jobs']} jobs, {v['mean_s']:.1f} s each)" for rule, v in r["per_rule"].items()))
+        per_kind = ", ".join(f"{r['jobs_by_kind'][k]} {k} jobs x {s:.1f} s" for k, s in r["import_s"].items())
+        share = f"{r['startup_share']:.0%}" if r["startup_share"] is not None else "(no job seconds to compare)"
+        details.append(f"outside model compute: starting Python + each job's imports ({per_kind}) = {r['startup_s']:.0f} s, "
+                       f"{share} of the summed job seconds")
+    else:
+        details.append("no Snakemake benchmark files under results/benchmarks: run `make run` first")
+    complete, newest = r["last_complete_run"], r["newest_run"]
+    if newest is not None and (complete is None or newest["log"] != complete["log"]):
+        state = "a partial re-run" if newest["complete"] else f"not complete ({newest['steps_done']} of {newest['steps']} steps)"
+        details.append(f"a later run ({Path(newest['log']).name}) is {state}: {newest['steps']} jobs, {newest['wall_s']:.0f} s wall")
+    if complete is None:
+        return Figure("end_to_end", name, None, "no complete run in .snakemake/log (run `make run` first)", details, data)
+    kind = "run from scratch" if complete["from_scratch"] else "run (a partial re-run: no run from scratch in the logs)"
+    details.insert(0, f"wall time of the last complete {kind} ({Path(complete['log']).name}, {complete['steps']} jobs), "
+                      "first to last log timestamp")
+    return Figure("end_to_end", name, complete["wall_s"], f"{complete['wall_s'] / 60:.1f} min wall", details, data)
