@@ -135,7 +135,10 @@ def _end_to_end(args, results: Path, workdir: Path, out: Path) -> list[Figure]:
     from medtune.bench.end_to_end import bench_end_to_end, end_to_end_figure
 
     log("[4/5] embedded default end to end, from results/benchmarks and .snakemake/log")
-    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats))
+    from medtune.bench.inputs import embedded_default
+
+    methods = embedded_default(args.repo.resolve())["methods"]
+    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats, methods=methods))
     write_json(figure.to_json(), out / "end_to_end.json")  # startup_share at its top level
     return [figure]
 

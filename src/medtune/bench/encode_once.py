@@ -31,7 +31,7 @@ class _Runner:
         import pandas as pd
 
         from medtune.encode import class_prompts, prompt_ensemble
-        from medtune.methods import fit
+        from medtune.heads import fit
         from medtune.methods.coop import fit_coop
 
         self.fit, self.fit_coop = fit, fit_coop  # imported here, not in the timed calls
@@ -61,7 +61,7 @@ class _Runner:
 
     def run_data(self, subset, train_f, val_f):
         """The cached path's FitData for one subset, and the subset's store indices and labels for the others."""
-        from medtune.methods import FitData
+        from medtune.heads import FitData
 
         pos = self.position.loc[subset["index"]].to_numpy()
         idx, labels = np.array(subset["index"]), np.array(subset["label"])

@@ -21,17 +21,26 @@ from medtune.bench.snakemake_logs import last_run_log, read_benchmarks
 # What each kind of job imports before its work starts (its script's imports, measured the same way).
 STARTUP_IMPORTS = {
     "data": "import medtune.data.sources, medtune.subsets",
-    "frozen fit": "import medtune.train",  # torch, scikit-learn, pandas: linear probe, RFC, zero-shot evaluation
-    "model": "import torch, open_clip, medtune.encode, medtune.train",  # jobs that build an open_clip model
+    "frozen fit": "import medtune.adapt",  # torch, scikit-learn, pandas: linear probe, RFC, zero-shot evaluation
+    "model": "import torch, open_clip, medtune.encode, medtune.adapt",  # jobs that build an open_clip model
 }
 
 
-def startup_kind(rule: str, path: str) -> str:
-    """Which of STARTUP_IMPORTS a benchmarked job pays, from its rule and benchmark path."""
+def startup_kind(rule: str, path: str, methods: dict[str, dict[str, Any]]) -> str:
+    """Which of STARTUP_IMPORTS a benchmarked job pays, from its rule and benchmark path.
+
+    Snakemake's benchmark files carry no labels: a training job's method is the folder of
+    its benchmark path named like a configured method (``methods``: the validated config's).
+    """
     if rule in ("prepare_dataset", "subsample"):
         return "data"
-    if rule == "evaluate" or (rule == "train" and "/coop/" not in f"/{path}" and "/finetune_" not in f"/{path}"):
+    if rule == "zeroshot":
         return "frozen fit"
+    if rule == "train":
+        folders = set(Path(path).parts)
+        method = next((methods[name] for name in methods if name in folders), None)
+        if method and method["training"] == "frozen" and not method["needs_text_encoder"]:
+            return "frozen fit"
     return "model"
 
 
@@ -45,15 +54,20 @@ def time_imports(repeats: int = 3, statement: str = STARTUP_IMPORTS["model"]) ->
 
 
 def bench_end_to_end(results: Path, workdir: Path, import_repeats: int = 3,
-                     imports: dict[str, str] | None = None) -> dict[str, Any]:
-    """Snakemake's benchmark files under ``results`` and the logs of the runs in ``workdir``."""
+                     imports: dict[str, str] | None = None, methods: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Snakemake's benchmark files under ``results`` and the logs of the runs in ``workdir``
+    (``methods``: the run's validated config's; by default the registered ones)."""
+    if methods is None:
+        from medtune.methods import registered
+
+        methods = {n: {"training": m.training, "needs_text_encoder": m.needs_text_encoder} for n, m in registered().items()}
     table = read_benchmarks(results / "benchmarks")
     complete, newest = last_run_log(workdir / ".snakemake" / "log")
     out: dict[str, Any] = {"benchmark_files": len(table), "last_complete_run": complete, "newest_run": newest}
     if table.empty:
         return out
     per_rule = table.groupby("rule")["s"].agg(["count", "sum", "mean"]).sort_values("sum", ascending=False)
-    kinds = [startup_kind(rule, path) for rule, path in zip(table["rule"], table["path"])]
+    kinds = [startup_kind(rule, path, methods) for rule, path in zip(table["rule"], table["path"])]
     statements = imports or STARTUP_IMPORTS
     import_s = {kind: time_imports(import_repeats, statements[kind]) for kind in sorted(set(kinds))}
     startup_s = sum(import_s[kind] for kind in kinds)

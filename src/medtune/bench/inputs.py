@@ -66,8 +66,8 @@ def embedded_default(repo: Path = REPO) -> dict[str, Any]:
 
 
 def method_params(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Each method's settings in a validated config (``methods.<name>``, defaults included), copied."""
-    return {name: dict(params) for name, params in config["methods"].items()}
+    """Each method's settings in a validated config (``methods.<name>.params``, defaults included), copied."""
+    return {name: dict(method["params"]) for name, method in config["methods"].items()}
 
 
 def prompt_templates(config: dict[str, Any]) -> list[str]:

@@ -92,7 +92,7 @@ def naive_rfc(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, c
     import torch
     import torch.nn.functional as F
 
-    from medtune.methods import accuracy
+    from medtune.heads import accuracy
     from medtune.methods.rfc import ResidualFeatureConnection, RFCHead
     from medtune.training import seed_everything
 
@@ -123,7 +123,8 @@ def naive_rfc(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, c
 
 def naive_linear_probe(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, class_text, scale, params, seed, batch_size):
     """The linear probe with its run's images encoded in the run (L-BFGS has no epochs to re-encode in)."""
-    from medtune.methods import FitData, linear_probe
+    from medtune.heads import FitData
+    from medtune.methods import linear_probe
 
     data = FitData(enc.many(train_idx, batch_size).numpy(), np.asarray(train_labels), enc.many(val_idx, batch_size).numpy(),
                    np.asarray(val_labels), class_text, scale)
@@ -152,10 +153,10 @@ def naive_coop(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, 
     import torch
     import torch.nn.functional as F
 
-    from medtune.methods.coop import DEFAULTS, PromptLearner, class_logits, frozen, lr_at
+    from medtune.methods.coop import SPEC, PromptLearner, class_logits, frozen, lr_at
     from medtune.training import seed_everything
 
-    p = {**DEFAULTS, **params}
+    p = {**SPEC["defaults"], **params}
     model = backbone.model
     gen = seed_everything(seed)
     device = model.positional_embedding.device
