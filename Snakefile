@@ -36,7 +36,7 @@ include: "workflow/rules/data.smk"
 include: "workflow/rules/subsample.smk"
 include: "workflow/rules/encode.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/zeroshot.smk"
 include: "workflow/rules/report.smk"
 
 
