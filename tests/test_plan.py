@@ -149,3 +149,10 @@ def test_run_labels_are_what_every_file_of_the_run_carries():
     assert run.labels() == {"dataset": "d", "method": "rfc", "backbone": "b", "seed": 2, "fraction": 0.5}
     assert run.path == "d/rfc/b/seed2/frac0.5"
     assert plan.Run("d", "zeroshot", "b").labels()["seed"] is None
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_hyperparameters_are_refused_naming_the_key(value):
+    message = _bad(lambda c: c["methods"]["rfc"].update(lr=value))
+    assert message.startswith("config key methods.rfc.lr:") and "not a finite number" in message
+    assert "methods.rfc.alphas.1" in _bad(lambda c: c["methods"]["rfc"].update(alphas=[0.5, value]))

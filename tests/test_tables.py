@@ -46,3 +46,13 @@ def test_tables_with_paper_columns_bold_and_latex(metrics, tmp_path):
     assert "10\\%" in tex  # escaped, or LaTeX would read a comment
     cost = (tmp_path / "clipath_cost.md").read_text()
     assert "1.50 s" in cost
+
+
+def test_a_single_seed_leaves_the_interval_blank(metrics, tmp_path):
+    one_seed = metrics[metrics["seed"].isna() | (metrics["seed"] == 1)]
+    write_study_tables(one_seed, pd.DataFrame(), {"clipath": STUDY}, tmp_path)
+    table = pd.read_csv(tmp_path / "clipath_accuracy.csv")
+    assert table["accuracy_ci95"].isna().all() and table["accuracy_mean"].notna().all()
+    assert "±" not in (tmp_path / "clipath_accuracy.md").read_text()
+    cost = pd.read_csv(tmp_path / "clipath_cost.csv")
+    assert cost["accuracy_ci95"].isna().all()

@@ -9,6 +9,7 @@ is reported as one line naming the key.
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
         registered = method_registry.registered(config.get("method_modules", []) if isinstance(config, dict) else [])
     except RegistryError as err:
         raise ConfigError(f"config key method_modules: {err}") from None
+    _check_finite(config)
     schema = _schema(yaml.safe_load(schema_path.read_text()), config, registered)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
@@ -132,6 +134,16 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
     return config
+
+
+def _check_finite(value: Any, key: str = "") -> None:
+    """NaN and infinity pass JSON-schema bounds (every comparison with NaN is false): refuse
+    them here, naming the key, rather than after hours of preparation and encoding."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key {key or '(top level)'}: {value} is not a finite number")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _check_finite(v, f"{key}.{k}" if key else str(k))
 
 
 def _schema(schema: dict[str, Any], config: Any, registered: dict[str, method_registry.Method]) -> dict[str, Any]:
