@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from medtune.data.convert import (
     DEFAULT_FRACTIONS,
@@ -134,3 +134,17 @@ def from_manifest(
     return write_image_dataset(
         paths, labels, splits, names, out_folder, size=size, captions=captions, groups=groups, desc=manifest.name
     )
+
+
+def prepare_image_folder(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function of ``source: image_folder`` (:mod:`medtune.data.sources`)."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    from_image_folder(dataset_path(spec), out_dir, classes=spec.get("classes"), **size_and_seed(spec))
+
+
+def prepare_manifest(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function of ``source: manifest`` (:mod:`medtune.data.sources`)."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    from_manifest(dataset_path(spec), out_dir, classes=spec.get("classes"), **size_and_seed(spec))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -36,6 +36,15 @@ MD5 = {
     "camelyonpatch_level_2_split_test_x.h5.gz": "d8c2d60d490dbd479f8199bdfa0cf6ec",
     "camelyonpatch_level_2_split_test_y.h5.gz": "60a7035772fbdb7f34eb86d4420cf66a",
 }
+
+
+def prepare_source(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function (:mod:`medtune.data.sources`): fetch into ``path``, then convert."""
+    from medtune.data.sources import dataset_path
+
+    raw = dataset_path(spec)
+    fetch(raw, base_url=spec.get("url", ZENODO))
+    convert(raw, out_dir)
 
 
 def h5_name(split: str, part: str) -> str:

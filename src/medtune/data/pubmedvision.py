@@ -34,7 +34,7 @@ import logging
 import os
 import zipfile
 from pathlib import Path, PurePosixPath
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from medtune.data.archives import read_zip_member
 from medtune.data.convert import DEFAULT_SIZE, ImageRef, stratified_splits, write_image_dataset
@@ -50,6 +50,14 @@ REPO_ID = "FreedomIntelligence/PubMedVision"
 JSON_NAME = "PubMedVision_Alignment_VQA.json"
 ZIP_NAMES = tuple(f"images_{i}.zip" for i in range(20))
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+
+def prepare_source(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function (:mod:`medtune.data.sources`); ``path`` holds the JSON."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    prepare_pubmedvision(out_dir, dataset_path(spec), n=spec.get("n_samples", DEFAULT_N), base_url=spec.get("url"),
+                         **size_and_seed(spec))
 
 
 def file_url(filename: str, base_url: str | None = None, revision: str | None = None) -> str:
