@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -23,10 +22,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from medtune.data import http
-from medtune.data.http import DEFAULT_POLICY, USER_AGENT, DownloadError, RetryPolicy  # noqa: F401  (re-exported)
+from medtune.data.http import DEFAULT_POLICY, DownloadError, RetryPolicy  # noqa: F401  (DownloadError re-exported)
 from medtune.io import atomic_path
-
-log = logging.getLogger(__name__)
 
 CHUNK_SIZE = 1 << 20
 
@@ -57,16 +54,20 @@ def download(
     retries: int = DEFAULT_POLICY.retries,
     timeout: float = DEFAULT_POLICY.timeout,
 ) -> Path:
-    """Fetch ``url`` to ``dest``; skip when ``dest`` exists (with the right MD5 if given).
+    """Fetch ``url`` to ``dest``; skip when ``dest`` exists (with the right MD5 if given: else refuse).
 
     A cut connection is resumed up to ``retries`` times within this call, and
     the ``.part`` file is kept so that a later call resumes too.
     """
     dest = Path(dest)
-    if dest.exists():
-        if md5 is None or file_md5(dest, chunk_size) == md5.lower():
-            return dest
-        log.warning("%s exists with a wrong MD5; downloading it again", dest)
+    if dest.exists():  # only a verified download is renamed to dest: anything else there was placed by hand
+        found = file_md5(dest, chunk_size) if md5 is not None else None
+        if found is not None and found != md5.lower():
+            raise DownloadError(
+                f"{dest}: MD5 {found} differs from the expected {md5.lower()}; not downloading over a file "
+                "placed there (move it away to download it again)"
+            )
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     policy = RetryPolicy(retries=retries, timeout=timeout)
     try:

@@ -16,10 +16,13 @@ a missing file stops the job with a message saying what to download and where.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 # honoured by every source: the prompts are read by the text encoder, not by prepare
 COMMON_KEYS = ("source", "prompts")
@@ -43,29 +46,67 @@ SOURCES: dict[str, Source] = {
     for source in (
         Source("synthetic", "medtune.data.sources:prepare_synthetic",
                ("image_size", "seed", "sizes", "caption_style", "classes"), required=("sizes",)),
-        Source("pcam", "medtune.data.pcam:prepare_source", ("path", "url"), required=("path",)),
+        Source("pcam", "medtune.data.pcam:prepare_source", ("path", "url", "md5", "verify"), required=("path",)),
         Source("mhist", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("osteosarcoma", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("wsss4luad", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes"), required=("path",)),
         Source("manifest", "medtune.data.folder:prepare_manifest", (*_REAL, "classes"), required=("path",)),
-        Source("pubmedvision", "medtune.data.pubmedvision:prepare_source", (*_REAL, "url", "n_samples"),
-               required=("path",)),
+        Source("pubmedvision", "medtune.data.pubmedvision:prepare_source",
+               (*_REAL, "url", "n_samples", "zips", "full_download"), required=("path",)),
     )
 }
 
 
+def config_problem(datasets: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first dataset whose keys do not fit its source, as one line naming the key; None when all fit.
+
+    A key the source does not honour (``image_size`` on PCam) would be silently
+    ignored, so it is refused; the schema has already checked source names and types.
+    """
+    for name, spec in datasets.items():
+        source = SOURCES.get(spec.get("source"))
+        if source is None:
+            return f"config key datasets.{name}.source: unknown source {spec.get('source')!r}"
+        unused = [key for key in spec if key not in COMMON_KEYS and key not in source.keys]
+        if unused:
+            return (f"config key datasets.{name}.{unused[0]}: source {source.name!r} does not use it "
+                    f"(it uses {', '.join(source.keys)})")
+        missing = [key for key in source.required if key not in spec]
+        if missing:
+            return f"config key datasets.{name}.{missing[0]} is required for source {source.name!r}"
+    return None
+
+
 def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool = True) -> None:
-    """Turn dataset ``name`` (its config ``spec``) into the canonical store at ``out_dir``."""
+    """Turn dataset ``name`` (its config ``spec``) into the canonical store at ``out_dir``.
+
+    The sources' log lines (what was carved, skipped, verified, fetched) go to
+    stderr, which a workflow job sends to its log.
+    """
     from medtune.data.store import DatasetError
 
-    source = SOURCES.get(spec["source"])
-    if source is None:
-        raise DatasetError(f"dataset {name!r}: source {spec['source']!r} is not available in this version")
-    missing = [key for key in source.required if key not in spec]
-    if missing:
-        raise DatasetError(f"config key datasets.{name}.{missing[0]} is required for source {source.name!r}")
-    source.load()(name, spec, Path(out_dir))
+    problem = config_problem({name: spec})
+    if problem:
+        raise DatasetError(problem)
+    with _info_to_stderr():
+        SOURCES[spec["source"]].load()(name, spec, Path(out_dir))
+
+
+@contextlib.contextmanager
+def _info_to_stderr() -> Iterator[None]:
+    # Python shows only warnings when logging is not configured; a job log needs the info lines too
+    logger = logging.getLogger("medtune")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def dataset_path(spec: Mapping[str, Any]) -> Path:
