@@ -22,7 +22,7 @@ from medtune.data.convert import stratified_splits
 from medtune.data.http import DownloadError
 from medtune.data.jsonstream import iter_records
 from medtune.data.pubmedvision_records import sample_records
-from medtune.data.rangefile import HTTPRangeFile
+from medtune.data.rangefile import HTTPRangeFile, RangeNotSupported
 from medtune.data.store import DatasetError, load_dataset
 
 RESOLVE = f"/datasets/{pmv.REPO_ID}/resolve/main/"
@@ -325,7 +325,7 @@ def test_range_file_errors(served):
     with pytest.raises(DownloadError, match=r"HTTP 404 .*nothing\.zip"):
         HTTPRangeFile(pmv.file_url("nothing.zip", served.base))
     served.ignore_range = True
-    with pytest.raises(DownloadError, match=r"images_0\.zip: the server ignored the Range request.*full_download"):
+    with pytest.raises(RangeNotSupported, match=r"images_0\.zip: the server ignored the Range request \(HTTP 200\)"):
         HTTPRangeFile(pmv.file_url("images_0.zip", served.base))
 
 
@@ -393,8 +393,8 @@ def test_full_download_gives_the_same_store(served, tmp_path, data):
     assert remote.pairs == local.pairs
     a, b = check_store(tmp_path / "remote", remote, records, 5), check_store(tmp_path / "local", local, records, 5)
     assert a.samples.equals(b.samples) and np.array_equal(a.images, b.images)
-    for name in ZIPS:
-        assert (tmp_path / "cache_l" / "zips" / name).read_bytes() == zips[name]
+    for name in ZIPS:  # downloaded into the dataset folder, where the next run finds them placed
+        assert (tmp_path / "cache_l" / name).read_bytes() == zips[name]
         assert (f"/cdn/{name}", None, len(zips[name])) in served.log  # one plain, whole-file GET
 
 
@@ -402,3 +402,80 @@ def test_unknown_zip_is_one_clear_error(served, tmp_path):
     with pytest.raises(DownloadError, match=r"HTTP 404 .*images_7\.zip"):
         pmv.prepare_pubmedvision(tmp_path / "store", tmp_path / "cache", n=4, base_url=served.base,
                                  zips=["images_7.zip"])
+
+
+# --------------------------------------------------------------------------- placed files, options, the job log
+
+
+def place(folder, records, zips, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / pmv.JSON_NAME).write_text(json.dumps(records))
+    for name in names:
+        (folder / name).write_bytes(zips[name])
+    return folder
+
+
+def seed_avoiding_missing_image(records, n):
+    """A seed whose first ``n`` eligible records all have their image (so no zip is searched in vain)."""
+    for seed in range(100):
+        if "pmc_9_0.jpg" not in {p.basename for p in sample_records(records, n=n, seed=seed).pairs}:
+            return seed
+    raise AssertionError("no such seed")
+
+
+def test_placed_json_and_zips_need_no_network(served, tmp_path, data):
+    records, zips = data
+    folder = place(tmp_path / "placed", records, zips, ZIPS)
+    kwargs = dict(n=N_GOOD, seed=2, size=32, base_url=served.base, zips=ZIPS)
+    local = pmv.prepare_pubmedvision(tmp_path / "store", folder, **kwargs)
+    assert served.log == []
+    remote = pmv.prepare_pubmedvision(tmp_path / "store_r", tmp_path / "cache", **kwargs)
+    assert served.log and local.pairs == remote.pairs and local.skipped == remote.skipped
+    a, b = check_store(tmp_path / "store", local, records, 2), check_store(tmp_path / "store_r", remote, records, 2)
+    assert a.samples.equals(b.samples) and np.array_equal(a.images, b.images)
+
+
+def test_only_the_zips_the_sample_reaches_are_opened(served, tmp_path, data):
+    records, zips = data
+    folder = place(tmp_path / "placed", records, zips, ZIPS)
+    listed = [*ZIPS, "images_2.zip"]  # neither placed nor served
+    seed = seed_avoiding_missing_image(records, 10)
+    sample = pmv.prepare_pubmedvision(tmp_path / "a", folder, n=10, seed=seed, size=32, base_url=served.base,
+                                      zips=listed)
+    assert len(sample.pairs) == 10 and served.log == []
+    # the full sample meets the record whose image is in no placed zip: images_2.zip must be searched
+    with pytest.raises(DownloadError) as err:
+        pmv.prepare_pubmedvision(tmp_path / "b", folder, n=N_GOOD, seed=0, size=32, base_url=served.base,
+                                 zips=listed, config_key="datasets.pmv")
+    message = str(err.value)
+    assert "\n" not in message and "images_2.zip is not in" in message and "zips: in datasets.pmv" in message
+    assert not (tmp_path / "b" / "images.npy").exists()
+    # following the message: list only the zips placed
+    sample = pmv.prepare_pubmedvision(tmp_path / "b", folder, n=N_GOOD, seed=0, size=32, base_url=served.base,
+                                      zips=ZIPS)
+    assert sample.skipped["missing_image"] == 1
+
+
+def spec_for(folder, base, **extra):
+    return {"source": "pubmedvision", "path": str(folder), "url": base, "n_samples": 12, "image_size": 32,
+            "zips": ZIPS, **extra}
+
+
+class FakeSnakemake:
+    threads = 1
+
+    def __init__(self, log):
+        self.log = [str(log)]
+
+
+def test_skipped_counts_reach_the_job_log(served, tmp_path):
+    from medtune import jobs
+    from medtune.data import sources
+
+    log = tmp_path / "prepare_dataset.log"
+    jobs.run(lambda smk: sources.prepare("pmv", spec_for(tmp_path / "pmv", served.base), tmp_path / "store"),
+             FakeSnakemake(log))
+    text = log.read_text()
+    assert "sampled 12 of 31 eligible records" in text
+    assert "multi_image=4" in text and "no_body_part=3" in text and "no_caption=1" in text
+    assert "opened 2 of 2 zips (range requests: images_" in text

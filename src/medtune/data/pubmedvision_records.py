@@ -12,7 +12,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
-from typing import Any, Iterable, Mapping
+from typing import Any, Container, Iterable, Mapping
 
 import numpy as np
 
@@ -93,12 +93,13 @@ def sample_records(
     records: Iterable[Any],
     n: int = DEFAULT_N,
     seed: int = 0,
-    available: Iterable[str] | None = None,
+    available: Container[str] | None = None,
 ) -> Sample:
     """A deterministic seeded sample of ``n`` single-image pairs labelled by body part.
 
     The eligible records are put in a seeded random order and taken from the front;
-    with ``available`` (the image basenames that exist), a record whose image is not in
+    with ``available`` (what answers ``basename in available``: a set of the image
+    names that exist, or the lazily opened zips), a record whose image is not in
     it is counted as ``missing_image`` and the next one takes its place, so the sample
     is the same whenever its images exist and has ``n`` pairs whenever ``n`` can be had.
     Fewer than ``n`` stops with a :class:`DatasetError` saying how many were missing.
@@ -117,7 +118,7 @@ def sample_records(
         else:
             eligible.append(pair)
     order = np.random.default_rng(seed).permutation(len(eligible))
-    present = None if available is None else set(available)
+    present = set(available) if isinstance(available, (list, tuple)) else available
     chosen: list[Pair] = []
     for i in order:
         pair = eligible[i]

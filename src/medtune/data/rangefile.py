@@ -15,6 +15,10 @@ from medtune.data import http
 from medtune.data.http import DEFAULT_POLICY, DownloadError, RetryPolicy
 
 
+class RangeNotSupported(DownloadError):
+    """The server answers a Range request with the whole file; the caller says what to do instead."""
+
+
 class HTTPRangeFile(io.RawIOBase):
     """A read-only, seekable file over HTTP: every read is a ``Range`` request.
 
@@ -137,10 +141,7 @@ class HTTPRangeFile(io.RawIOBase):
             raise DownloadError(f"{exc} for {self.url} (Range {byte_range})") from None
         with response:
             if response.status != 206:
-                raise DownloadError(
-                    f"{self.url}: the server ignored the Range request (HTTP {response.status}); "
-                    "use full_download=True to fetch whole files"
-                )
+                raise RangeNotSupported(f"{self.url}: the server ignored the Range request (HTTP {response.status})")
             start, stop, total = _content_range(response.headers.get("Content-Range", ""), self.url)
             if self.size is not None and total != self.size:
                 raise DownloadError(f"{self.url}: file size changed from {self.size} to {total} while reading")
