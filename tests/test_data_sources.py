@@ -61,3 +61,31 @@ def test_prepare_names_a_missing_required_key_and_an_unknown_source(tmp_path):
     with pytest.raises(DatasetError, match=r"datasets\.x\.source: unknown source .camelyon17."):
         sources.prepare("x", {"source": "camelyon17"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def toy_prepare(name, spec, out_dir):
+    """A dataset source defined outside the package: two flat-colour images per class."""
+    from medtune.data.convert import ImageRef, write_image_dataset
+
+    def png(level):
+        import io
+
+        out = io.BytesIO()
+        Image.new("RGB", (4, 4), (level, level, level)).save(out, format="PNG")
+        return out.getvalue()
+
+    labels = [0, 0, 1, 1] * 3
+    images = [ImageRef(f"toy:{i}", lambda v=60 * label: png(v)) for i, label in enumerate(labels)]
+    splits = ["train", "val", "test", "train"] * 3
+    write_image_dataset(images, labels, splits, ["dark", "light"], out_dir, size=spec.get("image_size", 4))
+
+
+def test_a_source_is_its_module_plus_one_registration_line(tmp_path, monkeypatch):
+    toy = sources.Source("toy", "test_data_sources:toy_prepare", ("image_size",))
+    monkeypatch.setitem(sources.SOURCES, "toy", toy)
+    sources.prepare("mine", {"source": "toy", "image_size": 4}, tmp_path / "out")
+    data = load_dataset(tmp_path / "out")
+    assert data.class_names == ["dark", "light"] and data.images.shape == (12, 4, 4, 3)
+    assert sources.config_problem({"mine": {"source": "toy", "seed": 1}}) == (
+        "config key datasets.mine.seed: source 'toy' does not use it (it uses image_size)"
+    )
