@@ -7,6 +7,8 @@ test_faults.py.
 
 import copy
 import gzip
+import logging
+import os
 import pickle
 import zipfile
 from pathlib import Path
@@ -20,12 +22,13 @@ import yaml
 from PIL import Image
 
 from medtune import jobs, plan
-from medtune.data import archives, download, folder, manual, pcam
+from medtune.data import archives, convert, download, folder, manual, pcam, sources
 from medtune.data.store import DatasetError, validate_samples, write_dataset
 from medtune.models import BackboneError, load_backbone
 from medtune.subsets import train_rows
 from medtune.training import TrainingError
 from test_data_download import md5, payload, server  # noqa: F401  (the local HTTP server fixture)
+from test_data_pubmedvision import ZIPS, data, hub, place, served, spec_for  # noqa: F401  (the fake Hub fixtures)
 
 DEFAULT = yaml.safe_load((plan.SCHEMA_PATH.parents[1] / "config.yaml").read_text())
 
@@ -211,6 +214,179 @@ def test_image_label_count_mismatch(tmp_path):
     assert not (tmp_path / "ds" / "images.npy").exists()
     with pytest.raises(DatasetError):
         validate_samples(samples, 3, "x")
+
+
+def _manifest(root: Path, rows: list[dict]) -> Path:
+    path = root / "manifest.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _manifest_rows() -> list[dict]:
+    return [{"path": f"imgs/{c}/{i}.png", "label": c} for c in ("a", "b") for i in range(3)]
+
+
+def test_manifest_same_image_twice(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    _image_folder(tmp_path / "imgs")
+    rows = _manifest_rows()
+    repeated = rows + [dict(rows[0]), {"path": "./imgs/b/2.png", "label": "b"}]  # the same files again
+    out = folder.from_manifest(_manifest(tmp_path, repeated), tmp_path / "out", size=8)
+    assert len(pd.read_csv(out / "samples.csv")) == 6  # identical rows kept once: no leak between splits
+    assert "dropped 2 row(s)" in caplog.text and "lines 8, 9" in caplog.text
+    conflicting = rows + [{"path": "imgs/a/1.png", "label": "b"}]
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(_manifest(tmp_path, conflicting), tmp_path / "out2", size=8)
+    one_line(err, "lines 3 and 8", "'imgs/a/1.png'", "label", "'a' vs 'b'")
+    assert not (tmp_path / "out2").exists()
+
+
+def _i16(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(values.astype(np.uint16))
+
+
+HIGH_BIT_DEPTH = {  # mode -> (file format, image from a 0..1 ramp, the 8-bit value each pixel should get)
+    "I;16": ("PNG", lambda r: _i16(np.rint(r * 65535)), lambda r: np.rint(np.rint(r * 65535) * 255 / 65535)),
+    "I": ("TIFF", lambda r: Image.fromarray(np.rint(r * 65535).astype(np.int32)),
+          lambda r: np.rint(np.rint(r * 65535) * 255 / 65535)),
+    "F": ("TIFF", lambda r: Image.fromarray(r.astype(np.float32)), lambda r: np.rint(r.astype(np.float32) * 255.0)),
+    "F wide": ("TIFF", lambda r: Image.fromarray((r * 4000 - 1000).astype(np.float32)),
+               lambda r: np.rint(((r * 4000 - 1000).astype(np.float32) + 1000) * 255 / 4000)),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(HIGH_BIT_DEPTH))
+def test_high_bit_depth_images_keep_their_intensities(tmp_path, mode):
+    fmt, make, expected = HIGH_BIT_DEPTH[mode]
+    ramp = np.linspace(0, 1, 64).reshape(8, 8)  # bright values above 255 included: Pillow would clip them
+    path = tmp_path / f"img.{fmt.lower()}"
+    make(ramp).save(path, format=fmt)
+    with Image.open(path) as opened:
+        assert opened.mode == mode.split()[0]
+    grey = convert.load_rgb(path, 8).astype(int)
+    assert (grey[..., 0] == grey[..., 2]).all()
+    assert np.abs(grey[..., 0] - expected(ramp)).max() <= 1 and grey.max() == 255 and grey.min() == 0
+    for eight_bit in ("L", "RGBA", "P", "CMYK", "LA", "1", "YCbCr"):  # Pillow's own conversion is the reference
+        image = Image.fromarray(np.uint8(np.rint(ramp * 255))).convert(eight_bit)
+        image.save(tmp_path / "8.tif", format="TIFF")
+        with Image.open(tmp_path / "8.tif") as opened:
+            assert np.array_equal(convert.load_rgb(tmp_path / "8.tif", 8), np.asarray(opened.convert("RGB")))
+
+
+def test_manifest_row_pointing_at_a_fifo_or_a_device(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    os.mkfifo(tmp_path / "imgs" / "a" / "pipe.png")  # reading it would wait for a writer forever
+    for bad, kind in (("imgs/a/pipe.png", "a FIFO"), ("/dev/zero", "a character device")):
+        with pytest.raises(DatasetError) as err:
+            folder.from_manifest(_manifest(tmp_path, _manifest_rows() + [{"path": bad, "label": "a"}]), tmp_path / "out", size=8)
+        one_line(err, "manifest.csv line 8", repr(bad), kind)
+        with pytest.raises(DatasetError) as err:  # the reader itself refuses, without blocking
+            convert.load_rgb(tmp_path / bad, 8)
+        one_line(err, kind)
+    big = tmp_path / "imgs" / "a" / "0.png"
+    with pytest.raises(DatasetError) as err:
+        convert.read_image_file(big, limit=big.stat().st_size - 1)
+    one_line(err, str(big), "more than")
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_path_climbing_out_of_its_folder(tmp_path):
+    root = tmp_path / "project" / "data"
+    _image_folder(root / "imgs")
+    rows = _manifest_rows() + [{"path": "imgs/../../../../../../etc/passwd", "label": "a"}]
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(_manifest(root, rows), tmp_path / "out", size=8)
+    one_line(err, "line 8", "../etc/passwd", "outside the manifest's folder", "absolute path")
+    assert not (tmp_path / "out").exists()
+    # an absolute path is read where it points, as documented
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "elsewhere.png")
+    rows[-1]["path"] = str(tmp_path / "elsewhere.png")
+    folder.from_manifest(_manifest(root, rows), tmp_path / "out", size=8)
+
+
+def test_train_and_test_folders_without_val(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "imgs"
+    for split, n in (("train", 20), ("test", 4)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (i, 0, 0)).save(root / split / cls / f"{i}.png")
+    folder.from_image_folder(root, tmp_path / "out", size=8, seed=4)
+    samples = pd.read_csv(tmp_path / "out" / "samples.csv")
+    counts = samples.groupby(["split", "label_name"]).size().to_dict()
+    assert counts == {("test", "a"): 4, ("test", "b"): 4, ("train", "a"): 18, ("train", "b"): 18,
+                      ("val", "a"): 2, ("val", "b"): 2}  # 10 % of each class's train
+    assert "no validation split; carved" in caplog.text and str(root) in caplog.text
+    folder.from_image_folder(root, tmp_path / "again", size=8, seed=4)
+    assert pd.read_csv(tmp_path / "again" / "samples.csv").equals(samples)  # seeded
+    for cls in ("a", "b"):  # too few to carve from: refused, naming the folder
+        for extra in range(2, 20):
+            (root / "train" / cls / f"{extra}.png").unlink()
+    with pytest.raises(DatasetError) as err:
+        folder.from_image_folder(root, tmp_path / "small", size=8)
+    one_line(err, str(root), "no validation split", "add a val split")
+
+
+def test_config_source_option_the_source_does_not_use():
+    def add(**spec):
+        return lambda c: c["datasets"].update(pcam={"source": "pcam", "path": "data/raw/pcam", **spec})
+
+    one_line(bad_config(add(image_size=224)), "datasets.pcam.image_size", "'pcam' does not use it")
+    one_line(bad_config(add(sizes={"train": 10})), "datasets.pcam.sizes", "'pcam' does not use it")
+    one_line(bad_config(lambda c: c["datasets"]["synthetic"].update(path="x")), "datasets.synthetic.path")
+    one_line(bad_config(lambda c: c["datasets"].update(mine={"source": "manifest"})), "datasets.mine.path", "required")
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"]["pcam"] = {"source": "pcam", "path": "p", "url": "http://mirror", "verify": False,
+                                  "md5": {"camelyonpatch_level_2_split_test_x.h5.gz": "0" * 32}}
+    plan.validate(config)
+
+
+def test_pcam_placed_file_with_another_md5(server, tmp_path):  # noqa: F811
+    raw = tmp_path / "pcam"
+    raw.mkdir()
+    _pcam_split(raw, "test", 4)
+    for part in ("x", "y"):  # placed as the .h5.gz that Zenodo serves, but not the published bytes
+        h5 = raw / pcam.h5_name("test", part)
+        (raw / f"{h5.name}.gz").write_bytes(gzip.compress(h5.read_bytes()))
+        h5.unlink()
+    gz = raw / f"{pcam.h5_name('test', 'x')}.gz"
+    placed, found = gz.read_bytes(), md5(gz.read_bytes())
+    with pytest.raises(DatasetError) as err:
+        pcam.fetch(raw, base_url=server.base, splits=["test"], config_key="datasets.pcam")
+    one_line(err, str(gz), found, pcam.MD5[gz.name], f"md5: {{{gz.name}: {found}}}", "verify: false", "datasets.pcam")
+    assert server.requests == [] and gz.read_bytes() == placed  # nothing downloaded over it
+    assert not (raw / pcam.h5_name("test", "x")).exists()
+    y_gz = raw / f"{pcam.h5_name('test', 'y')}.gz"
+    accepted = {**pcam.MD5, gz.name: found, y_gz.name: md5(y_gz.read_bytes())}
+    pcam.fetch(raw, base_url=server.base, splits=["test"], md5s=accepted)
+    assert (raw / pcam.h5_name("test", "x")).exists() and server.requests == []
+    for part in ("x", "y"):
+        (raw / pcam.h5_name("test", part)).unlink()
+    pcam.fetch(raw, base_url=server.base, splits=["test"], verify=False)
+    assert server.requests == []
+    with pytest.raises(download.DownloadError) as err:  # the downloader alone will not overwrite it either
+        download.download(f"{server.base}/{gz.name}", gz, md5=pcam.MD5[gz.name])
+    one_line(err, str(gz), found, "not downloading over")
+    assert gz.read_bytes() == placed
+
+
+def test_pubmedvision_placed_files_and_a_server_without_range_support(served, tmp_path, data):  # noqa: F811
+    records, zips = data
+    placed = place(tmp_path / "placed", records, zips, ZIPS)
+    sources.prepare("pmv", spec_for(placed, served.base), tmp_path / "local")
+    assert served.log == []  # the placed JSON and zips are used first
+    served.ignore_range = True
+    with pytest.raises(DatasetError) as err:
+        sources.prepare("pmv", spec_for(tmp_path / "pmv", served.base), tmp_path / "store")
+    one_line(err, "ignored the Range request", "set full_download: true under datasets.pmv")
+    assert not (tmp_path / "store").exists()
+    spec = spec_for(tmp_path / "pmv", served.base, full_download=True)
+    config = copy.deepcopy(DEFAULT)
+    config["datasets"]["pmv"] = spec
+    plan.validate(config)  # the option the message names is one the config accepts, and it works:
+    sources.prepare("pmv", spec, tmp_path / "store")
+    assert pd.read_csv(tmp_path / "store" / "samples.csv").equals(pd.read_csv(tmp_path / "local" / "samples.csv"))
 
 
 # ---------------------------------------------------------------- archives

@@ -101,3 +101,13 @@ def test_read_zip_member(tmp_path):
         read_zip_member(archive, "b.png")
     with pytest.raises(ArchiveError, match=r"nope\.zip: no such archive"):
         read_zip_member(tmp_path / "nope.zip", "a.png")
+
+
+def test_read_zip_member_refuses_a_member_larger_than_the_limit(tmp_path):
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("images/zeros.png", b"\0" * 1_000_000)  # ~1 kB packed
+    assert archive.stat().st_size < 10_000
+    with pytest.raises(ArchiveError, match=r"bomb\.zip: member 'images/zeros\.png' unpacks to 1000000 bytes"):
+        read_zip_member(archive, "images/zeros.png", limit=999_999)
+    assert len(read_zip_member(archive, "images/zeros.png", limit=1_000_000)) == 1_000_000

@@ -198,3 +198,29 @@ def test_load_rgb_centre_crops_non_square(tmp_path):
     Image.fromarray(image).save(tmp_path / "wide.png")
     array = load_rgb(tmp_path / "wide.png", SIZE)
     assert array.shape == (SIZE, SIZE, 3) and array[:, :, 0].max() < 60  # the red strip is cropped away
+
+
+def test_image_folder_names_a_non_regular_image_entry_instead_of_dropping_it(tmp_path):
+    for cls in ("a", "b"):
+        for i in range(3):
+            write_png(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DatasetError, match=r"cannot read image .*b/gone\.png"):
+        from_image_folder(tmp_path / "imgs", tmp_path / "out", size=SIZE)
+    (tmp_path / "imgs" / "b" / "gone.png").unlink()
+    (tmp_path / "imgs" / "b" / "zero.png").symlink_to("/dev/zero")
+    with pytest.raises(DatasetError, match=r"b/zero\.png is a character device, not an image file"):
+        from_image_folder(tmp_path / "imgs", tmp_path / "out", size=SIZE)
+    assert not (tmp_path / "out" / "images.npy").exists()
+
+
+def test_manifest_split_column_without_val_gets_a_carved_val(tmp_path):
+    rows = []
+    for i in range(40):
+        write_png(tmp_path / f"{i}.png", (i, 0, 0))
+        rows.append({"path": f"{i}.png", "label": "x" if i % 2 else "y", "split": "test" if i >= 30 else "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    s = load_dataset(from_manifest(tmp_path / "m.csv", tmp_path / "out", size=SIZE, seed=1)).samples
+    assert s["split"].tolist()[30:] == ["test"] * 10
+    expected = carve_validation(s["label"][:30].to_numpy(), ["train"] * 30, 0.1, seed=1)
+    assert s["split"].tolist()[:30] == expected.tolist() and (expected == "val").sum() == 4  # 2 of 15 per class

@@ -19,7 +19,10 @@ from conftest import serve_locally
 
 from medtune.data import pubmedvision as pmv
 from medtune.data.convert import stratified_splits
-from medtune.data.download import DownloadError
+from medtune.data.http import DownloadError
+from medtune.data.jsonstream import iter_records
+from medtune.data.pubmedvision_records import sample_records
+from medtune.data.rangefile import HTTPRangeFile, RangeNotSupported
 from medtune.data.store import DatasetError, load_dataset
 
 RESOLVE = f"/datasets/{pmv.REPO_ID}/resolve/main/"
@@ -208,8 +211,8 @@ def expected_by_id(records):
 
 def test_sampling_is_deterministic_and_counts_skips(data):
     records, _ = data
-    a = pmv.sample_records(records, n=12, seed=3)
-    b = pmv.sample_records(records, n=12, seed=3)
+    a = sample_records(records, n=12, seed=3)
+    b = sample_records(records, n=12, seed=3)
     assert a.pairs == b.pairs and len(a.pairs) == 12
     assert [p.position for p in a.pairs] == sorted(p.position for p in a.pairs)
     assert a.records == len(records) and a.eligible == N_GOOD + 1
@@ -217,7 +220,7 @@ def test_sampling_is_deterministic_and_counts_skips(data):
     assert a.skipped["no_body_part"] == 3
     assert a.skipped["no_caption"] == 1
     assert a.skipped["missing_image"] == 0
-    assert pmv.sample_records(records, n=12, seed=4).pairs != a.pairs
+    assert sample_records(records, n=12, seed=4).pairs != a.pairs
     by_id = expected_by_id(records)
     for pair in a.pairs:
         rec = by_id[pair.id]
@@ -228,29 +231,29 @@ def test_sampling_is_deterministic_and_counts_skips(data):
 def test_missing_images_are_refilled_deterministically(data):
     records, _ = data
     available = {image_name(i) for i in range(N_GOOD)}
-    full = pmv.sample_records(records, n=N_GOOD, seed=0, available=available)
+    full = sample_records(records, n=N_GOOD, seed=0, available=available)
     assert len(full.pairs) == N_GOOD and full.skipped["missing_image"] == 1
     assert "pmc_9_0.jpg" not in {p.basename for p in full.pairs}
     # a smaller sample is the same draw with the missing record replaced by the next one
-    small = pmv.sample_records(records, n=10, seed=1, available=available)
-    unfiltered = pmv.sample_records(records, n=11, seed=1)
+    small = sample_records(records, n=10, seed=1, available=available)
+    unfiltered = sample_records(records, n=11, seed=1)
     assert {p.id for p in small.pairs} <= {p.id for p in unfiltered.pairs}
     with pytest.raises(DatasetError, match=r"only 30 of the 31 requested.*1 of those with an image missing"):
-        pmv.sample_records(records, n=N_GOOD + 1, seed=0, available=available)
+        sample_records(records, n=N_GOOD + 1, seed=0, available=available)
 
 
 def test_iter_records_streams_arrays_and_json_lines(tmp_path, data):
     records, _ = data
     path = tmp_path / "a.json"
     path.write_text(json.dumps(records, indent=1))
-    assert list(pmv.iter_records(path, chunk_chars=7)) == records
+    assert list(iter_records(path, chunk_chars=7)) == records
     lines = tmp_path / "b.jsonl"
     lines.write_text("\n".join(json.dumps(r) for r in records[:5]) + "\n")
-    assert list(pmv.iter_records(lines, chunk_chars=13)) == records[:5]
+    assert list(iter_records(lines, chunk_chars=13)) == records[:5]
     bad = tmp_path / "c.json"
     bad.write_text(json.dumps(records)[:-40])
     with pytest.raises(DatasetError, match=r"c\.json: not a JSON list"):
-        list(pmv.iter_records(bad, chunk_chars=64))
+        list(iter_records(bad, chunk_chars=64))
 
 
 # --------------------------------------------------------------------------- HTTPRangeFile
@@ -263,7 +266,7 @@ def test_range_file_matches_local_file(served, tmp_path, data):
     local.write_bytes(blob)
     url = pmv.file_url("images_1.zip", served.base)
     rng = np.random.default_rng(0)
-    with pmv.HTTPRangeFile(url, block_size=1000, tail_size=3000) as remote, open(local, "rb") as fh:
+    with HTTPRangeFile(url, block_size=1000, tail_size=3000) as remote, open(local, "rb") as fh:
         assert remote.seekable() and remote.readable() and remote.size == len(blob)
         ops = [(0, 0), (2, 0), (2, -10), (1, -5), (0, len(blob) - 100), (0, len(blob) + 50), (0, 123_456)]
         ops += [(int(w), int(o)) for w, o in zip(rng.integers(0, 3, 60), rng.integers(-4000, 4000, 60))]
@@ -299,7 +302,7 @@ def test_zipfile_over_range_file_with_a_small_tail(served, data):
     """A central directory larger than the tail: zipfile seeks back for it and reads members."""
     _, zips = data
     url = pmv.file_url("images_0.zip", served.base)
-    with pmv.HTTPRangeFile(url, block_size=512, tail_size=200) as fh, zipfile.ZipFile(fh) as remote:
+    with HTTPRangeFile(url, block_size=512, tail_size=200) as fh, zipfile.ZipFile(fh) as remote:
         local = zipfile.ZipFile(io.BytesIO(zips["images_0.zip"]))
         assert remote.namelist() == local.namelist()
         for name in [n for n in local.namelist() if "filler" not in n][:5]:
@@ -310,7 +313,7 @@ def test_zipfile_over_range_file_with_a_small_tail(served, data):
 def test_expired_redirect_target_is_resolved_again(served, data):
     _, zips = data
     blob = zips["images_1.zip"]
-    with pmv.HTTPRangeFile(pmv.file_url("images_1.zip", served.base), block_size=100) as fh:
+    with HTTPRangeFile(pmv.file_url("images_1.zip", served.base), block_size=100) as fh:
         served.expire_cdn = 1
         fh.seek(1234)
         assert fh.read(50) == blob[1234:1284]
@@ -320,10 +323,10 @@ def test_expired_redirect_target_is_resolved_again(served, data):
 
 def test_range_file_errors(served):
     with pytest.raises(DownloadError, match=r"HTTP 404 .*nothing\.zip"):
-        pmv.HTTPRangeFile(pmv.file_url("nothing.zip", served.base))
+        HTTPRangeFile(pmv.file_url("nothing.zip", served.base))
     served.ignore_range = True
-    with pytest.raises(DownloadError, match=r"images_0\.zip: the server ignored the Range request.*full_download"):
-        pmv.HTTPRangeFile(pmv.file_url("images_0.zip", served.base))
+    with pytest.raises(RangeNotSupported, match=r"images_0\.zip: the server ignored the Range request \(HTTP 200\)"):
+        HTTPRangeFile(pmv.file_url("images_0.zip", served.base))
 
 
 # --------------------------------------------------------------------------- prepare
@@ -390,8 +393,8 @@ def test_full_download_gives_the_same_store(served, tmp_path, data):
     assert remote.pairs == local.pairs
     a, b = check_store(tmp_path / "remote", remote, records, 5), check_store(tmp_path / "local", local, records, 5)
     assert a.samples.equals(b.samples) and np.array_equal(a.images, b.images)
-    for name in ZIPS:
-        assert (tmp_path / "cache_l" / "zips" / name).read_bytes() == zips[name]
+    for name in ZIPS:  # downloaded into the dataset folder, where the next run finds them placed
+        assert (tmp_path / "cache_l" / name).read_bytes() == zips[name]
         assert (f"/cdn/{name}", None, len(zips[name])) in served.log  # one plain, whole-file GET
 
 
@@ -399,3 +402,80 @@ def test_unknown_zip_is_one_clear_error(served, tmp_path):
     with pytest.raises(DownloadError, match=r"HTTP 404 .*images_7\.zip"):
         pmv.prepare_pubmedvision(tmp_path / "store", tmp_path / "cache", n=4, base_url=served.base,
                                  zips=["images_7.zip"])
+
+
+# --------------------------------------------------------------------------- placed files, options, the job log
+
+
+def place(folder, records, zips, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / pmv.JSON_NAME).write_text(json.dumps(records))
+    for name in names:
+        (folder / name).write_bytes(zips[name])
+    return folder
+
+
+def seed_avoiding_missing_image(records, n):
+    """A seed whose first ``n`` eligible records all have their image (so no zip is searched in vain)."""
+    for seed in range(100):
+        if "pmc_9_0.jpg" not in {p.basename for p in sample_records(records, n=n, seed=seed).pairs}:
+            return seed
+    raise AssertionError("no such seed")
+
+
+def test_placed_json_and_zips_need_no_network(served, tmp_path, data):
+    records, zips = data
+    folder = place(tmp_path / "placed", records, zips, ZIPS)
+    kwargs = dict(n=N_GOOD, seed=2, size=32, base_url=served.base, zips=ZIPS)
+    local = pmv.prepare_pubmedvision(tmp_path / "store", folder, **kwargs)
+    assert served.log == []
+    remote = pmv.prepare_pubmedvision(tmp_path / "store_r", tmp_path / "cache", **kwargs)
+    assert served.log and local.pairs == remote.pairs and local.skipped == remote.skipped
+    a, b = check_store(tmp_path / "store", local, records, 2), check_store(tmp_path / "store_r", remote, records, 2)
+    assert a.samples.equals(b.samples) and np.array_equal(a.images, b.images)
+
+
+def test_only_the_zips_the_sample_reaches_are_opened(served, tmp_path, data):
+    records, zips = data
+    folder = place(tmp_path / "placed", records, zips, ZIPS)
+    listed = [*ZIPS, "images_2.zip"]  # neither placed nor served
+    seed = seed_avoiding_missing_image(records, 10)
+    sample = pmv.prepare_pubmedvision(tmp_path / "a", folder, n=10, seed=seed, size=32, base_url=served.base,
+                                      zips=listed)
+    assert len(sample.pairs) == 10 and served.log == []
+    # the full sample meets the record whose image is in no placed zip: images_2.zip must be searched
+    with pytest.raises(DownloadError) as err:
+        pmv.prepare_pubmedvision(tmp_path / "b", folder, n=N_GOOD, seed=0, size=32, base_url=served.base,
+                                 zips=listed, config_key="datasets.pmv")
+    message = str(err.value)
+    assert "\n" not in message and "images_2.zip is not in" in message and "zips: in datasets.pmv" in message
+    assert not (tmp_path / "b" / "images.npy").exists()
+    # following the message: list only the zips placed
+    sample = pmv.prepare_pubmedvision(tmp_path / "b", folder, n=N_GOOD, seed=0, size=32, base_url=served.base,
+                                      zips=ZIPS)
+    assert sample.skipped["missing_image"] == 1
+
+
+def spec_for(folder, base, **extra):
+    return {"source": "pubmedvision", "path": str(folder), "url": base, "n_samples": 12, "image_size": 32,
+            "zips": ZIPS, **extra}
+
+
+class FakeSnakemake:
+    threads = 1
+
+    def __init__(self, log):
+        self.log = [str(log)]
+
+
+def test_skipped_counts_reach_the_job_log(served, tmp_path):
+    from medtune import jobs
+    from medtune.data import sources
+
+    log = tmp_path / "prepare_dataset.log"
+    jobs.run(lambda smk: sources.prepare("pmv", spec_for(tmp_path / "pmv", served.base), tmp_path / "store"),
+             FakeSnakemake(log))
+    text = log.read_text()
+    assert "sampled 12 of 31 eligible records" in text
+    assert "multi_image=4" in text and "no_body_part=3" in text and "no_caption=1" in text
+    assert "opened 2 of 2 zips (range requests: images_" in text

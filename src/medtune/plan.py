@@ -118,6 +118,10 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     if errors:
         err = jsonschema.exceptions.best_match(errors)
         raise ConfigError(f"config key {_key_path(err)}: {err.message}")
+    from medtune.data.sources import config_problem  # each source declares the dataset keys it honours
+
+    if problem := config_problem(config["datasets"]):
+        raise ConfigError(problem)
     config = copy.deepcopy(config)
     config.setdefault("results", "results")
     config.setdefault("device", "auto")

@@ -19,6 +19,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from medtune.data.convert import MAX_IMAGE_BYTES
 from medtune.data.store import DatasetError
 
 COMPLETE_MARKER = ".complete"
@@ -97,21 +98,28 @@ def check_tar_member(archive: Path, member: tarfile.TarInfo) -> None:
         raise ArchiveError(f"{archive}: refusing special member {member.name!r}")
 
 
-def read_zip_member(zip: str | os.PathLike | zipfile.ZipFile, name: str) -> bytes:
-    """The bytes of one member; pass an open ``ZipFile`` to read many members cheaply."""
+def read_zip_member(zip: str | os.PathLike | zipfile.ZipFile, name: str, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of one member; pass an open ``ZipFile`` to read many members cheaply.
+
+    A member whose stated size exceeds ``limit`` is refused before reading (``zipfile``
+    never inflates past the stated size), so a zip bomb cannot fill memory.
+    """
     if isinstance(zip, zipfile.ZipFile):
-        return _read_member(zip, name, Path(zip.filename or "<zip>"))
+        return _read_member(zip, name, Path(zip.filename or "<zip>"), limit)
     try:
         with zipfile.ZipFile(zip) as zf:
-            return _read_member(zf, name, Path(zip))
+            return _read_member(zf, name, Path(zip), limit)
     except FileNotFoundError:
         raise ArchiveError(f"{zip}: no such archive") from None
     except zipfile.BadZipFile as exc:
         raise ArchiveError(f"{zip}: corrupt zip archive ({exc})") from None
 
 
-def _read_member(zf: zipfile.ZipFile, name: str, archive: Path) -> bytes:
+def _read_member(zf: zipfile.ZipFile, name: str, archive: Path, limit: int) -> bytes:
     try:
+        size = zf.getinfo(name).file_size
+        if size > limit:
+            raise ArchiveError(f"{archive}: member {name!r} unpacks to {size} bytes, more than the {limit} allowed")
         return zf.read(name)
     except KeyError:
         raise ArchiveError(f"{archive}: no member {name!r}") from None

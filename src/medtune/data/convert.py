@@ -8,6 +8,13 @@ shorter side is ``size`` and centre-cropped to a square (what CLIP's own
 preprocessing does; a square image is simply resized). A file that cannot be read
 stops the conversion with its path in the message; nothing is dropped silently.
 
+Only regular files of at most :data:`MAX_IMAGE_BYTES` are read (opened without
+blocking, checked on the open descriptor), so a FIFO or a device such as
+``/dev/zero`` named as an image stops with one line instead of hanging or filling
+memory. Every mode Pillow opens keeps its intensities: 8-bit modes go through
+Pillow's RGB conversion; the high-bit-depth grey modes, which that conversion
+clips at 255, are scaled linearly to 0..255 by their range (:func:`to_uint8`).
+
 The split helpers here are seeded and stratified by class, so the same files and
 seed give the same splits on any machine.
 """
@@ -15,7 +22,9 @@ seed give the same splits on any machine.
 from __future__ import annotations
 
 import io
+import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence, Union
@@ -27,9 +36,13 @@ from tqdm import tqdm
 
 from medtune.data.store import SPLITS, DatasetError, image_writer, write_samples
 
+log = logging.getLogger(__name__)
+
 DEFAULT_SIZE = 224
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+CARVED_VAL_FRACTION = 0.1  # of train, when the data bring train and test but no validation split
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+MAX_IMAGE_BYTES = 1 << 30  # 1 GiB: above any image Pillow would decode (its bomb limit is 179 Mpixels)
 
 
 @dataclass(frozen=True)
@@ -50,13 +63,40 @@ def source_name(source: ImageSource) -> str:
     return source.name if isinstance(source, ImageRef) else str(source)
 
 
+def file_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+def check_regular_file(st: os.stat_result, name: str, limit: int = MAX_IMAGE_BYTES) -> None:
+    """Refuse what is not a regular file of at most ``limit`` bytes, naming it."""
+    if not stat.S_ISREG(st.st_mode):
+        raise DatasetError(f"{name} is {file_kind(st.st_mode)}, not an image file; only regular files are read")
+    if st.st_size > limit:
+        raise DatasetError(f"{name} has {st.st_size} bytes, more than the {limit} an image file may have")
+
+
+def read_image_file(path: str | os.PathLike, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (a FIFO is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as fh:
+        check_regular_file(os.fstat(fh.fileno()), str(path), limit)
+        data = fh.read(limit + 1)
+    if len(data) > limit:  # it grew after the check
+        raise DatasetError(f"{path} has more than the {limit} bytes an image file may have")
+    return data
+
+
 def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     """Decode one image, convert it to RGB, scale and centre-crop it to ``size`` x ``size`` (uint8)."""
     try:
-        data = source.read() if isinstance(source, ImageRef) else Path(source).read_bytes()
+        data = source.read() if isinstance(source, ImageRef) else read_image_file(source)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            rgb = image.convert("RGB")
+            rgb = to_rgb(image)
     except DatasetError:
         raise
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
@@ -64,6 +104,39 @@ def load_rgb(source: ImageSource, size: int) -> np.ndarray:
     if rgb.size != (size, size):
         rgb = ImageOps.fit(rgb, (size, size), method=Image.Resampling.BICUBIC)
     return np.asarray(rgb, dtype=np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB without clipping: high-bit-depth grey through :func:`to_uint8`, every other mode through Pillow."""
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        return Image.fromarray(to_uint8(np.asarray(image), image.mode), "L").convert("RGB")
+    if image.mode == "La":  # premultiplied; Pillow converts it only to LA
+        image = image.convert("LA")
+    return image.convert("RGB")
+
+
+def to_uint8(values: np.ndarray, mode: str) -> np.ndarray:
+    """Grey values of a high-bit-depth mode scaled linearly to 0..255 by the mode's range.
+
+    ``I;16*``: 0..65535. ``I`` (32-bit integers; what 16-bit files often decode to):
+    0..65535 when every value lies there, else the image's own minimum..maximum.
+    ``F`` (floats): 0..1 when every value lies there, else the image's own
+    minimum..maximum. Non-finite values are refused.
+    """
+    values = values.astype(np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"mode {mode} image holds non-finite values")
+    if mode.startswith("I;16"):
+        low, high = 0.0, 65535.0
+    elif mode == "I" and values.min() >= 0 and values.max() <= 65535:
+        low, high = 0.0, 65535.0
+    elif mode == "F" and values.min() >= 0 and values.max() <= 1:
+        low, high = 0.0, 1.0
+    else:
+        low, high = float(values.min()), float(values.max())
+    if high == low:
+        return np.zeros(values.shape, np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
 
 
 def samples_table(
@@ -120,9 +193,13 @@ def write_image_dataset(
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under ``root`` (recursively), sorted; hidden files and ``__MACOSX`` skipped."""
+    """Image files under ``root`` (recursively), sorted; hidden files and ``__MACOSX`` skipped.
+
+    An image name that is not a regular file (a FIFO, a device, a broken link) is
+    listed too, so that reading it stops with its name instead of dropping it silently.
+    """
     root = Path(root)
-    return sorted(p for p in root.rglob("*") if is_image_name(p.relative_to(root).as_posix()) and p.is_file())
+    return sorted(p for p in root.rglob("*") if is_image_name(p.relative_to(root).as_posix()) and not p.is_dir())
 
 
 def is_image_name(name: str) -> bool:
@@ -183,3 +260,26 @@ def carve_validation(labels: Sequence, splits: Sequence[str], fraction: float = 
     inner = stratified_splits(np.asarray(labels)[train], {"val": fraction, "train": 1 - fraction}, seed)
     splits[train] = inner
     return splits
+
+
+def carve_missing_validation(labels: Sequence, splits: Sequence[str], seed: int, where: str) -> np.ndarray:
+    """``splits`` with a seeded, stratified ``val`` carved from train when there is train but no val.
+
+    Model selection needs a validation split; data laid out as train/test only get
+    :data:`CARVED_VAL_FRACTION` of train, said so in the log. Too small a train to
+    give any is an error naming ``where``.
+    """
+    splits = np.asarray(splits, dtype=object)
+    train = int((splits == "train").sum())
+    if not train or (splits == "val").any():
+        return splits
+    carved = carve_validation(labels, splits, CARVED_VAL_FRACTION, seed)
+    n_val = int((carved == "val").sum())
+    if not n_val:
+        raise DatasetError(
+            f"{where}: no validation split, and train ({train} images) is too small to carve "
+            f"{CARVED_VAL_FRACTION:.0%} of it per class; add a val split"
+        )
+    log.info("%s: no validation split; carved a seeded, class-stratified %d of the %d train images as val",
+             where, n_val, train)
+    return carved

@@ -1,8 +1,9 @@
 """Resumable, verified HTTP(S) downloads and streaming gunzip.
 
 :func:`download` writes into ``<dest>.part``; when a transfer is cut, the next
-call (or the next of ``retries`` attempts) asks the server for the rest with an
-HTTP ``Range`` header and starts over when the server ignores it. The MD5 is
+attempt (or the next call) asks the server for the rest with an HTTP ``Range``
+header and starts over when the server ignores it. Attempts, timeouts and
+back-off follow the shared policy of :mod:`medtune.data.http`. The MD5 is
 computed while streaming (the existing part is hashed first), and ``dest``
 appears, by rename, only when the file is complete and verified. Every failure
 is one :class:`DownloadError` line naming the file and the URL.
@@ -12,33 +13,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import http.client
-import logging
 import os
 import re
 import shutil
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
 from tqdm import tqdm
 
-from medtune.data.store import DatasetError
+from medtune.data import http
+from medtune.data.http import DEFAULT_POLICY, DownloadError, RetryPolicy  # noqa: F401  (DownloadError re-exported)
 from medtune.io import atomic_path
 
-log = logging.getLogger(__name__)
-
 CHUNK_SIZE = 1 << 20
-USER_AGENT = "medtune-download/1"
-
-
-class DownloadError(DatasetError):
-    """A download or decompression failed; the message names the file and URL."""
-
-
-class _Truncated(Exception):
-    """The connection ended before the announced length (resumable)."""
 
 
 def file_md5(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
@@ -64,28 +51,29 @@ def download(
     md5: str | None = None,
     chunk_size: int = CHUNK_SIZE,
     *,
-    retries: int = 3,
-    timeout: float = 60.0,
+    retries: int = DEFAULT_POLICY.retries,
+    timeout: float = DEFAULT_POLICY.timeout,
 ) -> Path:
-    """Fetch ``url`` to ``dest``; skip when ``dest`` exists (with the right MD5 if given).
+    """Fetch ``url`` to ``dest``; skip when ``dest`` exists (with the right MD5 if given: else refuse).
 
     A cut connection is resumed up to ``retries`` times within this call, and
     the ``.part`` file is kept so that a later call resumes too.
     """
     dest = Path(dest)
-    if dest.exists():
-        if md5 is None or file_md5(dest, chunk_size) == md5.lower():
-            return dest
-        log.warning("%s exists with a wrong MD5; downloading it again", dest)
+    if dest.exists():  # only a verified download is renamed to dest: anything else there was placed by hand
+        found = file_md5(dest, chunk_size) if md5 is not None else None
+        if found is not None and found != md5.lower():
+            raise DownloadError(
+                f"{dest}: MD5 {found} differs from the expected {md5.lower()}; not downloading over a file "
+                "placed there (move it away to download it again)"
+            )
+        return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    for attempt in range(retries + 1):
-        try:
-            digest = _fetch_to_part(url, dest, chunk_size, timeout)
-            break
-        except _Truncated as exc:
-            if attempt == retries:
-                raise DownloadError(f"{dest}: transfer from {url} truncated ({exc}); rerun to resume") from None
-            log.warning("%s: %s; resuming (attempt %d of %d)", dest.name, exc, attempt + 2, retries + 1)
+    policy = RetryPolicy(retries=retries, timeout=timeout)
+    try:
+        digest = http.retry(lambda: _fetch_to_part(url, dest, chunk_size, policy.timeout), policy, dest.name)
+    except http.Transient as exc:
+        raise DownloadError(f"{dest}: transfer from {url} failed ({exc}); rerun to resume") from None
     return _finish(url, dest, md5, digest.hexdigest())
 
 
@@ -93,28 +81,22 @@ def _fetch_to_part(url: str, dest: Path, chunk_size: int, timeout: float):
     """Complete ``dest.part`` (resuming when possible); return the MD5 digest of the whole part."""
     part = part_path(dest)
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)
-    except urllib.error.HTTPError as exc:
+        response = http.get(url, byte_range=f"bytes={offset}-" if offset else None, timeout=timeout)
+    except http.HTTPStatusError as exc:
         if exc.code == 416 and offset:
             return _after_416(url, dest, exc, offset, chunk_size, timeout)
-        raise DownloadError(f"{dest}: HTTP {exc.code} {exc.reason} for {url}") from None
-    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-        reason = getattr(exc, "reason", exc)
-        raise DownloadError(f"{dest}: cannot reach {url}: {reason}") from None
+        raise DownloadError(f"{dest}: {exc} for {url}") from None
     with response:
         offset = _resume_offset(response, offset)
         expected = _expected_total(response, offset)
         return _stream(response, part, offset, expected, chunk_size, dest.name)
 
 
-def _after_416(url: str, dest: Path, exc: urllib.error.HTTPError, offset: int, chunk_size: int, timeout: float):
+def _after_416(url: str, dest: Path, exc: http.HTTPStatusError, offset: int, chunk_size: int, timeout: float):
     """Range not satisfiable: the part is complete when the server's size equals it, else restart."""
     part = part_path(dest)
-    match = re.match(r"bytes \*/(\d+)", exc.headers.get("Content-Range", "") if exc.headers else "")
+    match = re.match(r"bytes \*/(\d+)", exc.headers.get("Content-Range", ""))
     if match and int(match.group(1)) == offset:
         return _hash_file(part, chunk_size)
     part.unlink()
@@ -136,7 +118,11 @@ def _expected_total(response, offset: int) -> int | None:
 
 
 def _stream(response, part: Path, offset: int, expected: int | None, chunk_size: int, label: str):
-    """Append the body to ``part`` from ``offset``; return the MD5 digest of the whole part."""
+    """Append the body to ``part`` from ``offset``; return the MD5 digest of the whole part.
+
+    A cut body is :class:`~medtune.data.http.Transient`, with progress when it
+    added bytes, so the next attempt resumes from the longer part at once.
+    """
     digest = _hash_file(part, chunk_size) if offset else hashlib.md5()
     written = offset
     with (
@@ -144,21 +130,14 @@ def _stream(response, part: Path, offset: int, expected: int | None, chunk_size:
         tqdm(total=expected, initial=offset, unit="B", unit_scale=True, desc=label, disable=None) as bar,
     ):
         fh.seek(offset)
-        while block := _read_block(response, chunk_size, written):
+        while block := http.read(response, chunk_size, done=written - offset):
             fh.write(block)
             digest.update(block)
             written += len(block)
             bar.update(len(block))
     if expected is not None and written < expected:
-        raise _Truncated(f"got {written} of {expected} bytes")
+        raise http.Transient(f"truncated: got {written} of {expected} bytes", progress=written > offset)
     return digest
-
-
-def _read_block(response, chunk_size: int, written: int) -> bytes:
-    try:
-        return response.read(chunk_size)
-    except (OSError, http.client.HTTPException) as exc:
-        raise _Truncated(f"connection lost after {written} bytes: {exc}") from None
 
 
 def _finish(url: str, dest: Path, md5: str | None, got: str) -> Path:

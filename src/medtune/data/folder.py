@@ -5,7 +5,18 @@ folders ``root/{train,val,test}/<class>/*.png``; without split folders the
 splits are a seeded, class-stratified draw by ``fractions``.
 
 (b) :func:`from_manifest`: a CSV with columns ``path, label`` and optionally
-``caption, split, group``; relative paths are relative to the manifest's folder.
+``caption, split, group``. A relative path is relative to the manifest's folder
+and must stay inside it (``../../etc/passwd`` is refused); an absolute path is
+read where it points. Each row must name a regular file (not a FIFO or a device).
+A row repeating an earlier row for the same file (the same resolved path) in every
+column is dropped with a warning; the same file with any other difference (label,
+split, caption, group) is refused naming both lines, since one image in two rows
+would land in train and test alike. Lines are numbered as in the file, the header
+being line 1.
+
+With split folders or a ``split`` column that give train and test but no
+validation split, a seeded, class-stratified 10 % of train becomes ``val``
+(:func:`~medtune.data.convert.carve_missing_validation`, logged).
 
 Classes are sorted by name unless a class list is given (its order then sets
 the label indices); a class outside a given list is an error naming it.
@@ -13,19 +24,26 @@ the label indices); a class outside a given list is an error naming it.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
+
+import pandas as pd
 
 from medtune.data.convert import (
     DEFAULT_FRACTIONS,
     DEFAULT_SIZE,
+    carve_missing_validation,
+    check_regular_file,
     list_images,
     read_table,
     stratified_splits,
     write_image_dataset,
 )
 from medtune.data.store import DatasetError
+
+log = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {
     "pretrain": "pretrain",
@@ -100,7 +118,7 @@ def from_image_folder(
     if items[0][1] is None:
         splits = stratified_splits(labels, fractions, seed)
     else:
-        splits = [s for _, s, _ in items]
+        splits = carve_missing_validation(labels, [s for _, s, _ in items], seed, str(root))
     return write_image_dataset(
         [p for p, _, _ in items], labels, splits, names, out_folder, size=size, groups=group, desc=root.name
     )
@@ -120,6 +138,7 @@ def from_manifest(
     table = read_table(manifest, ["path", "label"])
     if table.empty:
         raise DatasetError(f"{manifest}: the manifest lists no images")
+    table = without_duplicate_rows(table, manifest_paths(table, manifest), manifest)
     paths = [manifest.parent / p for p in table["path"]]  # an absolute path stays absolute
     empty = table.index[table["label"] == ""]
     if len(empty):
@@ -127,6 +146,7 @@ def from_manifest(
     names, labels = class_indices(table["label"].tolist(), table["path"].tolist(), classes, manifest)
     if "split" in table.columns:
         splits = [split_name(s, f"{manifest} ({p})") for s, p in zip(table["split"], table["path"])]
+        splits = carve_missing_validation(labels, splits, seed, str(manifest))
     else:
         splits = stratified_splits(labels, fractions, seed)
     captions = table["caption"].tolist() if "caption" in table.columns else None
@@ -134,3 +154,78 @@ def from_manifest(
     return write_image_dataset(
         paths, labels, splits, names, out_folder, size=size, captions=captions, groups=groups, desc=manifest.name
     )
+
+
+def manifest_line(manifest: Path, row: int, path: str) -> str:
+    return f"{manifest} line {row + 2} ({path!r})"  # the header is line 1
+
+
+def manifest_paths(table: pd.DataFrame, manifest: Path) -> list[Path]:
+    """Each row's file, refused when a relative path leaves the manifest's folder or is no regular file.
+
+    A missing file is left to the image reader, which names it.
+    """
+    folder = manifest.parent
+    out = []
+    for row, text in zip(table.index, table["path"]):
+        where = manifest_line(manifest, row, text)
+        if not text:
+            raise DatasetError(f"{where}: empty path")
+        if not os.path.isabs(text):
+            normal = os.path.normpath(text)
+            if normal == os.pardir or normal.startswith(os.pardir + os.sep):
+                raise DatasetError(
+                    f"{where}: the relative path leads outside the manifest's folder {folder}; "
+                    "write an absolute path to read a file elsewhere"
+                )
+        path = folder / text
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            st = None
+        except OSError as exc:
+            raise DatasetError(f"{where}: cannot read {path}: {exc.strerror}") from None
+        if st is not None:
+            check_regular_file(st, where)
+        out.append(path)
+    return out
+
+
+def without_duplicate_rows(table: pd.DataFrame, paths: Sequence[Path], manifest: Path) -> pd.DataFrame:
+    """``table`` less the rows that repeat an earlier row for the same file; a conflicting repeat is an error."""
+    first: dict[str, int] = {}
+    dropped = []
+    for row, path in zip(table.index, paths):
+        key = os.path.realpath(path)
+        if key not in first:
+            first[key] = row
+            continue
+        earlier = first[key]
+        differs = [c for c in table.columns if c != "path" and table.at[row, c] != table.at[earlier, c]]
+        if differs:
+            col = differs[0]
+            raise DatasetError(
+                f"{manifest}: lines {earlier + 2} and {row + 2} list the same image {table.at[row, 'path']!r} "
+                f"with different {col} ({table.at[earlier, col]!r} vs {table.at[row, col]!r}); "
+                "keep one row per image, or it leaks between splits"
+            )
+        dropped.append(row)
+    if dropped:
+        shown = ", ".join(str(row + 2) for row in dropped[:10]) + (", ..." if len(dropped) > 10 else "")
+        log.warning("%s: dropped %d row(s) repeating an earlier row for the same image (lines %s)",
+                    manifest, len(dropped), shown)
+    return table.drop(index=dropped)
+
+
+def prepare_image_folder(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function of ``source: image_folder`` (:mod:`medtune.data.sources`)."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    from_image_folder(dataset_path(spec), out_dir, classes=spec.get("classes"), **size_and_seed(spec))
+
+
+def prepare_manifest(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function of ``source: manifest`` (:mod:`medtune.data.sources`)."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    from_manifest(dataset_path(spec), out_dir, classes=spec.get("classes"), **size_and_seed(spec))

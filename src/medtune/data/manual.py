@@ -18,7 +18,7 @@ import re
 import zipfile
 from collections import Counter
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from medtune.data.archives import ArchiveError, read_zip_member
 from medtune.data.convert import (
@@ -298,3 +298,11 @@ def convert_wsss4luad(
 
 CHECKS = {"mhist": check_mhist, "osteosarcoma": check_osteosarcoma, "wsss4luad": check_wsss4luad}
 CONVERTERS = {"mhist": convert_mhist, "osteosarcoma": convert_osteosarcoma, "wsss4luad": convert_wsss4luad}
+
+
+def prepare_source(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function of the three gated sources (:mod:`medtune.data.sources`)."""
+    from medtune.data.sources import dataset_path, size_and_seed
+
+    extra = {"classes": spec["label_map"]} if "label_map" in spec else {}
+    CONVERTERS[spec["source"]](dataset_path(spec), out_dir, **size_and_seed(spec), **extra)

@@ -1,6 +1,12 @@
 """PatchCamelyon (PCam): fetch the Zenodo HDF5 files and convert them to the store.
 
-:func:`fetch` downloads each ``.h5.gz`` (resumable, MD5-verified) and gunzips it;
+:func:`fetch` downloads each ``.h5.gz`` (resumable, MD5-verified) and gunzips it.
+Files placed in the folder by hand are used first and never downloaded over: a
+placed ``.h5.gz`` is checked against the published MD5 and a mismatch stops with
+one line naming the file and both sums. To use a copy on purpose, give its sum in
+the dataset's ``md5: {file name: sum}`` (which can also name an unpacked ``.h5``;
+a placed ``.h5`` is otherwise used as it is, since only the ``.h5.gz`` sums are
+published) or set ``verify: false``.
 :func:`convert` copies the HDF5 ``x`` (N x 96 x 96 x 3 uint8) and ``y``
 (N x 1 x 1 x 1) datasets chunk by chunk into :func:`~medtune.data.store.image_writer`,
 so the 7 GB training set never sits in memory. PCam's ``train/valid/test``
@@ -12,13 +18,13 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import h5py
 import numpy as np
 
 from medtune.data.convert import samples_table
-from medtune.data.download import download, gunzip
+from medtune.data.download import download, file_md5, gunzip
 from medtune.data.store import DatasetError, image_writer, write_samples
 
 ZENODO = "https://zenodo.org/records/2546921/files"
@@ -38,6 +44,17 @@ MD5 = {
 }
 
 
+def prepare_source(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    """The registered prepare function (:mod:`medtune.data.sources`): fetch into ``path``, then convert."""
+    from medtune.data.sources import dataset_path
+
+    raw = dataset_path(spec)
+    md5s = {**MD5, **spec.get("md5", {})}
+    verify = spec.get("verify", True)
+    fetch(raw, base_url=spec.get("url", ZENODO), md5s=md5s, verify=verify, config_key=f"datasets.{name}")
+    convert(raw, out_dir)
+
+
 def h5_name(split: str, part: str) -> str:
     """File name of one PCam HDF5 file, ``part`` being ``x`` (images) or ``y`` (labels)."""
     if split not in PCAM_SPLITS or part not in ("x", "y"):
@@ -55,22 +72,47 @@ def fetch(
     splits: Sequence[str] = PCAM_SPLITS,
     *,
     md5s: Mapping[str, str] = MD5,
+    verify: bool = True,
     keep_gz: bool = True,
+    config_key: str = "the dataset",
 ) -> list[Path]:
-    """Download, verify and gunzip the x/y files of ``splits``; return the ``.h5`` paths."""
+    """The x/y ``.h5`` files of ``splits``: placed ones checked, missing ones downloaded, verified and gunzipped.
+
+    ``md5s`` maps file names (``.h5.gz`` or ``.h5``) to their expected MD5; with
+    ``verify=False`` no sum is checked. ``config_key`` is where a message tells the
+    user to accept a placed copy.
+    """
     raw_dir = Path(raw_dir)
     paths = []
     for split in splits:
         for part in ("x", "y"):
             h5 = raw_dir / h5_name(split, part)
-            if not h5.exists():
-                gz_name = h5.name + ".gz"
-                gz = download(file_url(base_url, gz_name), raw_dir / gz_name, md5=md5s.get(gz_name))
+            gz = raw_dir / (h5.name + ".gz")
+            if h5.exists():
+                check_placed(h5, md5s.get(h5.name) if verify else None, config_key)
+            else:
+                expected = md5s.get(gz.name) if verify else None
+                if gz.exists():
+                    check_placed(gz, expected, config_key)
+                else:
+                    download(file_url(base_url, gz.name), gz, md5=expected)
                 gunzip(gz, h5)
                 if not keep_gz:
                     gz.unlink()
             paths.append(h5)
     return paths
+
+
+def check_placed(path: Path, expected: str | None, config_key: str) -> None:
+    """Refuse a file whose MD5 is not ``expected`` (when one is given), naming both sums and the way out."""
+    if expected is None:
+        return
+    found = file_md5(path)
+    if found != expected.lower():
+        raise DatasetError(
+            f"{path}: MD5 {found} differs from the expected {expected.lower()}; to use this copy anyway "
+            f"set md5: {{{path.name}: {found}}} (or verify: false) under {config_key} in the config"
+        )
 
 
 def convert(

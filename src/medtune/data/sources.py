@@ -1,4 +1,12 @@
-"""One entry point that turns any configured dataset source into the canonical store.
+"""The registry of dataset sources, and the one entry point that prepares any of them.
+
+Each source is registered once in :data:`SOURCES`: its name (the config's
+``source``), the dataset keys it honours and those it requires, and its prepare
+function ``(name, spec, out_dir)``, named as ``"module:function"`` so that reading
+the registry (the config check when the workflow starts) imports nothing heavy.
+Adding a source is its module with a prepare function, one line here, and its new
+keys (if any) in the schema's dataset block; ``tests/test_data_sources.py`` checks
+the schema's ``source`` enum and keys against this registry.
 
 Downloadable sources (PCam; PubMedVision, of which only the sampled images are read
 from the remote zips) are fetched into ``{path}`` (resumable, MD5-checked);
@@ -8,52 +16,119 @@ a missing file stops the job with a message saying what to download and where.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator, Mapping
 
-from medtune.data.store import DatasetError, write_dataset
+# honoured by every source: the prompts are read by the text encoder, not by prepare
+COMMON_KEYS = ("source", "prompts")
 
 
-def _path(name: str, spec: dict[str, Any]) -> Path:
-    if "path" not in spec:
-        raise DatasetError(f"config key datasets.{name}.path is required for source {spec['source']!r}")
-    return Path(spec["path"]).expanduser()
+@dataclass(frozen=True)
+class Source:
+    name: str
+    prepare: str  # "module:function" taking (dataset name, spec, out_dir)
+    keys: tuple[str, ...]  # dataset keys it honours, besides COMMON_KEYS
+    required: tuple[str, ...] = ()
+
+    def load(self) -> Callable[[str, Mapping[str, Any], Path], None]:
+        module, function = self.prepare.split(":")
+        return getattr(importlib.import_module(module), function)
+
+
+_REAL = ("path", "image_size", "seed")  # a folder of placed files, resized, split with a seed
+SOURCES: dict[str, Source] = {
+    source.name: source
+    for source in (
+        Source("synthetic", "medtune.data.sources:prepare_synthetic",
+               ("image_size", "seed", "sizes", "caption_style", "classes"), required=("sizes",)),
+        Source("pcam", "medtune.data.pcam:prepare_source", ("path", "url", "md5", "verify"), required=("path",)),
+        Source("mhist", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
+        Source("osteosarcoma", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
+        Source("wsss4luad", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
+        Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes"), required=("path",)),
+        Source("manifest", "medtune.data.folder:prepare_manifest", (*_REAL, "classes"), required=("path",)),
+        Source("pubmedvision", "medtune.data.pubmedvision:prepare_source",
+               (*_REAL, "url", "n_samples", "zips", "full_download"), required=("path",)),
+    )
+}
+
+
+def config_problem(datasets: Mapping[str, Mapping[str, Any]]) -> str | None:
+    """The first dataset whose keys do not fit its source, as one line naming the key; None when all fit.
+
+    A key the source does not honour (``image_size`` on PCam) would be silently
+    ignored, so it is refused; the schema has already checked source names and types.
+    """
+    for name, spec in datasets.items():
+        source = SOURCES.get(spec.get("source"))
+        if source is None:
+            return f"config key datasets.{name}.source: unknown source {spec.get('source')!r}"
+        unused = [key for key in spec if key not in COMMON_KEYS and key not in source.keys]
+        if unused:
+            return (f"config key datasets.{name}.{unused[0]}: source {source.name!r} does not use it "
+                    f"(it uses {', '.join(source.keys)})")
+        missing = [key for key in source.required if key not in spec]
+        if missing:
+            return f"config key datasets.{name}.{missing[0]} is required for source {source.name!r}"
+    return None
 
 
 def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool = True) -> None:
-    source = spec["source"]
-    size = {"size": spec["image_size"]} if "image_size" in spec else {}
-    seed = {"seed": spec["seed"]} if "seed" in spec else {}
-    if source == "synthetic":
-        from medtune.data import synthetic
+    """Turn dataset ``name`` (its config ``spec``) into the canonical store at ``out_dir``.
 
-        kwargs = {k: spec[k] for k in ("image_size", "seed", "caption_style") if k in spec}
-        if "classes" in spec:
-            kwargs["classes"] = tuple(spec["classes"])
-        images, samples = synthetic.generate(synthetic.SyntheticSpec(sizes=spec["sizes"], **kwargs))
-        write_dataset(images, samples, out_dir)
-    elif source == "pcam":
-        from medtune.data import pcam
+    The sources' log lines (what was carved, skipped, verified, fetched) go to
+    stderr, which a workflow job sends to its log.
+    """
+    from medtune.data.store import DatasetError
 
-        raw = _path(name, spec)
-        pcam.fetch(raw, base_url=spec.get("url", pcam.ZENODO))
-        pcam.convert(raw, out_dir)
-    elif source in ("mhist", "osteosarcoma", "wsss4luad"):
-        from medtune.data import manual
+    problem = config_problem({name: spec})
+    if problem:
+        raise DatasetError(problem)
+    with _info_to_stderr():
+        SOURCES[spec["source"]].load()(name, spec, Path(out_dir))
 
-        extra = {"classes": spec["label_map"]} if "label_map" in spec else {}
-        manual.CONVERTERS[source](_path(name, spec), out_dir, **size, **seed, **extra)
-    elif source == "image_folder":
-        from medtune.data import folder
 
-        folder.from_image_folder(_path(name, spec), out_dir, classes=spec.get("classes"), **size, **seed)
-    elif source == "manifest":
-        from medtune.data import folder
+@contextlib.contextmanager
+def _info_to_stderr() -> Iterator[None]:
+    # Python shows only warnings when logging is not configured; a job log needs the info lines too
+    logger = logging.getLogger("medtune")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
-        folder.from_manifest(_path(name, spec), out_dir, classes=spec.get("classes"), **size, **seed)
-    elif source == "pubmedvision":
-        from medtune.data.pubmedvision import prepare_pubmedvision
 
-        prepare_pubmedvision(out_dir, _path(name, spec), n=spec.get("n_samples", 4096), base_url=spec.get("url"), **size, **seed)
-    else:
-        raise DatasetError(f"dataset {name!r}: source {source!r} is not available in this version")
+def dataset_path(spec: Mapping[str, Any]) -> Path:
+    """The folder of placed or downloaded files (``path``, ``~`` expanded)."""
+    return Path(spec["path"]).expanduser()
+
+
+def size_and_seed(spec: Mapping[str, Any]) -> dict[str, int]:
+    """The ``size``/``seed`` keyword arguments of a converter, for the keys the config sets."""
+    out = {"size": spec["image_size"]} if "image_size" in spec else {}
+    if "seed" in spec:
+        out["seed"] = spec["seed"]
+    return out
+
+
+def prepare_synthetic(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
+    # kept here rather than in synthetic.py while that module is rewritten elsewhere
+    from medtune.data import synthetic
+    from medtune.data.store import write_dataset
+
+    kwargs = {k: spec[k] for k in ("image_size", "seed", "caption_style") if k in spec}
+    if "classes" in spec:
+        kwargs["classes"] = tuple(spec["classes"])
+    images, samples = synthetic.generate(synthetic.SyntheticSpec(sizes=spec["sizes"], **kwargs))
+    write_dataset(images, samples, out_dir)
