@@ -183,7 +183,7 @@ def train_finetune(
     val_rows, test_rows = dataset.split("val"), dataset.split("test")
     backbone = load_backbone(backbone_name, backbone_spec, weights=backbone_weights, device=str(dev))
     text = "caption" if method.endswith("caption") else "label"
-    settings = {**params, "text": text, "template": prompts["templates"][0]}
+    settings = {**params, "text": text, "templates": prompts["templates"], "classnames": prompts.get("classnames") or {}}
     clock = Stopwatch()
     pretrained, kept, info = finetune(backbone, dataset.images, train_rows, val_rows, settings, seed, dev, state_dir, progress)
     seconds = clock.seconds

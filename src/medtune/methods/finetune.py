@@ -1,27 +1,44 @@
 """Full contrastive fine-tuning of both towers (seed 001; FLYP-style), with WiSE-FT.
 
 The text of each training image is either its caption or its class-label prompt
-(``text: caption | label``) — the seed's comparison. The checkpoint kept is the one
-with the lowest validation contrastive loss, the pretrained model included as a
-candidate, so fine-tuning can never make the kept model worse on validation.
+(``text: caption | label``) — the seed's comparison. A label prompt is drawn per
+image and epoch from every prompt template of the dataset (seeded), so training
+sees all the wordings evaluation averages over, not only the first. The checkpoint
+kept is the one with the lowest validation contrastive loss, the pretrained model
+included as a candidate, so fine-tuning can never make the kept model worse on
+validation.
 WiSE-FT interpolates weights between the pretrained and the kept model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medtune.contrastive import ContrastiveConfig, contrastive_loss, train_contrastive
+from medtune.contrastive import (
+    VALIDATION_STREAM,
+    ContrastiveConfig,
+    contrastive_loss,
+    draw_texts,
+    text_table,
+    train_contrastive,
+)
+from medtune.encode import class_prompts
 from medtune.io import save_torch
 from medtune.models import Backbone
 
 
-def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
+DEFAULT_TEMPLATE = "a histopathology image of {c}."
+
+
+def training_texts(
+    rows: pd.DataFrame, text: str, templates: Sequence[str], classnames: dict | None = None
+) -> list[str] | list[tuple[str, ...]]:
+    """Each row's caption, or its label in every template (the candidates one is drawn from)."""
     if text == "caption":
         captions = rows["caption"].tolist()
         missing = rows.loc[rows["caption"] == "", "index"]
@@ -29,8 +46,17 @@ def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
             raise ValueError(f"sample {int(missing.iloc[0])} has no caption; text: caption needs one for every image")
         return captions
     if text == "label":
-        return [template.format(c=name) for name in rows["label_name"]]
+        templates = [templates] if isinstance(templates, str) else list(templates)
+        names = sorted(set(rows["label_name"]))
+        prompts = {name: tuple(p) for name, p in zip(names, class_prompts(names, templates, classnames))}
+        return [prompts[name] for name in rows["label_name"]]
     raise ValueError(f"unknown fine-tuning text {text!r}; expected 'caption' or 'label'")
+
+
+def fixed_draw(texts: Sequence[str | Sequence[str]], seed: int) -> list[str]:
+    """One candidate per row, the same every epoch: validation losses stay comparable."""
+    vocab, table, counts = text_table(texts)
+    return [vocab[i] for i in draw_texts(table, counts, seed, epoch=0, stream=VALIDATION_STREAM)]
 
 
 def wise_ft(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -62,9 +88,9 @@ def finetune(
     Resumable: with ``state_dir`` the last epoch's state and the best weights so
     far live there, outside the job's outputs.
     """
-    template = params.get("template", "a histopathology image of {c}.")
-    texts = training_texts(train_rows, params["text"], template)
-    val_texts = training_texts(val_rows, params["text"], template)
+    templates = params.get("templates") or [params.get("template", DEFAULT_TEMPLATE)]
+    texts = training_texts(train_rows, params["text"], templates, params.get("classnames"))
+    val_texts = fixed_draw(training_texts(val_rows, params["text"], templates, params.get("classnames")), seed)
     val_idx = val_rows["index"].to_numpy()
     device = torch.device(device)
     state_dir = Path(state_dir) if state_dir else None
