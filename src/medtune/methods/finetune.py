@@ -6,8 +6,7 @@ image and epoch from every prompt template of the dataset (seeded), so training
 sees all the wordings evaluation averages over, not only the first. The checkpoint
 kept is the one with the lowest validation contrastive loss, the pretrained model
 included as a candidate, so fine-tuning can never make the kept model worse on
-validation.
-WiSE-FT interpolates weights between the pretrained and the kept model.
+validation. WiSE-FT interpolates weights between the pretrained and the kept model.
 """
 
 from __future__ import annotations
