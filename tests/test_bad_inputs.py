@@ -472,7 +472,7 @@ class FakeSnakemake:
     threads = 1
 
     class params:  # noqa: N801  (mimics snakemake.params)
-        method = {"module": "medtune.methods.finetune", "params": {"batch_size": 256}}
+        method = {"name": "finetune_label", "module": "medtune.methods.finetune", "params": {"batch_size": 256, "grad_accum": 1}}
 
 
 def test_out_of_gpu_memory_names_the_batch_size(capfd):
@@ -483,9 +483,20 @@ def test_out_of_gpu_memory_names_the_batch_size(capfd):
         jobs.run(main, FakeSnakemake())
     lines = [line for line in capfd.readouterr().err.splitlines() if line.startswith("medtune error:")]
     assert lines == [
-        "medtune error: out of GPU memory in rule train_backbone at batch size 256; "
-        "lower methods.<method>.batch_size (now 256) (or set grad_accum for fine-tuning)"
+        "medtune error: out of GPU memory in rule train_backbone at batch size 256 (micro-batches of 256); "
+        "lower methods.finetune_label.batch_size (now 256) or raise methods.finetune_label.grad_accum (now 1), "
+        "which splits each batch into micro-batches of batch_size/grad_accum with the same loss and gradients"
     ]
+
+    class Frozen(FakeSnakemake):  # a frozen method has no grad_accum: only its batch size is named
+        rule = "train_frozen"
+
+        class params:  # noqa: N801
+            method = {"name": "rfc", "module": "medtune.methods.rfc", "params": {"batch_size": 32}}
+
+    assert jobs.oom_message(Frozen()) == (
+        "out of GPU memory in rule train_frozen at batch size 32; lower methods.rfc.batch_size (now 32)"
+    )
 
 
 def test_catalogue_size():

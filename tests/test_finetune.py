@@ -67,10 +67,46 @@ def test_wise_ft_endpoints_are_exact():
 
 def test_training_texts(data):
     _, train, _ = data
-    assert training_texts(train, "caption", "{c}") == train["caption"].tolist()
-    assert training_texts(train.head(2), "label", "a photo of {c}.") == [f"a photo of {c}." for c in train["label_name"].head(2)]
+    assert training_texts(train, "caption", ["{c}"]) == train["caption"].tolist()
+    head = train.head(2)
+    templates = ["a photo of {c}.", "{c} tissue"]
+    expected = [(f"a photo of {c}.", f"{c} tissue") for c in head["label_name"]]
+    assert training_texts(head, "label", templates) == expected
+    renamed = training_texts(head, "label", templates, {head["label_name"].iloc[0]: "ZZ"})
+    assert renamed[0] == ("a photo of ZZ.", "ZZ tissue")  # the dataset's prompt class names, as evaluation uses
     with pytest.raises(ValueError, match="no caption"):
-        training_texts(train.assign(caption=""), "caption", "{c}")
+        training_texts(train.assign(caption=""), "caption", ["{c}"])
+
+
+def test_label_fine_tuning_trains_on_every_template_the_same_way_each_run(data, monkeypatch):
+    """Each pair's label prompt is drawn from all templates (not only the first), per epoch, seeded."""
+    import medtune.contrastive as contrastive
+
+    images, train, val = data
+    templates = ["a photo of {c}.", "an H&E patch of {c}.", "{c}, under the microscope."]
+    prompts = {f"{t.format(c=c)}": i for c in train["label_name"].unique() for i, t in enumerate(templates)}
+
+    def run() -> list[int]:
+        backbone = tiny()
+        by_tokens = {tuple(backbone.tokenizer([s])[0].tolist()): i for s, i in prompts.items()}
+        seen: list[int] = []
+        forward = contrastive.clip_forward
+
+        def spy(bb, images, tokens):
+            if torch.is_grad_enabled():  # training passes only, not the validation loss
+                seen.extend(by_tokens[tuple(row)] for row in tokens.tolist())
+            return forward(bb, images, tokens)
+
+        monkeypatch.setattr(contrastive, "clip_forward", spy)
+        params = {"text": "label", "templates": templates, "epochs": 1, "batch_size": 32, "lr": 1e-5, "weight_decay": 0.0}
+        finetune(backbone, images, train, val, params, seed=4, device=CPU, progress=False)
+        monkeypatch.setattr(contrastive, "clip_forward", forward)
+        return seen
+
+    first = run()
+    assert len(first) == len(train)
+    assert np.bincount(first, minlength=3).min() > len(first) // 6  # every template, near a third each
+    assert run() == first
 
 
 def test_resume_after_a_kill_gives_the_same_weights(data, tmp_path):

@@ -56,15 +56,26 @@ def _is_out_of_memory(err: BaseException) -> bool:
 
 
 def oom_message(smk) -> str:
-    """Out of GPU memory: name the batch size the user can lower and where it is set."""
+    """Out of GPU memory: name the setting the user can change, where it is set, and its value now."""
     params = getattr(smk, "params", None)
-    hyper = (getattr(params, "method", None) or {}).get("params", {})
+    method = getattr(params, "method", None) or {}
+    hyper, name = method.get("params", {}), method.get("name", "<method>")
     spec = getattr(params, "spec", None) or {}
     rule = getattr(smk, "rule", "job")
+    if "grad_accum" in hyper and "batch_size" in hyper:
+        # grad_accum splits each contrastive batch into micro-batches with the batch's
+        # exact loss and gradients (medtune.contrastive), so raising it is a true remedy
+        size, accum = hyper["batch_size"], hyper.get("grad_accum", 1)
+        micro = -(-size // accum)
+        return (
+            f"out of GPU memory in rule {rule} at batch size {size} (micro-batches of {micro}); "
+            f"lower methods.{name}.batch_size (now {size}) or raise methods.{name}.grad_accum (now {accum}), "
+            f"which splits each batch into micro-batches of batch_size/grad_accum with the same loss and gradients"
+        )
     if "batch_size" in hyper:
-        where, size = f"methods.<method>.batch_size (now {hyper['batch_size']})", hyper["batch_size"]
+        where, size = f"methods.{name}.batch_size (now {hyper['batch_size']})", hyper["batch_size"]
     elif "batch_size" in spec.get("pretrain", {}):
         where, size = "backbones.<name>.pretrain.batch_size", spec["pretrain"]["batch_size"]
     else:
         where, size = "the encoding batch size", 256
-    return f"out of GPU memory in rule {rule} at batch size {size}; lower {where} (or set grad_accum for fine-tuning)"
+    return f"out of GPU memory in rule {rule} at batch size {size}; lower {where}"

@@ -71,7 +71,15 @@ def cost_record(device: torch.device, seconds: float, trainable: int, images_see
 
 
 def load_resume_state(path: str | Path | None) -> dict[str, Any] | None:
-    """The last epoch's state if an earlier attempt of this job was killed, else None."""
+    """The last epoch's state if an earlier attempt of this job was killed, else None.
+
+    Only tensors, numbers, strings and plain containers are read back
+    (``weights_only=True``): a resume file is never a way to run code.
+    """
     if path is None or not Path(path).is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling refused or a truncated file: say which file to delete
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"resume state {path} cannot be read ({first}); delete it to start over") from err

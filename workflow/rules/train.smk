@@ -13,7 +13,7 @@ rule train_frozen:
         # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
-        method=lambda wc: {k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")},
+        method=lambda wc: {"name": wc.trained, **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")}},
         runs=lambda wc: [r.labels() for r in seed_runs(wc)],
         fractions=lambda wc: [r.fraction for r in seed_runs(wc)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
@@ -47,7 +47,7 @@ rule train_backbone:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
         manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/{MANIFEST}",
     params:
-        method=lambda wc: {k: METHODS[wc.tuned][k] for k in ("module", "params")},
+        method=lambda wc: {"name": wc.tuned, **{k: METHODS[wc.tuned][k] for k in ("module", "params")}},
         run=lambda wc: backbone_run(wc).labels(),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],

@@ -1,22 +1,32 @@
 """Full contrastive fine-tuning of both towers (seed 001; FLYP-style), with WiSE-FT.
 
 The text of each training image is either its caption or its class-label prompt
-(``text: caption | label``) — the seed's comparison. The checkpoint kept is the one
-with the lowest validation contrastive loss, the pretrained model included as a
-candidate, so fine-tuning can never make the kept model worse on validation.
-WiSE-FT interpolates weights between the pretrained and the kept model.
+(``text: caption | label``) — the seed's comparison. A label prompt is drawn per
+image and epoch from every prompt template of the dataset (seeded), so training
+sees all the wordings evaluation averages over, not only the first. The checkpoint
+kept is the one with the lowest validation contrastive loss, the pretrained model
+included as a candidate, so fine-tuning can never make the kept model worse on
+validation. WiSE-FT interpolates weights between the pretrained and the kept model.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from medtune.contrastive import ContrastiveConfig, contrastive_loss, train_contrastive
+from medtune.contrastive import (
+    VALIDATION_STREAM,
+    ContrastiveConfig,
+    contrastive_loss,
+    draw_texts,
+    text_table,
+    train_contrastive,
+)
+from medtune.encode import class_prompts
 from medtune.io import save_torch
 from medtune.models import Backbone
 
@@ -39,13 +49,26 @@ SPEC = {
     "params": {
         "text": {"enum": ["caption", "label"], "description": "each training image's text: its caption or its class-label prompt"},
         "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
-        "batch_size": {"type": "integer", "minimum": 2},
+        "batch_size": {
+            "type": "integer",
+            "minimum": 2,
+            "description": "the contrastive batch (each pair's negatives are the rest of its batch) and one optimiser step; grad_accum does not change it",
+        },
         "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
         "weight_decay": {"type": "number", "minimum": 0},
-        "warmup_steps": {"type": "integer", "minimum": 0},
+        "warmup_steps": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "linear warm-up steps before the cosine decay (FLYP uses 500); capped at the run's optimiser steps - 1",
+        },
         "augment": {"type": "boolean"},
         "amp": {"type": "boolean", "description": "mixed precision on CUDA"},
-        "grad_accum": {"type": "integer", "minimum": 1},
+        "grad_accum": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "split each batch into this many micro-batches of batch_size/grad_accum to save GPU memory; the loss and "
+            "gradients stay those of the whole batch (open_clip_train's accum_freq feature caching), so raise it when out of memory",
+        },
         "wise_alphas": {
             "type": "array",
             "items": {"type": "number", "minimum": 0, "maximum": 1},
@@ -55,7 +78,13 @@ SPEC = {
 }
 
 
-def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
+DEFAULT_TEMPLATE = "a histopathology image of {c}."
+
+
+def training_texts(
+    rows: pd.DataFrame, text: str, templates: Sequence[str], classnames: dict | None = None
+) -> list[str] | list[tuple[str, ...]]:
+    """Each row's caption, or its label in every template (the candidates one is drawn from)."""
     if text == "caption":
         captions = rows["caption"].tolist()
         missing = rows.loc[rows["caption"] == "", "index"]
@@ -63,8 +92,17 @@ def training_texts(rows: pd.DataFrame, text: str, template: str) -> list[str]:
             raise ValueError(f"sample {int(missing.iloc[0])} has no caption; text: caption needs one for every image")
         return captions
     if text == "label":
-        return [template.format(c=name) for name in rows["label_name"]]
+        templates = [templates] if isinstance(templates, str) else list(templates)
+        names = sorted(set(rows["label_name"]))
+        prompts = {name: tuple(p) for name, p in zip(names, class_prompts(names, templates, classnames))}
+        return [prompts[name] for name in rows["label_name"]]
     raise ValueError(f"unknown fine-tuning text {text!r}; expected 'caption' or 'label'")
+
+
+def fixed_draw(texts: Sequence[str | Sequence[str]], seed: int) -> list[str]:
+    """One candidate per row, the same every epoch: validation losses stay comparable."""
+    vocab, table, counts = text_table(texts)
+    return [vocab[i] for i in draw_texts(table, counts, seed, epoch=0, stream=VALIDATION_STREAM)]
 
 
 def wise_ft(pretrained: dict[str, torch.Tensor], tuned: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tensor]:
@@ -96,9 +134,9 @@ def finetune(
     Resumable: with ``state_dir`` the last epoch's state and the best weights so
     far live there, outside the job's outputs.
     """
-    template = params.get("template", "a histopathology image of {c}.")
-    texts = training_texts(train_rows, params["text"], template)
-    val_texts = training_texts(val_rows, params["text"], template)
+    templates = params.get("templates") or [params.get("template", DEFAULT_TEMPLATE)]
+    texts = training_texts(train_rows, params["text"], templates, params.get("classnames"))
+    val_texts = fixed_draw(training_texts(val_rows, params["text"], templates, params.get("classnames")), seed)
     val_idx = val_rows["index"].to_numpy()
     device = torch.device(device)
     state_dir = Path(state_dir) if state_dir else None
@@ -155,7 +193,7 @@ def finetune(
 
 def tune(backbone: Backbone, images, train_rows, val_rows, params, prompts, seed, device, state_dir=None, progress=True):
     """The backbone-training entry point (see :mod:`medtune.adapt`): ``(pretrained, kept, info)``."""
-    settings = {**params, "template": prompts["templates"][0]}
+    settings = {**params, "templates": prompts["templates"], "classnames": prompts.get("classnames") or {}}
     return finetune(backbone, images, train_rows, val_rows, settings, seed, device, state_dir, progress)
 
 
