@@ -8,7 +8,7 @@ import pandas as pd
 
 from medtune.figures import PALETTE, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import format_cell, select, summarise
+from medtune.tables import format_cell, method_order, select, summarise
 
 SPEC = {
     "label": "PubMedVision",
@@ -76,7 +76,8 @@ def groups_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     for ax, dataset in zip(axes[:, 0], datasets):
         d = s[s["dataset"] == dataset]
         groups = ["all"] + sorted(g for g in d["group"].unique() if g != "all")
-        models = list(dict.fromkeys(zip(d["backbone"], d["method"])))
+        order = method_order(d[["backbone", "method"]].drop_duplicates().assign(fraction=0.0), methods)
+        models = list(zip(order["backbone"], order["method"]))
         width = 0.8 / max(len(models), 1)
         for i, (backbone, method) in enumerate(models):
             rows = d[(d["backbone"] == backbone) & (d["method"] == method)].set_index("group").reindex(groups)
@@ -90,5 +91,5 @@ def groups_figure(inputs: dict, study: dict, methods: dict, path) -> None:
         ax.set_ylim(0, 100)
         ax.set_title(dataset)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     save(fig, path)
