@@ -81,3 +81,15 @@ def test_all_conditions_expand_to_the_29_of_the_benchmark():
 def test_unknown_condition_named():
     message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["clean", "blur-9"]))
     assert "studies.pathclip.conditions" in message and "blur-9" in message
+
+
+def test_rfc_widths_linear_probe_sweep_and_class_balance_are_checked():
+    config = plan.validate(DEFAULT)
+    assert config["methods"]["rfc"]["hidden_widths"] == ["d/4", 64, "d/4"]
+    assert config["methods"]["linear_probe"]["C_range"] == [1e-6, 1e6]
+    assert "methods.rfc.hidden_widths.1" in _bad(lambda c: c["methods"]["rfc"].update(hidden_widths=["d/4", "64x", 8]))
+    assert "methods.rfc.hidden_widths.0" in _bad(lambda c: c["methods"]["rfc"].update(hidden_widths=["d/0"]))
+    assert "'hidden_divisors' was unexpected" in _bad(lambda c: c["methods"]["rfc"].update(hidden_divisors=[4, 16, 4]))
+    assert "methods.linear_probe.C_range" in _bad(lambda c: c["methods"]["linear_probe"].update(C_range=[1e-6]))
+    assert "methods.linear_probe.search" in _bad(lambda c: c["methods"]["linear_probe"].update(search="binary"))
+    assert "datasets.synthetic.class_balance" in _bad(lambda c: c["datasets"]["synthetic"].update(class_balance="even"))

@@ -60,9 +60,9 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 
 # The embedded default's method settings (config/config.yaml); read from there when present.
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
-    "linear_probe": {"C": [0.1, 1.0, 10.0, 100.0]},
+    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "coarse_to_fine", "max_iter": 1000},
     "rfc": {"alphas": [0.2, 0.4, 0.6, 0.8, 1.0], "lr": 1e-3, "weight_decay": 5e-3, "epochs": 20, "batch_size": 64,
-            "hidden_divisors": [4, 16, 4]},
+            "hidden_widths": ["d/4", 64, "d/4"], "final_relu": True},
     "coop": {"n_ctx": 4, "epochs": 10, "batch_size": 32, "lr": 0.05},
 }
 TEMPLATES = ["a histopathology image of {c}.", "an H&E stained patch of {c}."]
@@ -275,7 +275,7 @@ def naive_rfc(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, c
     val_acc = {}
     for alpha in params["alphas"]:
         gen = seed_everything(seed)
-        head = RFCHead(ResidualFeatureConnection(class_text.shape[1], params["hidden_divisors"], alpha),
+        head = RFCHead(ResidualFeatureConnection(class_text.shape[1], params["hidden_widths"], alpha, params["final_relu"]),
                        torch.as_tensor(class_text).float(), scale)
         optimizer = torch.optim.Adam(head.rfc.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
         for _ in range(params["epochs"]):

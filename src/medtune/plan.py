@@ -24,7 +24,8 @@ TUNED_METHODS = ("finetune_caption", "finetune_label")  # train the encoders the
 STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip": CONDITIONS}
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "zeroshot": {},
-    "linear_probe": {"C": [0.01, 0.1, 1.0, 10.0, 100.0], "max_iter": 1000},
+    # CLIP's protocol: C = 1/lambda over 1e-6..1e6, 8 values a decade (96 steps), chosen on validation
+    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "coarse_to_fine", "max_iter": 1000},
     "coop": {
         "n_ctx": 16,
         "ctx_init": None,
@@ -53,7 +54,8 @@ METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
         "weight_decay": 5e-3,
         "epochs": 5,
         "batch_size": 32,
-        "hidden_divisors": [4, 16, 4],
+        "hidden_widths": ["d/4", 64, "d/4"],  # CLIP_RFC's CustomCLIP.fc; "d/N": feature width / N
+        "final_relu": True,
     },
 }
 # the tables each study writes (medtune.tables.write_study_tables)
