@@ -60,7 +60,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
 
 # The embedded default's method settings (config/config.yaml); read from there when present.
 DEFAULT_METHODS: dict[str, dict[str, Any]] = {
-    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "coarse_to_fine", "max_iter": 1000},
+    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "grid", "max_iter": 1000},
     "rfc": {"alphas": [0.2, 0.4, 0.6, 0.8, 1.0], "lr": 1e-3, "weight_decay": 5e-3, "epochs": 20, "batch_size": 64,
             "hidden_widths": ["d/4", 64, "d/4"], "final_relu": True},
     "coop": {"n_ctx": 4, "epochs": 10, "batch_size": 32, "lr": 0.05},

@@ -25,7 +25,7 @@ STUDY_CONDITIONS = {"clipath": ["clean"], "pubmedvision": ["clean"], "pathclip":
 METHOD_DEFAULTS: dict[str, dict[str, Any]] = {
     "zeroshot": {},
     # CLIP's protocol: C = 1/lambda over 1e-6..1e6, 8 values a decade (96 steps), chosen on validation
-    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "coarse_to_fine", "max_iter": 1000},
+    "linear_probe": {"C_range": [1e-6, 1e6], "steps_per_decade": 8, "search": "grid", "max_iter": 1000},
     "coop": {
         "n_ctx": 16,
         "ctx_init": None,
