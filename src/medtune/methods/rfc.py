@@ -96,8 +96,9 @@ class RFCHead(nn.Module):
         self.logit_scale = float(logit_scale)
 
     def embed(self, features: torch.Tensor) -> torch.Tensor:
-        """The mixed feature the logits use, *not* renormalised (its norm is below 1 between
-        alpha 0 and 1). Retrieval ranks by cosine similarity, which normalises it anyway."""
+        """The mixed feature the logits use, *not* renormalised (its norm is at most 1, below 1
+        wherever the two terms point apart). Retrieval ranks by cosine similarity, which
+        normalises it anyway."""
         return self.rfc(features)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
