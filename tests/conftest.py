@@ -31,7 +31,7 @@ SMALL_CONFIG = {
     },
     "methods": {
         "rfc": {"alphas": [0.0, 0.5], "epochs": 3},
-        "linear_probe": {"C": [1.0]},
+        "linear_probe": {"C_range": [0.1, 10.0], "steps_per_decade": 1},
         "coop": {"n_ctx": 2, "epochs": 2, "lr": 0.05},
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
         "rfc_augmented": {"base": "rfc", "train_conditions": "augmented"},

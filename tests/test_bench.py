@@ -21,8 +21,9 @@ def tiny():
 def test_encode_once_times_both_paths(tiny):
     backbone, images, samples = tiny
     params = {
-        "rfc": {"alphas": [0.5], "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "batch_size": 8, "hidden_divisors": [4, 16, 4]},
-        "linear_probe": {"C": [1.0]},
+        "rfc": {"alphas": [0.5], "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "batch_size": 8, "hidden_widths": ["d/4", 64, "d/4"],
+                "final_relu": True},
+        "linear_probe": {"C_range": [1.0, 1.0], "steps_per_decade": 1, "search": "grid", "max_iter": 1000},
         "coop": {"n_ctx": 2, "epochs": 1, "batch_size": 4, "lr": 0.01},
     }
     r = encode_once.bench_encode_once(backbone, images, samples, [50], [1], params, TEMPLATES, batch_size=16, warmup=False)

@@ -55,3 +55,56 @@ def test_subset_rows_come_from_train(train):
 def test_fraction_out_of_range(fraction):
     with pytest.raises(ValueError, match="outside"):
         per_class_count(10, fraction)
+
+
+# ---- class_balance: equal (CLIPath's cal_train_index draws the same count from each class)
+
+
+@pytest.fixture
+def skewed():
+    """100 training images, hand-countable: 70 of class 0, 25 of class 1, 5 of class 2, in shuffled order."""
+    labels = np.random.default_rng(0).permutation(np.repeat([0, 1, 2], [70, 25, 5]))
+    return pd.DataFrame({"index": np.arange(500, 600), "label": labels})
+
+
+# worked by hand: floor(100 * f% / 3), at least 1, at most 5 (class 2's size)
+EQUAL_COUNTS = {0.5: 1, 1: 1, 3: 1, 6: 2, 10: 3, 12: 4, 15: 5, 30: 5, 100: 5}
+
+
+def test_equal_counts_per_class_hand_worked(skewed):
+    subsets = stratified_subsets(skewed, list(EQUAL_COUNTS), seed=4, balance="equal")
+    for fraction, count in EQUAL_COUNTS.items():
+        got = subsets[fraction]["label"].value_counts().to_dict()
+        assert got == {0: count, 1: count, 2: count}, fraction
+
+
+def test_equal_count_uses_the_fraction_as_written():
+    """375 images at 18.4 % over 3 classes: 69 images, 23 a class (float arithmetic gives 22.999...)."""
+    train = pd.DataFrame({"index": np.arange(375), "label": np.repeat([0, 1, 2], 125)})
+    got = stratified_subsets(train, [18.4], seed=0, balance="equal")[18.4]["label"].value_counts()
+    assert got.to_dict() == {0: 23, 1: 23, 2: 23}
+
+
+def test_equal_is_nested_and_seeded(skewed):
+    fractions = sorted(EQUAL_COUNTS)
+    subsets = stratified_subsets(skewed, fractions, seed=3, balance="equal")
+    for small, large in zip(fractions, fractions[1:]):
+        assert set(subsets[small]["index"]) <= set(subsets[large]["index"])
+    again = stratified_subsets(skewed, [10], seed=3, balance="equal")[10]
+    other = stratified_subsets(skewed, [10], seed=9, balance="equal")[10]
+    pd.testing.assert_frame_equal(subsets[10], again)
+    assert not subsets[10]["index"].equals(other["index"])
+    merged = subsets[10].merge(skewed, on="index", suffixes=("", "_train"))
+    assert len(merged) == 9 and (merged["label"] == merged["label_train"]).all()
+
+
+def test_equal_and_proportional_differ_and_proportional_is_the_default(skewed):
+    default = stratified_subsets(skewed, [20], seed=1)[20]
+    assert default["label"].value_counts().to_dict() == {0: 14, 1: 5, 2: 1}  # round(20 % of 70, 25, 5)
+    pd.testing.assert_frame_equal(default, stratified_subsets(skewed, [20], seed=1, balance="proportional")[20])
+    assert stratified_subsets(skewed, [20], seed=1, balance="equal")[20]["label"].value_counts().to_dict() == {0: 5, 1: 5, 2: 5}
+
+
+def test_unknown_balance_is_refused(skewed):
+    with pytest.raises(ValueError, match="class_balance 'even'"):
+        stratified_subsets(skewed, [10], seed=0, balance="even")

@@ -8,7 +8,10 @@ def main(smk):
 
     train = train_rows(read_samples(smk.input.samples), smk.input.samples)
     fraction = float(smk.wildcards.fraction)
-    write_csv(stratified_subsets(train, [fraction], int(smk.wildcards.seed))[fraction], smk.output[0])
+    subset = stratified_subsets(train, [fraction], int(smk.wildcards.seed), smk.params.class_balance)[fraction]
+    counts = subset["label"].value_counts().sort_index()
+    print(f"class_balance {smk.params.class_balance}: {len(subset)} of {len(train)} images; per class {counts.to_dict()}")
+    write_csv(subset, smk.output[0])
 
 
 jobs.run(main, snakemake)  # noqa: F821

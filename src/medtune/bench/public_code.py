@@ -102,7 +102,7 @@ def naive_rfc(enc: NaiveEncoder, train_idx, train_labels, val_idx, val_labels, c
     val_acc = {}
     for alpha in params["alphas"]:
         gen = seed_everything(seed)
-        head = RFCHead(ResidualFeatureConnection(class_text.shape[1], params["hidden_divisors"], alpha),
+        head = RFCHead(ResidualFeatureConnection(class_text.shape[1], params["hidden_widths"], alpha, params["final_relu"]),
                        torch.as_tensor(class_text).float(), scale)
         optimizer = torch.optim.Adam(head.rfc.parameters(), lr=params["lr"], weight_decay=params["weight_decay"])
         for _ in range(params["epochs"]):

@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-# honoured by every source: the prompts are read by the text encoder, not by prepare
-COMMON_KEYS = ("source", "prompts")
+# honoured by every source: the prompts are read by the text encoder and class_balance by
+# the subsets, not by prepare
+COMMON_KEYS = ("source", "prompts", "class_balance")
 
 
 @dataclass(frozen=True)
