@@ -1,8 +1,12 @@
 """The whole DAG on a small synthetic config: tables, incremental re-runs, determinism."""
 
 import copy
+import re
+import shutil
+import subprocess
 
 import pandas as pd
+import pytest
 import yaml
 
 from conftest import SMALL_CONFIG, job_counts, snakemake, write_config
@@ -90,10 +94,32 @@ def test_bad_config_stops_with_one_line(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_report_embeds_every_table_and_figure(small_run):
-    report = small_run / "report.html"
-    snakemake(small_run, "--report", str(report))
+@pytest.fixture(scope="module")
+def report(small_run):
+    path = small_run / "report.html"
+    snakemake(small_run, "--report", str(path))
+    return path
+
+
+def test_report_embeds_every_table_and_figure(report):
     html = report.read_text(errors="replace")
-    for name in ("clipath_accuracy.png", "clipath_confusion.png", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+    for name in ("clipath_accuracy.png", "clipath_confusion.png", "pubmedvision_groups.png", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
+
+
+def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tmp_path):
+    """The report is a page that builds itself with JavaScript: load it in a real browser and
+    read what it rendered (scripts and styles removed), not the HTML file's embedded data."""
+    browser = shutil.which("chromium")
+    if browser is None:
+        pytest.skip("chromium is not installed (apt-get install chromium; .ci/run installs it)")
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+    result = subprocess.run(
+        [browser, *flags, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=20000", "--dump-dom", report.as_uri()],
+        capture_output=True, text=True, timeout=300,
+    )
+    rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
+    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "Tables", "Workflow"):
+        assert f">{category}<" in rendered, category
