@@ -120,7 +120,11 @@ def train_frozen(
             clock = Stopwatch()
             state, info = fit(method["module"], data, params, seed)
             seconds = clock.seconds
-            trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
+            # what the method says it trained, else every tensor of its head but the class text
+            # (kNN and Tip-Adapter keep training features they never train)
+            trainable = info.get("trainable_parameters")
+            if trainable is None:
+                trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
             folder = f"frac{fraction}"
             save_torch({**state, "run": run}, tmp / folder / "head.pt")
             record = {**run, "n_train": int(len(picked)), "chosen": info, "params": params}
