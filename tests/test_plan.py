@@ -110,7 +110,8 @@ def test_the_registries_declare_every_built_in_method_and_study():
 
     registered = methods.registered()
     assert {n: m.training for n, m in registered.items()} == {
-        "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none"
+        "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none",
+        "knn": "frozen", "simpleshot": "frozen", "clip_adapter": "frozen", "tip_adapter": "frozen", "tip_adapter_f": "frozen",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
     assert set(studies.registered()) == {"clipath", "pathclip", "pubmedvision"}
@@ -146,9 +147,35 @@ def test_tables_and_figures_come_from_the_study_declarations():
 
 def test_run_labels_are_what_every_file_of_the_run_carries():
     run = plan.Run("d", "rfc", "b", 2, "0.5")
-    assert run.labels() == {"dataset": "d", "method": "rfc", "backbone": "b", "seed": 2, "fraction": 0.5}
+    assert run.labels() == {"dataset": "d", "method": "rfc", "backbone": "b", "seed": 2, "fraction": 0.5, "shots": None}
     assert run.path == "d/rfc/b/seed2/frac0.5"
     assert plan.Run("d", "zeroshot", "b").labels()["seed"] is None
+    few = plan.Run("d", "knn", "b", 1, shots=16)
+    assert few.labels() == {"dataset": "d", "method": "knn", "backbone": "b", "seed": 1, "fraction": None, "shots": 16}
+    assert few.path == "d/knn/b/seed1/shots16" and few.subset == "shots16"
+
+
+def test_shots_beside_fractions_make_runs_of_their_own():
+    both = copy.deepcopy(DEFAULT)
+    both["studies"]["clipath"]["shots"] = [1, 4, 16]
+    runs = [r for r in plan.runs(plan.validate(both)) if r.method == "rfc"]
+    assert len(runs) == 3 * (6 + 3)  # seeds x (fractions + shot counts)
+    assert sorted(r.shots for r in runs if r.seed == 1 and r.shots) == [1, 4, 16]
+    assert all((r.fraction is None) == (r.shots is not None) for r in runs)
+    # shots alone: no default fractions
+    alone = copy.deepcopy(DEFAULT)
+    del alone["studies"]["clipath"]["fractions"]
+    alone["studies"]["clipath"]["shots"] = [2]
+    config = plan.validate(alone)
+    assert config["studies"]["clipath"]["fractions"] == []
+    assert {r.subset for r in plan.runs(config) if r.method == "rfc"} == {"shots2"}
+    # fractions alone: no shots
+    assert plan.validate(DEFAULT)["studies"]["clipath"]["shots"] == []
+
+
+@pytest.mark.parametrize("shots", [[0], [2, 2], [1.5]])
+def test_bad_shots_named(shots):
+    assert "studies.clipath.shots" in _bad(lambda c: c["studies"]["clipath"].update(shots=shots))
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])

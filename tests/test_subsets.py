@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtune.subsets import per_class_count, stratified_subsets
+from medtune.subsets import per_class_count, shot_subsets, stratified_subsets
 
 FRACTIONS = [0.1, 0.5, 1, 5, 10, 50]
 
@@ -108,3 +108,36 @@ def test_equal_and_proportional_differ_and_proportional_is_the_default(skewed):
 def test_unknown_balance_is_refused(skewed):
     with pytest.raises(ValueError, match="class_balance 'even'"):
         stratified_subsets(skewed, [10], seed=0, balance="even")
+
+
+SHOTS = [1, 2, 4, 8, 16]
+
+
+def test_shots_take_exactly_k_of_every_class(train):
+    counts = train["label"].value_counts()  # class 2 has about 150 images, so 16 fit every class
+    for k, subset in shot_subsets(train, SHOTS, seed=1).items():
+        assert subset["label"].value_counts().to_dict() == {label: k for label in counts.index}
+        assert subset["index"].is_monotonic_increasing and subset["index"].is_unique
+
+
+def test_shots_nested_seeded_and_inside_the_fractions(train):
+    subsets = shot_subsets(train, SHOTS, seed=3)
+    for small, large in zip(SHOTS, SHOTS[1:]):
+        assert set(subsets[small]["index"]) <= set(subsets[large]["index"])
+    pd.testing.assert_frame_equal(subsets[4], shot_subsets(train, [4], seed=3)[4])  # alone or together
+    assert not subsets[16]["index"].equals(shot_subsets(train, [16], seed=4)[16]["index"])
+    # 50 % of each class is at least 16 images: the 16-shot subset lies inside it (same permutations)
+    assert set(subsets[16]["index"]) <= set(stratified_subsets(train, [50], seed=3)[50]["index"])
+    merged = subsets[16].merge(train, on="index", suffixes=("", "_train"))
+    assert len(merged) == 16 * 3 and (merged["label"] == merged["label_train"]).all()
+
+
+def test_a_class_with_fewer_images_than_shots_gives_all_it_has():
+    train = pd.DataFrame({"index": np.arange(7), "label": [0, 0, 0, 0, 0, 1, 1]})
+    subset = shot_subsets(train, [4], seed=0)[4]
+    assert subset["label"].value_counts().to_dict() == {0: 4, 1: 2}
+
+
+def test_shots_must_be_positive(train):
+    with pytest.raises(ValueError, match="shots 0"):
+        shot_subsets(train, [0], seed=0)

@@ -56,3 +56,23 @@ def test_a_single_seed_leaves_the_interval_blank(metrics, tmp_path):
     assert "±" not in (tmp_path / "clipath_accuracy.md").read_text()
     cost = pd.read_csv(tmp_path / "clipath_cost.csv")
     assert cost["accuracy_ci95"].isna().all()
+
+
+def test_shot_runs_are_rows_of_their_own(metrics, tmp_path):
+    # the rows of three seeds at 16 images per class: no fraction, shots 16
+    few = pd.DataFrame(
+        [r[:5] + (16,) + r[5:] for s, a in zip([1, 2, 3], [0.70, 0.72, 0.74]) for r in rows("rfc", s, np.nan, a)],
+        columns=["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"],
+    )
+    both = pd.concat([metrics.assign(shots=np.nan), few], ignore_index=True)
+    costs = pd.DataFrame(
+        [("d", "rfc", "b", s, f, k, w, "cpu", 1.0, 10, 50, 5) for s in (1, 2, 3) for f, k, w in ((1.0, None, 1.5), (None, 16, 0.25))],
+        columns=["dataset", "method", "backbone", "seed", "fraction", "shots", "wall_seconds", "device", "peak_memory_mb", "trainable_parameters", "images_seen", "n_train"],
+    )
+    write_study_tables(both, costs, {"clipath": STUDY}, tmp_path)
+    table = pd.read_csv(tmp_path / "clipath_accuracy.csv")
+    assert table[["method", "fraction", "shots"]].values.tolist() == [["zeroshot", 0, 0], ["rfc", 0, 16], ["rfc", 1, 0], ["rfc", 10, 0]]
+    assert table.loc[1, "accuracy_mean"] == pytest.approx(0.72)
+    assert "| 16-shot " in (tmp_path / "clipath_accuracy.md").read_text()
+    cost = pd.read_csv(tmp_path / "clipath_cost.csv").set_index("shots")
+    assert cost.loc[16, "train_seconds_mean"] == pytest.approx(0.25) and cost.loc[16, "accuracy_mean"] == pytest.approx(0.72)

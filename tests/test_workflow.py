@@ -15,11 +15,19 @@ from conftest import SMALL_CONFIG, job_counts, snakemake, write_config
 def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
-    rows = set(zip(acc["method"], acc["fraction"]))
-    trained = {(m, f) for m in ("linear_probe", "rfc", "coop", "rfc_augmented", "toy_method") for f in (5.0, 50.0)}
-    assert rows == {("zeroshot", 0.0)} | trained
+    rows = set(zip(acc["method"], acc["fraction"], acc["shots"]))
+    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "toy_method")
+    trained = {(m, f, 0) for m in methods for f in (5.0, 50.0)} | {(m, 0.0, 2) for m in methods}
+    assert rows == {("zeroshot", 0.0, 0)} | trained
     # rows in the methods' declared order, the toy method (registered from tests/) last
-    assert list(dict.fromkeys(acc["method"])) == ["zeroshot", "linear_probe", "rfc", "rfc_augmented", "coop", "toy_method"]
+    assert list(dict.fromkeys(acc["method"])) == [
+        "zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter", "tip_adapter_f",
+        "coop", "toy_method",
+    ]
+    # within a method: the shot counts, then the fractions; the data usage says which
+    md = (tables / "clipath_accuracy.md").read_text()
+    assert md.count("| 2-shot ") == len(methods) and md.count("| 50% ") == len(methods)
+    assert acc.loc[acc["method"] == "knn", ["fraction", "shots"]].values.tolist() == [[0.0, 2], [5.0, 0], [50.0, 0]]
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
     # two seeds -> a confidence interval for every trained row
@@ -27,7 +35,11 @@ def test_tables_have_the_seed_shapes(small_run):
 
     cost = pd.read_csv(tables / "clipath_cost.csv")
     trained = cost[~cost["method"].isin(["zeroshot", "toy_method"])]
-    assert (trained["train_seconds_mean"] > 0).all() and (trained["trainable_parameters"] > 0).all()
+    assert (trained["train_seconds_mean"] > 0).all() and len(trained) == 3 * (len(methods) - 1)
+    # what each method trains: nothing for kNN, SimpleShot and the training-free Tip-Adapter
+    learned = trained.groupby("method")["trainable_parameters"].min()
+    assert (learned[["knn", "simpleshot", "tip_adapter"]] == 0).all()
+    assert (learned.drop(["knn", "simpleshot", "tip_adapter"]) > 0).all()
     toy = cost[cost["method"] == "toy_method"]  # class means: faster than the clock's millisecond
     assert (toy["train_seconds_mean"] >= 0).all() and (toy["trainable_parameters"] == 5 * 64).all()
 
@@ -50,7 +62,7 @@ def test_tables_have_the_seed_shapes(small_run):
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
     robust = pd.read_csv(tables / "adapted_robustness.csv")
     assert list(robust.columns[-2:]) == ["clean", "blur-2"]
-    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot"} <= set(robust["model"])
+    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%"} <= set(robust["model"])
     figures = small_run / "results" / "figures"
     for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
@@ -59,10 +71,26 @@ def test_tables_have_the_seed_shapes(small_run):
 
 def test_metrics_are_tidy(small_run):
     metrics = pd.read_csv(small_run / "results" / "metrics.csv")
-    assert list(metrics.columns) == ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
+    assert list(metrics.columns) == ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
     trained = metrics[metrics["method"] == "rfc"]
     assert sorted(trained["seed"].unique()) == [1, 2]
-    assert not metrics.duplicated(["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric"]).any()
+    assert not metrics.duplicated(["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric"]).any()
+    # a run on shots has no fraction and the others no shots
+    few = metrics[metrics["shots"].notna()]
+    assert set(few["shots"]) == {2} and few["fraction"].isna().all() and set(few["seed"]) == {1, 2}
+    assert set(metrics.loc[metrics["fraction"].notna(), "shots"].isna()) == {True}
+
+
+def test_shot_subsets_hold_k_images_of_every_class(small_run):
+    subsets = small_run / "results" / "subsets" / "synth"
+    for seed in (1, 2):
+        shots = pd.read_csv(subsets / f"seed{seed}" / "shots2.csv")
+        assert shots["label"].value_counts().tolist() == [2] * 5
+        # the same permutations as the fractions: the 2-shot subset lies inside the 50 % one
+        assert set(shots["index"]) <= set(pd.read_csv(subsets / f"seed{seed}" / "frac50.csv")["index"])
+    record = small_run / "results" / "runs" / "synth" / "knn" / "tiny" / "seed1" / "shots2" / "train.json"
+    labels = yaml.safe_load(record.read_text())
+    assert (labels["shots"], labels["fraction"], labels["n_train"]) == (2, None, 10)
 
 
 def test_rerun_has_nothing_to_do(small_run):

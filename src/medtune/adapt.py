@@ -74,13 +74,14 @@ def train_frozen(
     device: str = "cpu",
     progress: bool = True,
 ) -> None:
-    """Fit a frozen-backbone method on cached features for every training fraction of one
-    seed, and evaluate each fit on the test conditions.
+    """Fit a frozen-backbone method on cached features for every training subset (fraction or
+    shot count) of one seed, and evaluate each fit on the test conditions.
 
     ``method`` is the configured method (``config["methods"][name]``); ``runs`` the labels of
-    the runs to make, one per fraction, and ``subsets`` maps each fraction (as spelled in
-    paths) to its subset CSV. Writes ``out_dir/frac{fraction}/{head.pt,train.json,metrics.csv}``
-    and ``out_dir/runs.json``, the whole folder at once. One job covers all fractions because
+    the runs to make, one per subset, and ``subsets`` maps each run's subset name (``frac5``,
+    ``shots16``: :attr:`medtune.plan.Run.subset`) to its subset CSV, in the order of ``runs``.
+    Writes ``out_dir/{subset}/{head.pt,train.json,metrics.csv}`` and ``out_dir/runs.json``, the
+    whole folder at once. One job covers all subsets because
     a fit from cached features takes about a second, less than starting Python and importing
     torch and scikit-learn. A method that needs the text encoder gets the frozen backbone
     (``backbone``: name, spec, weights); the others need features alone.
@@ -102,7 +103,7 @@ def train_frozen(
         text_encoder = {"backbone": _frozen_backbone(backbone, dev), "class_names": _class_words(table, prompts)}
     manifest = []
     with atomic_dir(out_dir) as tmp:
-        for (fraction, subset), run in zip(tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress), runs):
+        for (folder, subset), run in zip(tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress), runs):
             picked = subset_positions(train_rows, subset)  # indexing by positions copies out of the memory map
             train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
             if augmented is not None:
@@ -120,13 +121,16 @@ def train_frozen(
             clock = Stopwatch()
             state, info = fit(method["module"], data, params, seed)
             seconds = clock.seconds
-            trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
-            folder = f"frac{fraction}"
+            # what the method says it trained, else every tensor of its head but the class text
+            # (kNN and Tip-Adapter keep training features they never train)
+            trainable = info.get("trainable_parameters")
+            if trainable is None:
+                trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
             save_torch({**state, "run": run}, tmp / folder / "head.pt")
             record = {**run, "n_train": int(len(picked)), "chosen": info, "params": params}
             record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
             write_json(record, tmp / folder / "train.json")
-            # evaluate what was saved, on the test features loaded once for all fractions
+            # evaluate what was saved, on the test features loaded once for all subsets
             head = load_head(tmp / folder / "head.pt")
             write_csv(evaluate_features(head, test_features, test_rows, run), tmp / folder / "metrics.csv")
             files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv"}

@@ -13,7 +13,7 @@ from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
 RETRIEVAL_KS = (5, 10)
-METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
+METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
 
 
 def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> pd.DataFrame:
@@ -54,6 +54,6 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
         rows.insert(0, "condition", condition)
         frames.append(rows)
     out = pd.concat(frames, ignore_index=True)
-    for i, key in enumerate(["dataset", "method", "backbone", "seed", "fraction"]):
+    for i, key in enumerate(["dataset", "method", "backbone", "seed", "fraction", "shots"]):
         out.insert(i, key, run.get(key))
     return out[METRIC_COLUMNS]

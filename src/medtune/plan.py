@@ -46,10 +46,16 @@ class Run:
     backbone: str
     seed: int | None = None
     fraction: str | None = None  # spelled as in paths: 0.1, 1, 50
+    shots: int | None = None  # images per class, instead of a fraction
+
+    @property
+    def subset(self) -> str:
+        """The training subset's name: ``frac{fraction}`` or ``shots{k}``."""
+        return f"shots{self.shots}" if self.shots is not None else f"frac{self.fraction}"
 
     @property
     def setting(self) -> str:
-        return "pretrained" if self.seed is None else f"seed{self.seed}/frac{self.fraction}"
+        return "pretrained" if self.seed is None else f"seed{self.seed}/{self.subset}"
 
     @property
     def path(self) -> str:
@@ -63,6 +69,7 @@ class Run:
             "backbone": self.backbone,
             "seed": self.seed,
             "fraction": None if self.fraction is None else float(self.fraction),
+            "shots": self.shots,
         }
 
 
@@ -129,7 +136,9 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     config.setdefault("seeds", [1, 2, 3])
     config["methods"] = _resolve_methods(config.get("methods", {}), registered)
     for study_name, study in config["studies"].items():
-        study.setdefault("fractions", DEFAULT_FRACTIONS)
+        # a study that gives shots alone trains on shots alone
+        study.setdefault("fractions", [] if study.get("shots") else DEFAULT_FRACTIONS)
+        study.setdefault("shots", [])
         study.setdefault("seeds", config["seeds"])
         study.setdefault("conditions", list(study_registry.registered()[study_name].conditions))
         if study["conditions"] == ["all"]:
@@ -236,7 +245,7 @@ def runs(config: dict[str, Any]) -> list[Run]:
                             Run(dataset, method, backbone, seed, format_fraction(f))
                             for seed in study["seeds"]
                             for f in study["fractions"]
-                        ]
+                        ] + [Run(dataset, method, backbone, seed, shots=int(k)) for seed in study["seeds"] for k in study["shots"]]
                     out.update({r.path: r for r in found})
     return list(out.values())
 

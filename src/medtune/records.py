@@ -1,7 +1,7 @@
 """Run manifests: every job that makes runs says, in a file, which runs it made.
 
 A job writes ``runs.json`` in its output folder: one entry per run with the run's
-labels (dataset, method, backbone, seed, fraction) and its files, relative to the
+labels (dataset, method, backbone, seed, fraction, shots) and its files, relative to the
 manifest. Collectors, tables and figures read labels from these files (as LAION
 CLIP_benchmark's result JSON carries its own identity), never from paths.
 """

@@ -1,4 +1,5 @@
-"""Stratified, nested, seeded training subsets.
+"""Stratified, nested, seeded training subsets: a share of each class (fractions) or a number of
+images of each class (shots).
 
 For each class a seeded permutation of its training samples is drawn once; the
 subset at fraction f takes a prefix of each permutation. Prefixes of one
@@ -76,6 +77,22 @@ def stratified_subsets(
         counts = class_counts(sizes, fraction, balance)
         picked = np.concatenate([perm[: counts[label]] for label, perm in perms.items()])
         out[fraction] = pd.DataFrame({"index": np.sort(picked)}).merge(train[["index", "label"]], on="index")
+    return out
+
+
+def shot_subsets(train: pd.DataFrame, shots: list[int], seed: int) -> dict[int, pd.DataFrame]:
+    """``{k: rows of train}``: k images of every class (all of a class with fewer, as Dassl's
+    few-shot sampler without repetition), sorted by sample index — the few-shot benchmark's
+    protocol. Each k takes the first k of the same per-class permutations as the fractions of
+    ``seed``, so the shot subsets nest across k, and lie inside every fraction subset of the
+    seed that takes at least k images of each class."""
+    if any(int(k) < 1 for k in shots):
+        raise ValueError(f"shots {sorted(shots)[0]} is not a positive number of images per class")
+    perms = class_permutations(train.set_index("index")["label"], seed)
+    out = {}
+    for k in shots:
+        picked = np.concatenate([perm[: int(k)] for perm in perms.values()])
+        out[k] = pd.DataFrame({"index": np.sort(picked)}).merge(train[["index", "label"]], on="index")
     return out
 
 

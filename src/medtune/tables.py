@@ -19,7 +19,7 @@ from medtune.records import read_runs
 
 PERCENT_METRICS = {"accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
 COST_COLUMNS = ("wall_seconds", "device", "peak_memory_mb", "trainable_parameters", "images_seen", "n_train")
-LABEL_COLUMNS = ("dataset", "method", "backbone", "seed", "fraction")
+LABEL_COLUMNS = ("dataset", "method", "backbone", "seed", "fraction", "shots")
 
 
 def collect_metrics(outputs: Iterable[str]) -> pd.DataFrame:
@@ -34,7 +34,7 @@ def collect_costs(outputs: Iterable[str]) -> pd.DataFrame:
     for run in read_runs(outputs):
         if "record" in run["files"]:
             record = read_json(run["files"]["record"])
-            rows.append({**{k: record[k] for k in LABEL_COLUMNS}, **{k: record[k] for k in COST_COLUMNS}})
+            rows.append({**{k: record.get(k) for k in LABEL_COLUMNS}, **{k: record[k] for k in COST_COLUMNS}})
     return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, *COST_COLUMNS])
 
 
@@ -74,7 +74,11 @@ def format_seconds(seconds: float) -> str:
     return f"{minutes} min {secs:.1f} s" if minutes else f"{secs:.2f} s"
 
 
-def usage(fraction: float) -> str:
+def usage(fraction: float, shots: float = 0) -> str:
+    """How much training data a row used: ``16-shot``, ``5%`` or ``zero-shot`` (0 for "not used",
+    as :func:`select` fills them)."""
+    if shots and shots > 0:
+        return f"{int(shots)}-shot"
     return "zero-shot" if fraction == 0 else f"{fraction:g}%"
 
 
@@ -86,10 +90,19 @@ def registered_methods() -> dict[str, dict[str, Any]]:
 
 
 def method_order(frame: pd.DataFrame, methods: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """Rows in the methods' declared order (a WiSE-FT mix right after its method), then by fraction."""
+    """Rows in the methods' declared order (a WiSE-FT mix right after its method), then by
+    fraction and shot count (shot rows, whose fraction is 0, before the fractions)."""
     base = frame["method"].str.split("+").str[0]
     order = base.map({name: m["order"] for name, m in methods.items()}).fillna(float("inf"))
-    return frame.assign(_o=order, _m=frame["method"]).sort_values(["_o", "_m", "fraction"]).drop(columns=["_o", "_m"])
+    keys = ["_o", "_m", "fraction"] + (["shots"] if "shots" in frame else [])
+    return frame.assign(_o=order, _m=frame["method"]).sort_values(keys).drop(columns=["_o", "_m"])
+
+
+def fill_unused_labels(frame: pd.DataFrame) -> pd.DataFrame:
+    """``fraction`` and ``shots`` set to 0 where they do not apply (zero-shot: no training data;
+    a shot run: no fraction; a fraction run: no shots), so grouping and pivoting keep every row."""
+    shots = pd.to_numeric(frame["shots"]) if "shots" in frame else pd.Series(float("nan"), index=frame.index)
+    return frame.assign(fraction=frame["fraction"].fillna(0.0), shots=shots.fillna(0).astype(int))
 
 
 def select(metrics: pd.DataFrame, study: dict, conditions=("clean",), group="all") -> pd.DataFrame:
@@ -99,7 +112,7 @@ def select(metrics: pd.DataFrame, study: dict, conditions=("clean",), group="all
         & metrics["method"].str.split("+").str[0].isin(study["methods"])  # finetune_label+wise0.5 too
         & metrics["condition"].isin(conditions)
     ]
-    m = m.assign(fraction=m["fraction"].fillna(0.0))  # zero-shot: no training data
+    m = fill_unused_labels(m)
     return m if group is None else m[m["group"] == group]
 
 

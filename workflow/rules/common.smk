@@ -10,6 +10,7 @@ from medtune.records import MANIFEST
 
 RESULTS = config["results"]
 RUNS = plan.runs(config)
+RUN_BY_PATH = {r.path: r for r in RUNS}
 DATASETS = config["datasets"]
 BACKBONES = config["backbones"]
 METHODS = config["methods"]
@@ -28,6 +29,8 @@ wildcard_constraints:
     split=r"pretrain|train|val|test",
     seed=r"\d+",
     fraction=r"\d+(\.\d+)?",
+    shots=r"\d+",
+    subset=r"frac\d+(\.\d+)?|shots\d+",
     trained=one_of(plan.methods_of(config, "frozen")),
     tuned=one_of(plan.methods_of(config, "backbone")),
     figure=one_of(FIGURES),
@@ -62,8 +65,9 @@ def text_features(backbone, dataset):
     return f"{RESULTS}/features/{backbone}/{dataset}/text.npz"
 
 
-def subset_file(dataset, seed, fraction):
-    return f"{RESULTS}/subsets/{dataset}/seed{seed}/frac{fraction}.csv"
+def subset_file(run):
+    """The training subset of a run: ``frac{fraction}.csv`` or ``shots{k}.csv`` of its seed."""
+    return f"{RESULTS}/subsets/{run.dataset}/seed{run.seed}/{run.subset}.csv"
 
 
 def encode_inputs(wildcards):
@@ -83,7 +87,7 @@ def run_dir(run):
 
 
 def seed_runs(wildcards):
-    """The runs one train_frozen job makes: every fraction of its method and seed."""
+    """The runs one train_frozen job makes: every fraction and shot count of its method and seed."""
     key = (wildcards.dataset, wildcards.trained, wildcards.backbone, int(wildcards.seed))
     return [r for r in RUNS if (r.dataset, r.method, r.backbone, r.seed) == key]
 
@@ -94,7 +98,7 @@ def trained_inputs(wildcards):
         "train": feats("train"),
         "val": feats("val"),
         "text": text_features(wildcards.backbone, wildcards.dataset),
-        "subsets": [subset_file(r.dataset, r.seed, r.fraction) for r in seed_runs(wildcards)],
+        "subsets": [subset_file(r) for r in seed_runs(wildcards)],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
         "weights": backbone_weights(wildcards.backbone) if METHODS[wildcards.trained]["needs_text_encoder"] else [],
@@ -104,14 +108,18 @@ def trained_inputs(wildcards):
 
 
 def backbone_run(wildcards):
-    return plan.Run(wildcards.dataset, wildcards.tuned, wildcards.backbone, int(wildcards.seed), wildcards.fraction)
+    """The configured run a train_backbone job makes (looked up, not read from the path)."""
+    path = f"{wildcards.dataset}/{wildcards.tuned}/{wildcards.backbone}/seed{wildcards.seed}/{wildcards.subset}"
+    if path not in RUN_BY_PATH:
+        raise ValueError(f"no study of the config makes the run {path}")
+    return RUN_BY_PATH[path]
 
 
 def tuned_inputs(wildcards):
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),
-        "subset": subset_file(wildcards.dataset, wildcards.seed, wildcards.fraction),
+        "subset": subset_file(backbone_run(wildcards)),
     }
 
 

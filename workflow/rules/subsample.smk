@@ -20,3 +20,20 @@ rule subsample:
         "../../envs/medtune.yaml"
     script:
         "../scripts/subsample.py"
+
+
+rule subsample_shots:
+    # k images of every class (the few-shot protocol), prefixes of the same permutations
+    input:
+        samples=f"{RESULTS}/data/{{dataset}}/samples.csv",
+    output:
+        f"{RESULTS}/subsets/{{dataset}}/seed{{seed}}/shots{{shots}}.csv",
+    log:
+        f"{RESULTS}/logs/subsample/{{dataset}}/seed{{seed}}/shots{{shots}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    conda:
+        "../../envs/medtune.yaml"
+    script:
+        "../scripts/subsample_shots.py"

@@ -1,5 +1,5 @@
 # Adaptation methods, as their modules declare them (medtune.methods). Frozen-feature
-# methods train from the cached features only, one job per seed covering every fraction,
+# methods train from the cached features only, one job per seed covering every fraction and shot count,
 # and evaluate in the same job: fitting a head on cached features takes about a second,
 # less than starting Python and importing torch, so a job per fraction (or a separate
 # evaluate job per run) would spend most of its time starting. Backbone-training methods
@@ -10,12 +10,12 @@ rule train_frozen:
     input:
         unpack(trained_inputs),
     output:
-        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}, runs.json
+        # every fraction and shot count of the seed: {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
         method=lambda wc: {"name": wc.trained, **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")}},
         runs=lambda wc: [r.labels() for r in seed_runs(wc)],
-        fractions=lambda wc: [r.fraction for r in seed_runs(wc)],
+        subset_names=lambda wc: [r.subset for r in seed_runs(wc)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
@@ -41,11 +41,11 @@ rule train_backbone:
     input:
         unpack(tuned_inputs),
     output:
-        weights=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/weights.pt",
-        head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/head.pt",
-        record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/train.json",
-        metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
-        manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/{MANIFEST}",
+        weights=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/weights.pt",
+        head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/head.pt",
+        record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/train.json",
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/metrics.csv",
+        manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
     params:
         method=lambda wc: {"name": wc.tuned, **{k: METHODS[wc.tuned][k] for k in ("module", "params")}},
         run=lambda wc: backbone_run(wc).labels(),
@@ -57,9 +57,9 @@ rule train_backbone:
         # resumable state lives outside the outputs so a killed job can continue
         state_dir=lambda wc: f"{RESULTS}/resume/{backbone_run(wc).path}",
     log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.log",
+        f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}.tsv"
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
     threads: 2
     resources:
         mem_mb=8000,

@@ -7,7 +7,7 @@ def main(smk):
     train_frozen(
         method=smk.params.method,
         runs=smk.params.runs,
-        subsets=dict(zip(smk.params.fractions, smk.input.subsets)),
+        subsets=dict(zip(smk.params.subset_names, smk.input.subsets)),
         out_dir=smk.output[0],
         train_dir=smk.input.train,
         val_dir=smk.input.val,

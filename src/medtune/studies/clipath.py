@@ -11,7 +11,7 @@ import pandas as pd
 
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import add_paper, format_cell, format_seconds, method_order, select, summarise, usage
+from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
 
 SPEC = {
     "label": "CLIPath",
@@ -49,14 +49,29 @@ SPEC = {
     },
 }
 CLIPATH_METRICS = ["accuracy", "recall", "precision", "f1", "auc"]
+MARKERS = ["o", "s", "^", "D"]
+
+
+def method_styles(names) -> list[tuple[str, str]]:
+    """``(colour, marker)`` per method: the palette's colours, then again with another marker,
+    so a study with more methods than colours still draws every one distinguishably."""
+    n = len(PALETTE)
+    return [(PALETTE[i % n], MARKERS[(i // n) % len(MARKERS)]) for i in range(len(names))]
+
+
+def fraction_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of runs on a share of the training data (and zero-shot's): the figures drawn
+    against the fraction leave the shot runs out."""
+    return frame[frame["shots"].isna()] if "shots" in frame else frame
 
 
 def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
-    """Rows: dataset, backbone, method, data usage; columns: accuracy, recall, precision, F1, AUC."""
+    """Rows: dataset, backbone, method, data usage (a share of the training data, or k images
+    per class); columns: accuracy, recall, precision, F1, AUC."""
     m = select(metrics, study)
     m = m[m["metric"].isin(CLIPATH_METRICS)]
-    s = summarise(m, ["dataset", "backbone", "method", "fraction", "metric"])
-    numbers = s.pivot_table(index=["dataset", "backbone", "method", "fraction"], columns="metric", values=["mean", "ci95"])
+    s = summarise(m, ["dataset", "backbone", "method", "fraction", "shots", "metric"])
+    numbers = s.pivot_table(index=["dataset", "backbone", "method", "fraction", "shots"], columns="metric", values=["mean", "ci95"])
     numbers.columns = [f"{metric}_{stat}" for stat, metric in numbers.columns]
     # pivoting drops a column that is all NaN (the interval of a single seed, AUC of a
     # one-class test split): keep both columns of every metric, blank where undefined
@@ -64,7 +79,7 @@ def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, meth
     numbers = numbers.reindex(columns=[f"{m}_{stat}" for m in present for stat in ("mean", "ci95")])
     numbers = method_order(numbers.reset_index(), methods)
     pretty = numbers[["dataset", "backbone", "method"]].copy()
-    pretty["data usage"] = numbers["fraction"].map(usage)
+    pretty["data usage"] = [usage(f, k) for f, k in zip(numbers["fraction"], numbers["shots"])]
     for metric in CLIPATH_METRICS:
         if f"{metric}_mean" in numbers:
             pretty[metric] = [format_cell(a, b, metric) for a, b in zip(numbers[f"{metric}_mean"], numbers[f"{metric}_ci95"])]
@@ -74,18 +89,19 @@ def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, meth
 
 
 def cost_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
-    """CLIPath's complexity table: accuracy beside training time, per method and fraction."""
-    acc = summarise(select(metrics, study).query("metric == 'accuracy'"), ["dataset", "backbone", "method", "fraction"])
+    """CLIPath's complexity table: accuracy beside training time, per method and data usage."""
+    keys = ["dataset", "backbone", "method", "fraction", "shots"]
+    acc = summarise(select(metrics, study).query("metric == 'accuracy'"), keys)
     acc = acc.rename(columns={"mean": "accuracy_mean", "ci95": "accuracy_ci95", "n": "n_seeds"})
     c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"])] if len(costs) else costs
     if len(c):
-        keys = ["dataset", "backbone", "method", "fraction"]
+        c = fill_unused_labels(c)
         time = summarise(c, keys, "wall_seconds").rename(columns={"mean": "train_seconds_mean", "ci95": "train_seconds_ci95"}).drop(columns="n")
         extra = c.groupby(keys, as_index=False)[["trainable_parameters", "images_seen", "peak_memory_mb", "n_train"]].mean()
         acc = acc.merge(time, on=keys, how="left").merge(extra, on=keys, how="left")
     numbers = method_order(acc, methods)
     pretty = numbers[["dataset", "backbone", "method"]].copy()
-    pretty["data usage"] = numbers["fraction"].map(usage)
+    pretty["data usage"] = [usage(f, k) for f, k in zip(numbers["fraction"], numbers["shots"])]
     pretty["accuracy"] = [format_cell(a, b, "accuracy") for a, b in zip(numbers["accuracy_mean"], numbers["accuracy_ci95"])]
     if "train_seconds_mean" in numbers:
         pretty["training time"] = numbers["train_seconds_mean"].map(format_seconds)
@@ -97,10 +113,13 @@ def cost_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods:
 
 def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
     """Beyond the seeds: does adaptation buy or cost robustness? Accuracy of every method
-    (at each training fraction) under every condition of the CLIPath study."""
+    (at each training fraction or shot count) under every condition of the CLIPath study."""
     m = select(metrics, study, conditions=study["conditions"]).query("metric == 'accuracy'")
-    s = summarise(m, ["dataset", "backbone", "method", "fraction", "condition"])
-    s["model"] = [f"{meth}" if f == 0 else f"{meth}@{f:g}%" for meth, f in zip(s["method"], s["fraction"])]
+    s = summarise(m, ["dataset", "backbone", "method", "fraction", "shots", "condition"])
+    s["model"] = [
+        f"{meth}@{k}-shot" if k > 0 else f"{meth}" if f == 0 else f"{meth}@{f:g}%"
+        for meth, f, k in zip(s["method"], s["fraction"], s["shots"])
+    ]
     numbers = s.pivot_table(index=["dataset", "backbone", "model"], columns="condition", values="mean", sort=False)
     numbers = numbers[[c for c in study["conditions"] if c in numbers.columns]].reset_index()
     pretty = numbers.copy()
@@ -111,7 +130,7 @@ def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, me
 
 def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     """Accuracy vs. share of training data (log x), mean and 95 % CI band over seeds; one panel per dataset."""
-    metrics = pd.read_csv(inputs["metrics"])
+    metrics = fraction_rows(pd.read_csv(inputs["metrics"]))
     m = metrics[
         (metrics["metric"] == "accuracy")
         & (metrics["condition"] == "clean")
@@ -123,7 +142,7 @@ def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = m[m["dataset"] == dataset]
-        for colour, method in zip(PALETTE, study["methods"]):
+        for (colour, marker), method in zip(method_styles(study["methods"]), study["methods"]):
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
@@ -132,7 +151,7 @@ def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
                 continue
             s = summarise(rows, ["fraction"]).sort_values("fraction")
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s["fraction"], 100 * s["mean"], marker="o", color=colour, label=label(methods, method))
+            ax.plot(s["fraction"], 100 * s["mean"], marker=marker, color=colour, label=label(methods, method))
             ax.fill_between(s["fraction"], 100 * (s["mean"] - ci), 100 * (s["mean"] + ci), color=colour, alpha=0.2)
         ax.set_xscale("log")
         ax.set_xlabel("training data used (%)")
@@ -145,19 +164,19 @@ def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
 
 def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     """Training wall time against the share of training data (log-log), per method, mean and CI over seeds."""
-    costs = pd.read_csv(inputs["costs"])
+    costs = fraction_rows(pd.read_csv(inputs["costs"]))
     c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"][:1]) & costs["method"].isin(study["methods"])]
     datasets = study["datasets"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = c[c["dataset"] == dataset]
-        for colour, method in zip(PALETTE, study["methods"]):  # the accuracy figure's colours
+        for (colour, marker), method in zip(method_styles(study["methods"]), study["methods"]):  # the accuracy figure's
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
             s = summarise(rows, ["fraction"], "wall_seconds").sort_values("fraction")
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s["fraction"], s["mean"], marker="o", color=colour, label=label(methods, method))
+            ax.plot(s["fraction"], s["mean"], marker=marker, color=colour, label=label(methods, method))
             ax.fill_between(s["fraction"], np.maximum(s["mean"] - ci, 1e-3), s["mean"] + ci, color=colour, alpha=0.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -178,19 +197,29 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     from medtune.records import read_runs
 
     runs = read_runs(inputs["runs"])
-    key = lambda method, seed, fraction: (method, None if pd.isna(seed) else int(seed), None if pd.isna(fraction) else float(fraction))
-    by_key = {key(r["method"], r["seed"], r["fraction"]): r for r in runs}
+    def key(method, seed, fraction, shots=None):
+        number = lambda v, kind: None if v is None or pd.isna(v) else kind(v)
+        return method, number(seed, int), number(fraction, float), number(shots, int)
+
+    by_key = {key(r["method"], r["seed"], r["fraction"], r.get("shots")): r for r in runs}
     metrics = pd.read_csv(inputs["metrics"])
+    if "shots" not in metrics:
+        metrics["shots"] = float("nan")
     m = metrics[
         (metrics["condition"] == "clean") & (metrics["group"] == "all") & (metrics["metric"] == "accuracy")
         & metrics["dataset"].isin({r["dataset"] for r in runs}) & metrics["backbone"].isin({r["backbone"] for r in runs})
     ]
-    m = m[[key(*row) in by_key for row in zip(m["method"], m["seed"], m["fraction"])]]
-    best = m.sort_values(["value", "method", "fraction", "seed"], ascending=[False, True, True, True]).iloc[0]
-    run = by_key[key(best["method"], best["seed"], best["fraction"])]
+    m = m[[key(*row) in by_key for row in zip(m["method"], m["seed"], m["fraction"], m["shots"])]]
+    best = m.sort_values(["value", "method", "fraction", "shots", "seed"], ascending=[False, True, True, True, True]).iloc[0]
+    run = by_key[key(best["method"], best["seed"], best["fraction"], best["shots"])]
     test = read_samples(inputs["samples"]).query("split == 'test'")
     names = test[["label", "label_name"]].drop_duplicates().sort_values("label")["label_name"].tolist()
     logits = predict(load_head(run["files"]["head"]), np.load(Path(inputs["test_features"]) / "clean.npy"))
-    setting = "pretrained" if run["seed"] is None else f"seed {run['seed']}, {run['fraction']:g} % of train"
+    if run["seed"] is None:
+        setting = "pretrained"
+    elif run.get("shots") is not None:
+        setting = f"seed {run['seed']}, {run['shots']} images per class"
+    else:
+        setting = f"seed {run['seed']}, {run['fraction']:g} % of train"
     title = f"{label(methods, run['method'])}, {setting}: accuracy {100 * best['value']:.1f} %"
     confusion(test["label"].to_numpy(), logits, names, title, path)

@@ -1,0 +1,90 @@
+"""k-nearest neighbours on frozen features, UNI's kNN protocol (k = 20).
+
+Training features are centred by their mean and L2-normalised (SimpleShot's CL2N, as UNI's
+``eval_knn`` does before its scikit-learn ``KNeighborsClassifier``); a test feature is centred
+by the *training* mean and normalised the same way. Its ``k`` most cosine-similar training
+features each cast one vote (scikit-learn's uniform weights; on unit vectors cosine similarity
+ranks exactly as UNI's Euclidean distance does).
+
+Logits are the log of each class's share of the votes, floored at 1e-6 for a class without
+any: a softmax of the logits is the vote share itself (scikit-learn's ``predict_proba``),
+AUC ranks images by it, and the argmax is the majority class.
+
+Ties are broken deterministically: of training features equally similar at the k-th place,
+the earlier ones in training order vote; of classes with equal votes, the lower class index
+wins (the first maximum, as scikit-learn's mode). With fewer than ``k`` training features,
+all of them vote. Nothing is trained: the head keeps the centred, normalised training
+features and their labels (N x d floats) and compares test images with them in blocks.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from medtune.methods._features import centre_normalise, labels_tensor, row_blocks, tensor
+
+SPEC = {
+    "training": "frozen",
+    "label": "kNN",
+    "order": 12,
+    "defaults": {"k": 20},
+    "params": {"k": {"type": "integer", "minimum": 1, "description": "neighbours that vote (UNI: 20)"}},
+}
+
+VOTE_FLOOR = 1e-6  # the vote share given to a class without votes, so its logit stays finite
+
+
+def neighbour_votes(similarity: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> torch.Tensor:
+    """Votes per class (rows x classes) of the ``k`` most similar columns of each row; among
+    columns tied with the k-th similarity, the earliest columns fill the remaining places."""
+    k = min(k, similarity.shape[1])
+    kth = similarity.topk(k, dim=1).values[:, -1:]
+    above = similarity > kth
+    tied = similarity == kth
+    places_left = k - above.sum(1, keepdim=True)
+    chosen = above | (tied & (tied.cumsum(1) <= places_left))
+    return chosen.float() @ F.one_hot(labels, n_classes).float()
+
+
+class KNNHead(nn.Module):
+    def __init__(self, mean: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("keys", keys)  # centred, normalised training features
+        self.register_buffer("labels", labels)
+        self.n_classes = int(n_classes)
+        self.k = int(k)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        queries = centre_normalise(features, self.mean)
+        votes = torch.zeros(len(queries), self.n_classes, device=queries.device)
+        for rows in row_blocks(len(queries), len(self.keys)):
+            votes[rows] = neighbour_votes(queries[rows] @ self.keys.T, self.labels, self.n_classes, self.k)
+        share = votes / min(self.k, len(self.keys))
+        return torch.log(share.clamp_min(VOTE_FLOOR))
+
+
+def fit(data, params, seed):
+    x = tensor(data.train_features)
+    mean = x.mean(0)
+    state = {
+        "mean": mean,
+        "keys": centre_normalise(x, mean),
+        "labels": labels_tensor(data.train_labels),
+        "n_classes": int(data.class_text.shape[0]),
+        "k": int(params["k"]),
+    }
+    head = build_head(state)
+    info = {"k": int(params["k"]), "voters": min(int(params["k"]), len(x)), "trainable_parameters": 0}
+    if len(data.val_labels):
+        from medtune.heads import accuracy
+
+        info["val_accuracy"] = accuracy(head, data.val_features, data.val_labels)
+    return state, info
+
+
+def build_head(s: dict) -> nn.Module:
+    return KNNHead(s["mean"], s["keys"], s["labels"], s["n_classes"], s["k"])
+
