@@ -140,7 +140,7 @@ def test_truncated_gzip(tmp_path):
 
 
 def _pcam_split(raw: Path, split: str, n: int, truncate: bool = False) -> None:
-    for part, data in (("x", np.zeros((n, 96, 96, 3), np.uint8)), ("y", np.zeros((n, 1, 1, 1), np.uint8))):
+    for part, data in (("x", np.zeros((n, 96, 96, 3), np.uint8)), ("y", (np.arange(n) % 2).astype(np.uint8).reshape(n, 1, 1, 1))):
         path = raw / pcam.h5_name(split, part)
         with h5py.File(path, "w") as f:
             f.create_dataset(part, data=data)
@@ -203,6 +203,17 @@ def test_class_without_training_sample():
     with pytest.raises(DatasetError) as err:
         train_rows(samples, "samples.csv")
     one_line(err, "samples.csv", "'b'")
+
+
+def test_one_class_dataset_is_refused_at_preparation(tmp_path):
+    """A one-class dataset would train to '100 %' and then have no AUC, F1 or retrieval to speak of."""
+    images = np.zeros((4, 4, 4, 3), np.uint8)
+    samples = pd.DataFrame({"index": range(4), "split": ["train", "val", "test", "test"], "label": 0, "label_name": "tumour",
+                            "caption": "", "group": ""})
+    with pytest.raises(DatasetError) as err:
+        write_dataset(images, samples, tmp_path / "ds")
+    one_line(err, "one class only ('tumour', 4 images)")
+    assert not (tmp_path / "ds" / "images.npy").exists()
 
 
 def test_image_label_count_mismatch(tmp_path):

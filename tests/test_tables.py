@@ -76,3 +76,14 @@ def test_shot_runs_are_rows_of_their_own(metrics, tmp_path):
     assert "| 16-shot " in (tmp_path / "clipath_accuracy.md").read_text()
     cost = pd.read_csv(tmp_path / "clipath_cost.csv").set_index("shots")
     assert cost.loc[16, "train_seconds_mean"] == pytest.approx(0.25) and cost.loc[16, "accuracy_mean"] == pytest.approx(0.72)
+
+
+def test_an_undefined_metric_is_a_dash_not_a_crash(metrics, tmp_path):
+    """AUC is undefined when a class is missing from the test split (medtune.metrics): NaN in every row."""
+    undefined = metrics.assign(value=np.where(metrics["metric"] == "auc", np.nan, metrics["value"]))
+    write_study_tables(undefined, pd.DataFrame(), {"clipath": STUDY}, tmp_path)
+    table = pd.read_csv(tmp_path / "clipath_accuracy.csv")
+    assert table["auc_mean"].isna().all() and table["accuracy_mean"].notna().all()
+    md = (tmp_path / "clipath_accuracy.md").read_text()
+    header, _, first = md.splitlines()[2:5]
+    assert "auc" in header and first.rstrip(" |").endswith("–")

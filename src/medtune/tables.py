@@ -165,7 +165,7 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
     bold = best_cells(numbers, best) if best and len(numbers) else None
     shown = pretty.copy()
     if bold is not None:
-        for col in bold.columns:
+        for col in bold.columns.intersection(shown.columns):
             shown[col] = [f"**{v}**" if b else v for v, b in zip(shown[col], bold[col])]
     body = shown.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
     write_text(f"### {title}\n\n{body}\n", Path(folder) / f"{name}.md")

@@ -54,6 +54,9 @@ def validate_samples(samples: pd.DataFrame, n_images: int, source: str) -> None:
     bad_split = sorted(set(samples["split"]) - set(SPLITS))
     if bad_split:
         raise DatasetError(f"{source}: unknown split(s) {bad_split}; expected {list(SPLITS)}")
+    if samples["label"].nunique() < 2:
+        only = samples["label_name"].iloc[0] if len(samples) else "none"
+        raise DatasetError(f"{source}: one class only ({only!r}, {len(samples)} images): classification needs at least two")
     names = samples.groupby("label")["label_name"].nunique()
     if (names > 1).any():
         raise DatasetError(f"{source}: label {int(names[names > 1].index[0])} has several label_names")

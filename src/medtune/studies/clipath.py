@@ -75,7 +75,7 @@ def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, meth
     numbers.columns = [f"{metric}_{stat}" for stat, metric in numbers.columns]
     # pivoting drops a column that is all NaN (the interval of a single seed, AUC of a
     # one-class test split): keep both columns of every metric, blank where undefined
-    present = [m for m in CLIPATH_METRICS if f"{m}_mean" in numbers or f"{m}_ci95" in numbers]
+    present = [metric for metric in CLIPATH_METRICS if metric in set(m["metric"])]
     numbers = numbers.reindex(columns=[f"{m}_{stat}" for m in present for stat in ("mean", "ci95")])
     numbers = method_order(numbers.reset_index(), methods)
     pretty = numbers[["dataset", "backbone", "method"]].copy()
