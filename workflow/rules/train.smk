@@ -10,7 +10,7 @@ rule train_frozen:
     input:
         unpack(trained_inputs),
     output:
-        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv}, runs.json
+        # every fraction of the seed: frac{fraction}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
         method=lambda wc: {k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")},
@@ -45,6 +45,7 @@ rule train_backbone:
         head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/head.pt",
         record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/train.json",
         metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/metrics.csv",
+        predictions=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/frac{{fraction}}/{MANIFEST}",
     params:
         method=lambda wc: {k: METHODS[wc.tuned][k] for k in ("module", "params")},
