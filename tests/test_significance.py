@@ -106,25 +106,33 @@ def test_bootstrap_is_deterministic_by_seed(two_runs):
     sig.bootstrap_runs.cache_clear()
     other = sig.bootstrap_runs(two_runs, 200, 8)
     for path in two_runs:
-        assert np.array_equal(first[path], again[path])
-        assert not np.array_equal(first[path], other[path])
+        assert np.array_equal(first[path][1], again[path][1])
+        assert not np.array_equal(first[path][1], other[path][1])
+        assert np.array_equal(first[path][0], other[path][0])  # the observed metrics do not depend on the seed
     good, weak = two_runs
-    same = sig.bootstrap_difference([first[good][0]], [first[weak][0]])
-    assert same == sig.bootstrap_difference([again[good][0]], [again[weak][0]])
-    assert same != sig.bootstrap_difference([other[good][0]], [other[weak][0]])
+    accuracy = lambda boot, path: [(boot[path][0][0], boot[path][1][0])]
+    same = sig.bootstrap_difference(accuracy(first, good), accuracy(first, weak))
+    assert same == sig.bootstrap_difference(accuracy(again, good), accuracy(again, weak))
+    assert same != sig.bootstrap_difference(accuracy(other, good), accuracy(other, weak))
 
 
 def test_bootstrap_interval_and_p_value(two_runs):
     sig.bootstrap_runs.cache_clear()
     good, weak = two_runs
     boot = sig.bootstrap_runs(two_runs, 400, 0)
-    low, high, p = sig.bootstrap_difference([boot[good][0]], [boot[weak][0]])
-    assert 0 < low < high and p == pytest.approx(2 / 401)  # every resample favours the better head
-    low, high, p = sig.bootstrap_difference([boot[good][0]], [boot[good][0]])
+    m = {path: classification_metrics(np.load(path)["labels"], np.load(path)["logits"]) for path in two_runs}
+    assert boot[good][0] == pytest.approx([m[good]["accuracy"], m[good]["auc"]])  # observed: the run's own metrics
+    accuracy = lambda path: [(boot[path][0][0], boot[path][1][0])]
+    low, high, p = sig.bootstrap_difference(accuracy(good), accuracy(weak))
+    d = boot[good][1][0] - boot[weak][1][0]
+    assert (low, high) == pytest.approx(tuple(np.percentile(d, [2.5, 97.5])))
+    observed = m[good]["accuracy"] - m[weak]["accuracy"]
+    assert 0 < low < observed < high and p == pytest.approx(2 * stats.norm.sf(observed / d.std(ddof=1)))
+    assert p < 1e-4  # far below the 1/401 a count of resamples could reach
+    low, high, p = sig.bootstrap_difference(accuracy(good), accuracy(good))
     assert (low, high, p) == (0.0, 0.0, 1.0)  # a method against itself
     # the resampled accuracies scatter around the observed one
-    observed = classification_metrics(np.load(good)["labels"], np.load(good)["logits"])["accuracy"]
-    assert abs(boot[good][0].mean() - observed) < 0.01
+    assert abs(boot[good][1][0].mean() - m[good]["accuracy"]) < 0.01
 
 
 def test_paired_resampling_refuses_different_images(tmp_path, two_runs):
@@ -155,7 +163,7 @@ def test_compare_bootstraps_saved_predictions_and_marks_winners(tmp_path):
     table = sig.compare(metric_rows(values), STUDY, runs, ORDER, n_resamples=200)
     row = table[(table["method"] == "rfc") & (table["reference"] == "zeroshot") & (table["fraction"] == 10.0)].iloc[0]
     assert 0 < row["boot_accuracy_low"] < row["accuracy_diff"] < row["boot_accuracy_high"]
-    assert row["p_boot_accuracy"] == pytest.approx(2 / 201) and row["boot_auc_low"] > 0
+    assert row["p_boot_accuracy"] < 1e-4 and row["boot_auc_low"] > 0
     assert table["p_boot_accuracy"].notna().sum() == 3  # three pairs at one fraction
     accuracy = pd.DataFrame(
         [("d", "b", "zeroshot", 0.0, values[("zeroshot", np.nan, np.nan)][0])]
