@@ -48,9 +48,32 @@ def test_tables_have_the_seed_shapes(small_run):
     assert list(robust.columns[-2:]) == ["clean", "blur-2"]
     assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot"} <= set(robust["model"])
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_significance_table_pairs_every_method(small_run):
+    tables = small_run / "results" / "tables"
+    sig = pd.read_csv(tables / "clipath_significance.csv")
+    methods = ["zeroshot", "linear_probe", "rfc", "rfc_augmented", "coop", "toy_method"]
+    pairs = {(m, r) for i, r in enumerate(methods) for m in methods[i + 1:]}  # each later method against each earlier one
+    assert set(zip(sig["method"], sig["reference"])) == pairs
+    per_fraction, per_pair = sig[sig["fraction"].notna()], sig[sig["fraction"].isna()]
+    assert len(per_fraction) == 2 * len(pairs) and len(per_pair) == len(pairs)
+    assert (per_fraction["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 4).all()  # 2 seeds x 2 fractions
+    # every run saved its predictions: a bootstrap interval around each difference
+    assert per_fraction[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
+    assert (per_fraction["boot_accuracy_low"] <= per_fraction["boot_accuracy_high"]).all()
+    for column in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
+        p, adjusted = sig[column].dropna(), sig[f"{column}_holm"].dropna()
+        assert p.between(0, 1).all() and len(adjusted) == len(p) and (adjusted >= p - 1e-12).all()
+    assert per_pair["p_wilcoxon"].notna().all()
+    md = (tables / "clipath_significance.md").read_text()
+    assert md.startswith("### CLIPath") and "Holm" in md
+    acc = pd.read_csv(tables / "clipath_accuracy.csv")
+    assert acc["beats_zeroshot"].dtype == bool and acc["beats_best_baseline"].dtype == bool
+    assert "† better than zero-shot" in (tables / "clipath_accuracy.md").read_text()
 
 
 def test_metrics_are_tidy(small_run):
@@ -59,6 +82,27 @@ def test_metrics_are_tidy(small_run):
     trained = metrics[metrics["method"] == "rfc"]
     assert sorted(trained["seed"].unique()) == [1, 2]
     assert not metrics.duplicated(["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric"]).any()
+    # balanced accuracy and calibration for every run under every condition
+    overall = metrics[metrics["group"] == "all"]
+    per_run = overall.groupby(["dataset", "method", "backbone", "seed", "fraction", "condition"], dropna=False)["metric"].apply(set)
+    assert per_run.map(lambda found: {"balanced_accuracy", "ece15", "ece5"} <= found).all()
+    assert overall[overall["metric"].isin(["balanced_accuracy", "ece15", "ece5"])]["value"].between(0, 1).all()
+
+
+def test_every_run_lists_its_clean_test_predictions(small_run):
+    import numpy as np
+
+    from medtune.records import read_runs
+
+    runs = small_run / "results" / "runs"
+    manifests = sorted(runs.glob("**/runs.json"))
+    found = read_runs(manifests)
+    assert {r["method"] for r in found} >= {"zeroshot", "rfc", "finetune_label"}
+    samples = pd.read_csv(small_run / "results" / "data" / "synth" / "samples.csv").query("split == 'test'")
+    for run in found:
+        saved = np.load(run["files"]["predictions"])
+        assert saved["logits"].shape[0] == len(samples)
+        assert (saved["index"] == samples["index"].to_numpy()).all() and (saved["labels"] == samples["label"].to_numpy()).all()
 
 
 def test_rerun_has_nothing_to_do(small_run):
@@ -76,7 +120,7 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
-    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "pathclip_robustness", "pubmedvision_groups"})
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness", "pubmedvision_groups"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
@@ -94,6 +138,6 @@ def test_report_embeds_every_table_and_figure(small_run):
     report = small_run / "report.html"
     snakemake(small_run, "--report", str(report))
     html = report.read_text(errors="replace")
-    for name in ("clipath_accuracy.png", "clipath_confusion.png", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+    for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
