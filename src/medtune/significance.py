@@ -84,12 +84,14 @@ def signed_rank(differences: np.ndarray) -> float:
 
 def resample_counts(n: int, n_resamples: int, seed: int):
     """Chunks of bootstrap resamples of ``n`` images, each row the number of times every
-    image is drawn (a multinomial of n draws): the same for every run, so differences pair."""
+    image is drawn (n draws with replacement): the same for every run, so differences pair.
+    float32 counts: exact (they sum to n), and half the memory traffic of float64."""
     rng = np.random.default_rng(seed)
     done = 0
     while done < n_resamples:
         size = min(_CHUNK, n_resamples - done)
-        yield rng.multinomial(n, np.full(n, 1.0 / n), size=size).astype(np.float64)
+        drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]  # one bincount for the chunk
+        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(np.float32)
         done += size
 
 
@@ -99,13 +101,21 @@ def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) 
     or negatives."""
     order = np.argsort(scores, kind="stable")
     sorted_scores = scores[order]
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # groups of tied scores
-    w = weights[:, order]
-    pos = np.add.reduceat(w * positive[order], starts, axis=1)
-    neg = np.add.reduceat(w * ~positive[order], starts, axis=1)
-    below = np.cumsum(neg, axis=1) - neg  # negatives scored strictly lower than each group
+    sorted_weights = weights[:, order]
+    pos = sorted_weights * positive[order]
+    neg = sorted_weights - pos
+    # each image's group of tied scores, as [first, last + 1) positions in the sorted order
+    new = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(scores)]
+    # negatives scored lower (cumulative up to the group), plus half the tied ones: the mean
+    # of the cumulative count before the group and after it
+    cumulative = np.concatenate([np.zeros((len(weights), 1), neg.dtype), np.cumsum(neg, axis=1)], axis=1)
+    credit = 0.5 * (np.take(cumulative, starts[group], axis=1) + np.take(cumulative, ends[group], axis=1))
+    wins = np.einsum("ij,ij->i", pos, credit, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+        return wins / (pos.sum(axis=1, dtype=np.float64) * neg.sum(axis=1, dtype=np.float64))
 
 
 def weighted_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +124,7 @@ def weighted_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray
     under each row of ``weights``."""
     probs = softmax(np.asarray(logits, dtype=np.float64))
     correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    accuracy = weights @ correct / weights.sum(axis=1)
+    accuracy = (weights @ correct.astype(weights.dtype)).astype(np.float64) / weights.sum(axis=1, dtype=np.float64)
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     auc = np.mean([weighted_auc(probs[:, c], labels == c, weights) for c in classes], axis=0)
     return accuracy, auc
