@@ -53,3 +53,56 @@ def test_top_k_per_group():
 def test_auc_undefined_with_one_class():
     m = classification_metrics(np.array([1, 1]), np.array([[0, 1.0], [1.0, 0]]))
     assert np.isnan(m["auc"])
+
+
+def test_balanced_accuracy_by_hand_and_against_scikit_learn():
+    from sklearn.metrics import balanced_accuracy_score
+
+    # predictions 0, 0, 1, 1: recall 2/3 for class 0, 1/1 for class 1 -> mean 5/6
+    labels = np.array([0, 0, 0, 1])
+    logits = np.array([[2, 0], [1, 0], [0, 1], [0, 3]], dtype=float)
+    assert classification_metrics(labels, logits)["balanced_accuracy"] == pytest.approx(5 / 6)
+    rng = np.random.default_rng(0)
+    labels, logits = rng.integers(0, 4, 200), rng.normal(size=(200, 4))
+    expected = balanced_accuracy_score(labels, logits.argmax(1))
+    assert classification_metrics(labels, logits)["balanced_accuracy"] == pytest.approx(expected)
+
+
+def test_ece_by_hand_pins_torchmetrics_bins():
+    from medtune.metrics import expected_calibration_error
+
+    # 4 bins [0,.25) [.25,.5) [.5,.75) [.75,1) and a bin of its own for confidence exactly 1
+    probs = np.array([
+        [0.5, 0.5, 0.0, 0.0],  # label 0: right (first of tied maxima), confidence .5 -> third bin, not second
+        [0.4, 0.3, 0.3, 0.0],  # label 1: wrong, .4
+        [0.6, 0.4, 0.0, 0.0],  # label 1: wrong, .6
+        [1.0, 0.0, 0.0, 0.0],  # label 2: wrong, 1.0 -> its own bin
+        [0.8, 0.2, 0.0, 0.0],  # label 0: right, .8
+    ])
+    labels = np.array([0, 1, 1, 2, 0])
+    # |acc - conf| x share: {.4}: .4 x 1/5; {.5, .6}: |.5 - .55| x 2/5; {.8}: .2 x 1/5; {1}: 1 x 1/5
+    assert expected_calibration_error(labels, probs, 4) == pytest.approx(0.08 + 0.02 + 0.04 + 0.20)
+    # right-closed bins, (lo, hi], would give .30: the half-open rule above is what is pinned
+
+
+def test_ece_matches_torchmetrics_documented_example():
+    from medtune.metrics import expected_calibration_error
+
+    # torchmetrics' multiclass_calibration_error docstring: n_bins=3, norm l1 -> 0.2000
+    probs = np.array([[0.25, 0.20, 0.55], [0.55, 0.05, 0.40], [0.10, 0.30, 0.60], [0.90, 0.05, 0.05]])
+    assert expected_calibration_error(np.array([0, 1, 2, 0]), probs, 3) == pytest.approx(0.2)
+
+
+def test_ece_of_logits_is_that_of_their_softmax_in_both_bin_counts():
+    from medtune.metrics import expected_calibration_error, softmax
+
+    labels = np.array([0, 1, 1, 0])
+    logits = np.array([[2.0, 0.0], [0.0, 0.5], [3.0, 0.0], [0.1, 0.0]])
+    m = classification_metrics(labels, logits)
+    probs = softmax(logits)
+    # by hand, 5 bins: confidences .881 (right), .622 (right), .953 (wrong), .525 (right)
+    # bins [.4,.6): {.525} gap .475; [.6,.8): {.622} gap .378; [.8,1): {.881 right, .953 wrong} gap |.5 - .917|
+    conf = probs.max(1)
+    by_hand = (abs(1 - conf[3]) + abs(1 - conf[1]) + 2 * abs(0.5 - (conf[0] + conf[2]) / 2)) / 4
+    assert m["ece5"] == pytest.approx(by_hand)
+    assert m["ece15"] == pytest.approx(expected_calibration_error(labels, probs, 15))

@@ -137,7 +137,8 @@ def test_the_registries_read_no_heavy_module():
 def test_tables_and_figures_come_from_the_study_declarations():
     config = plan.validate(DEFAULT)
     assert plan.tables(config) == [
-        "clipath_accuracy", "clipath_cost", "adapted_robustness", "pubmedvision_topk", "pathclip_zeroshot", "pathclip_retrieval"
+        "clipath_accuracy", "clipath_cost", "adapted_robustness", "clipath_significance", "pubmedvision_topk",
+        "pathclip_zeroshot", "pathclip_retrieval",
     ]
     clean_only = copy.deepcopy(DEFAULT)
     clean_only["studies"]["clipath"]["conditions"] = ["clean"]

@@ -48,6 +48,41 @@ def test_tables_with_paper_columns_bold_and_latex(metrics, tmp_path):
     assert "1.50 s" in cost
 
 
+def test_significance_table_and_accuracy_markers(metrics, tmp_path):
+    write_study_tables(metrics, pd.DataFrame(), {"clipath": STUDY}, tmp_path)
+    sig = pd.read_csv(tmp_path / "clipath_significance.csv")
+    # one pair (rfc - zeroshot): a row per fraction, and one for the signed-rank test over all 6 (seed, fraction) pairs
+    assert len(sig) == 3 and set(sig["reference"]) == {"zeroshot"}
+    at10 = sig[sig["fraction"] == 10].iloc[0]
+    d10 = np.array([0.80, 0.84, 0.82]) - 0.5
+    assert at10["accuracy_diff"] == pytest.approx(0.32)
+    p1, p10 = stats.ttest_1samp(np.array([0.60, 0.62, 0.64]) - 0.5, 0).pvalue, stats.ttest_1samp(d10, 0).pvalue
+    assert at10["p_t"] == pytest.approx(p10)
+    assert at10["p_t_holm"] == pytest.approx(2 * p10)  # the smaller of two p-values, times 2
+    whole = sig[sig["fraction"].isna()].iloc[0]
+    assert whole["n_pairs"] == 6 and whole["p_wilcoxon"] == pytest.approx(2 / 2**6)
+    assert sig["p_boot_accuracy"].isna().all()  # no runs given: no predictions to resample
+    md = (tmp_path / "clipath_significance.md").read_text()
+    assert "| CLIP + RFC − zero-shot |" in md and "Holm" in md
+    # both fractions beat zero-shot after Holm (p1 and 2 x p10 below .05): † beside accuracy, legend under the table
+    assert max(p1, 2 * p10) < 0.05
+    acc = (tmp_path / "clipath_accuracy.md").read_text()
+    assert "| 62.0 ± 5.0 †" in acc and "| **82.0 ± 5.0 †** |" in acc
+    assert acc.rstrip().splitlines()[-1].startswith("† better than zero-shot")
+    assert pd.read_csv(tmp_path / "clipath_accuracy.csv").query("method == 'rfc'")["beats_zeroshot"].all()
+
+
+def test_tables_may_ask_only_for_table_inputs(tmp_path):
+    from pathlib import Path
+
+    from medtune.registry import RegistryError
+    from medtune.studies import _outputs
+
+    assert _outputs({"t": {"function": "f", "inputs": ["runs"]}}, Path("s.py"), "table")["t"].inputs == ("runs",)
+    with pytest.raises(RegistryError, match="table 't' asks for unknown input 'images'"):
+        _outputs({"t": {"function": "f", "inputs": ["images"]}}, Path("s.py"), "table")
+
+
 def test_a_single_seed_leaves_the_interval_blank(metrics, tmp_path):
     one_seed = metrics[metrics["seed"].isna() | (metrics["seed"] == 1)]
     write_study_tables(one_seed, pd.DataFrame(), {"clipath": STUDY}, tmp_path)

@@ -64,9 +64,36 @@ def test_tables_have_the_seed_shapes(small_run):
     assert list(robust.columns[-2:]) == ["clean", "blur-2"]
     assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%"} <= set(robust["model"])
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
+
+
+def test_significance_table_pairs_every_method(small_run):
+    tables = small_run / "results" / "tables"
+    sig = pd.read_csv(tables / "clipath_significance.csv")
+    from medtune import plan
+
+    config = plan.validate(SMALL_CONFIG)
+    declared = config["methods"]
+    methods = sorted(config["studies"]["clipath"]["methods"], key=lambda m: (declared[m]["order"], m))
+    pairs = {(m, r) for i, r in enumerate(methods) for m in methods[i + 1:]}  # each later method against each earlier one
+    assert set(zip(sig["method"], sig["reference"])) == pairs
+    per_fraction, per_pair = sig[sig["fraction"].notna()], sig[sig["fraction"].isna()]
+    assert len(per_fraction) == 2 * len(pairs) and len(per_pair) == len(pairs)
+    assert (per_fraction["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 4).all()  # 2 seeds x 2 fractions
+    # every run saved its predictions: a bootstrap interval around each difference
+    assert per_fraction[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
+    assert (per_fraction["boot_accuracy_low"] <= per_fraction["boot_accuracy_high"]).all()
+    for column in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
+        p, adjusted = sig[column].dropna(), sig[f"{column}_holm"].dropna()
+        assert p.between(0, 1).all() and len(adjusted) == len(p) and (adjusted >= p - 1e-12).all()
+    assert per_pair["p_wilcoxon"].notna().all()
+    md = (tables / "clipath_significance.md").read_text()
+    assert md.startswith("### CLIPath") and "Holm" in md
+    acc = pd.read_csv(tables / "clipath_accuracy.csv")
+    assert acc["beats_zeroshot"].dtype == bool and acc["beats_best_baseline"].dtype == bool
+    assert "† better than zero-shot" in (tables / "clipath_accuracy.md").read_text()
 
 
 def test_metrics_are_tidy(small_run):
@@ -91,6 +118,27 @@ def test_shot_subsets_hold_k_images_of_every_class(small_run):
     record = small_run / "results" / "runs" / "synth" / "knn" / "tiny" / "seed1" / "shots2" / "train.json"
     labels = yaml.safe_load(record.read_text())
     assert (labels["shots"], labels["fraction"], labels["n_train"]) == (2, None, 10)
+    # balanced accuracy and calibration for every run under every condition
+    overall = metrics[metrics["group"] == "all"]
+    per_run = overall.groupby(["dataset", "method", "backbone", "seed", "fraction", "shots", "condition"], dropna=False)["metric"].apply(set)
+    assert per_run.map(lambda found: {"balanced_accuracy", "ece15", "ece5"} <= found).all()
+    assert overall[overall["metric"].isin(["balanced_accuracy", "ece15", "ece5"])]["value"].between(0, 1).all()
+
+
+def test_every_run_lists_its_clean_test_predictions(small_run):
+    import numpy as np
+
+    from medtune.records import read_runs
+
+    runs = small_run / "results" / "runs"
+    manifests = sorted(runs.glob("**/runs.json"))
+    found = read_runs(manifests)
+    assert {r["method"] for r in found} >= {"zeroshot", "rfc", "finetune_label"}
+    samples = pd.read_csv(small_run / "results" / "data" / "synth" / "samples.csv").query("split == 'test'")
+    for run in found:
+        saved = np.load(run["files"]["predictions"])
+        assert saved["logits"].shape[0] == len(samples)
+        assert (saved["index"] == samples["index"].to_numpy()).all() and (saved["labels"] == samples["label"].to_numpy()).all()
 
 
 def test_rerun_has_nothing_to_do(small_run):
@@ -108,7 +156,7 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
-    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "pathclip_robustness", "pubmedvision_groups"})
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness", "pubmedvision_groups"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
@@ -132,6 +180,7 @@ def report(small_run):
 def test_report_embeds_every_table_and_figure(report):
     html = report.read_text(errors="replace")
     for name in ("clipath_accuracy.png", "clipath_confusion.png", "pubmedvision_groups.png", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+    for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
 

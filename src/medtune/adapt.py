@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from medtune.conditions import AUGMENTED
 from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import evaluate_features, evaluate_run
+from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
 from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.methods import zeroshot
@@ -31,13 +31,16 @@ def load_text(path) -> tuple[np.ndarray, float]:
 
 def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir) -> None:
     """The pretrained model's class-prompt classifier under every test condition: ``out_dir/``
-    ``{head.pt, metrics.csv, runs.json}``."""
+    ``{head.pt, metrics.csv, predictions.npz, runs.json}``."""
     classifier, scale = load_text(text)
     out_dir = Path(out_dir)
     save_torch({**zeroshot.state(classifier, scale), "run": run}, out_dir / "head.pt")
     table = read_samples(samples)
-    write_csv(evaluate_run(out_dir / "head.pt", test_dir, table[table["split"] == "test"], conditions, run), out_dir / "metrics.csv")
-    write_manifest([{**run, "files": {"head": "head.pt", "metrics": "metrics.csv"}}], out_dir)
+    test_rows = table[table["split"] == "test"]
+    write_csv(evaluate_run(out_dir / "head.pt", test_dir, test_rows, conditions, run), out_dir / "metrics.csv")
+    clean = {"clean": np.load(Path(test_dir) / "clean.npy", mmap_mode="r")}
+    write_predictions(load_head(out_dir / "head.pt"), clean, test_rows, out_dir / PREDICTIONS)
+    write_manifest([{**run, "files": {"head": "head.pt", "metrics": "metrics.csv", "predictions": PREDICTIONS}}], out_dir)
 
 
 def split_features(features_dir, samples: pd.DataFrame, split: str, condition: str = "clean") -> tuple[np.ndarray, pd.DataFrame]:
@@ -80,7 +83,7 @@ def train_frozen(
     ``method`` is the configured method (``config["methods"][name]``); ``runs`` the labels of
     the runs to make, one per subset, and ``subsets`` maps each run's subset name (``frac5``,
     ``shots16``: :attr:`medtune.plan.Run.subset`) to its subset CSV, in the order of ``runs``.
-    Writes ``out_dir/{subset}/{head.pt,train.json,metrics.csv}`` and ``out_dir/runs.json``, the
+    Writes ``out_dir/{subset}/{head.pt,train.json,metrics.csv,predictions.npz}`` and ``out_dir/runs.json``, the
     whole folder at once. One job covers all subsets because
     a fit from cached features takes about a second, less than starting Python and importing
     torch and scikit-learn. A method that needs the text encoder gets the frozen backbone
@@ -133,7 +136,8 @@ def train_frozen(
             # evaluate what was saved, on the test features loaded once for all subsets
             head = load_head(tmp / folder / "head.pt")
             write_csv(evaluate_features(head, test_features, test_rows, run), tmp / folder / "metrics.csv")
-            files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv"}
+            write_predictions(head, test_features, test_rows, tmp / folder / PREDICTIONS)
+            files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
             manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
         write_manifest(manifest, tmp)
 
@@ -176,7 +180,8 @@ def train_backbone(
 ) -> None:
     """Train inside the backbone for one run, then evaluate each model the method yields
     (for fine-tuning: the kept model and its WiSE-FT mixes). Writes ``out_dir/``
-    ``{weights.pt, head.pt, train.json, metrics.csv, runs.json}``.
+    ``{weights.pt, head.pt, train.json, metrics.csv, predictions.npz, runs.json}`` (the
+    predictions are the kept model's, not the mixes').
 
     Training changes the image encoder, so unlike the frozen methods this job re-encodes
     the test split (every condition) with its own encoder.
@@ -212,12 +217,13 @@ def train_backbone(
         if not suffix:
             # the tuned model's own class-prompt classifier: evaluated like a zero-shot head
             save_torch({**zeroshot.state(head.class_text, head.logit_scale), "run": run}, out_dir / "head.pt")
+            write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
     save_torch(kept, out_dir / "weights.pt")
     record = {**run, "n_train": len(train_rows), "chosen": info, "params": params}
     record.update(cost_record(dev, seconds, trainable, len(train_rows) * params["epochs"]))
     write_json(record, out_dir / "train.json")
     write_csv(pd.concat(frames, ignore_index=True), out_dir / "metrics.csv")
-    files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv"}
+    files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
     write_manifest([{**run, "files": files}], out_dir)
     if state_dir:
         import shutil

@@ -1,4 +1,5 @@
-"""Metrics of one run under every test condition, as tidy rows for ``results/metrics.csv``."""
+"""Metrics of one run under every test condition, as tidy rows for ``results/metrics.csv``,
+and the run's clean-test predictions (``predictions.npz``) for paired statistics."""
 
 from __future__ import annotations
 
@@ -9,10 +10,12 @@ import numpy as np
 import pandas as pd
 
 from medtune.heads import embed, load_head, predict
+from medtune.io import atomic_path
 from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
 RETRIEVAL_KS = (5, 10)
+PREDICTIONS = "predictions.npz"
 METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
 
 
@@ -57,3 +60,20 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
     for i, key in enumerate(["dataset", "method", "backbone", "seed", "fraction", "shots"]):
         out.insert(i, key, run.get(key))
     return out[METRIC_COLUMNS]
+
+
+def write_predictions(head, features: Mapping[str, np.ndarray], test_samples: pd.DataFrame, path) -> None:
+    """The head's logits on the clean test split, with each image's label and sample index:
+    what paired comparisons between runs (:mod:`medtune.significance`) resample."""
+    if "clean" not in features:
+        raise ValueError(f"no clean test features to write {path} from (conditions: {list(features)})")
+    logits = predict(head, features["clean"])
+    if len(logits) != len(test_samples):
+        raise ValueError(f"clean test features have {len(logits)} rows, the test split {len(test_samples)}")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, logits=logits, labels=test_samples["label"].to_numpy(), index=test_samples["index"].to_numpy())
+
+
+def read_predictions(path) -> dict[str, np.ndarray]:
+    with np.load(path) as saved:
+        return {key: saved[key] for key in ("logits", "labels", "index")}

@@ -17,7 +17,7 @@ from scipy import stats
 from medtune.io import read_json, write_csv, write_text
 from medtune.records import read_runs
 
-PERCENT_METRICS = {"accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
+PERCENT_METRICS = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
 COST_COLUMNS = ("wall_seconds", "device", "peak_memory_mb", "trainable_parameters", "images_seen", "n_train")
 LABEL_COLUMNS = ("dataset", "method", "backbone", "seed", "fraction", "shots")
 
@@ -160,7 +160,10 @@ def to_latex(pretty: pd.DataFrame, bold: pd.DataFrame | None, caption: str) -> s
 
 
 def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str, best: dict | None = None) -> None:
-    """CSV (numbers), Markdown and LaTeX (booktabs; best value per column in bold)."""
+    """CSV (numbers), Markdown and LaTeX (booktabs; best value per column in bold).
+
+    Lines in ``pretty.attrs["notes"]`` (a legend of markers) go under the Markdown table
+    and into the LaTeX caption."""
     write_csv(numbers, Path(folder) / f"{name}.csv")
     bold = best_cells(numbers, best) if best and len(numbers) else None
     shown = pretty.copy()
@@ -168,20 +171,28 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
         for col in bold.columns.intersection(shown.columns):
             shown[col] = [f"**{v}**" if b else v for v, b in zip(shown[col], bold[col])]
     body = shown.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
-    write_text(f"### {title}\n\n{body}\n", Path(folder) / f"{name}.md")
-    write_text(to_latex(pretty, bold, title) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
+    notes = pretty.attrs.get("notes", []) if len(pretty) else []
+    legend = "".join(f"\n{line}\n" for line in notes)
+    write_text(f"### {title}\n\n{body}\n{legend}", Path(folder) / f"{name}.md")
+    caption = f"{title}. {' '.join(notes)}" if notes else title
+    write_text(to_latex(pretty, bold, caption) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
 
 
-def write_study_tables(metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder, methods: dict | None = None) -> list[str]:
-    """Every table each configured study declares (and its config asks for)."""
+def write_study_tables(
+    metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder, methods: dict | None = None, run_outputs: Iterable[str] = ()
+) -> list[str]:
+    """Every table each configured study declares (and its config asks for). A table that
+    declares ``inputs: [runs]`` also gets the runs of ``run_outputs`` (the jobs' manifests)."""
     from medtune import studies as registry
 
     methods = methods or registered_methods()
+    runs = read_runs(run_outputs)
     written = []
     for name, study in studies.items():
         module = registry.registered()[name].load()
         for table in registry.tables(name, study):
-            numbers, pretty, best = getattr(module, table.function)(metrics, costs, study, methods)
+            extra = {"runs": runs} if "runs" in table.inputs else {}
+            numbers, pretty, best = getattr(module, table.function)(metrics, costs, study, methods, **extra)
             write_table(numbers, pretty, folder, table.name, table.title, best)
             written.append(table.name)
     return written

@@ -25,6 +25,8 @@ rule tables:
     input:
         metrics=f"{RESULTS}/metrics.csv",
         costs=f"{RESULTS}/costs.csv",
+        # run manifests: tables that declare inputs [runs] read the runs' predictions
+        runs=all_run_outputs(),
     output:
         [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
         + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex")],

@@ -10,7 +10,7 @@ rule train_frozen:
     input:
         unpack(trained_inputs),
     output:
-        # every fraction and shot count of the seed: {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv}, runs.json
+        # every fraction and shot count of the seed: {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
     params:
         method=lambda wc: {"name": wc.trained, **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")}},
@@ -45,6 +45,7 @@ rule train_backbone:
         head=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/head.pt",
         record=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/train.json",
         metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/metrics.csv",
+        predictions=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
     params:
         method=lambda wc: {"name": wc.tuned, **{k: METHODS[wc.tuned][k] for k in ("module", "params")}},

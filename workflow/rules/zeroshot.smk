@@ -10,6 +10,7 @@ rule zeroshot:
     output:
         head=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/head.pt",
         metrics=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/metrics.csv",
+        predictions=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/{MANIFEST}",
     params:
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, "zeroshot"),

@@ -10,7 +10,8 @@ A study module declares, as a literal at its top, ::
     }
 
 and the functions it names. A table function takes ``(metrics, costs, study, methods)``
-and returns ``(numbers, pretty, best)`` (see :func:`medtune.tables.write_table`); a
+(plus, as keywords, what its ``inputs`` name among :data:`TABLE_INPUTS`) and returns
+``(numbers, pretty, best)`` (see :func:`medtune.tables.write_table`); a
 figure function takes ``(inputs, study, methods, path)`` where ``inputs`` maps each
 name in the figure's ``inputs`` to its file (see :data:`FIGURE_INPUTS`). ``when``
 (optional) names a condition on the study's config under which the table or figure
@@ -40,6 +41,11 @@ FIGURE_INPUTS = {
     "test_features": "clean and corrupted test features of the study's first backbone on its first dataset",
 }
 
+# what a table may ask for beyond metrics and costs, passed as a keyword of that name
+TABLE_INPUTS = {
+    "runs": "every run's manifest entry (medtune.records.read_runs): labels and files, such as the clean-test predictions",
+}
+
 
 @dataclass(frozen=True)
 class Output:
@@ -66,11 +72,12 @@ class Study:
 
 def _outputs(entries: dict[str, Any], where: Path, kind: str) -> dict[str, Output]:
     out = {}
+    allowed = TABLE_INPUTS if kind == "table" else FIGURE_INPUTS
     for name, entry in entries.items():
         inputs = tuple(entry.get("inputs", ()))
-        unknown = [i for i in inputs if i not in FIGURE_INPUTS]
+        unknown = [i for i in inputs if i not in allowed]
         if unknown:
-            raise RegistryError(f"{where}: {kind} {name!r} asks for unknown input {unknown[0]!r}; expected one of {list(FIGURE_INPUTS)}")
+            raise RegistryError(f"{where}: {kind} {name!r} asks for unknown input {unknown[0]!r}; expected one of {list(allowed)}")
         out[name] = Output(name, entry["function"], entry.get("title", ""), entry.get("caption", ""), inputs, entry.get("when"))
     return out
 

@@ -1,7 +1,8 @@
 """CLIPath (seed 000): frozen CLIP adapted with few labelled images.
 
 Accuracy, recall, precision, F1 and AUC by share of training data, the training cost
-beside accuracy, and (beyond the seed) adapted models under corruptions.
+beside accuracy, and (beyond the seed) adapted models under corruptions, paired
+significance tests between methods (:mod:`medtune.significance`) and calibration.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ import pandas as pd
 
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
+from medtune.significance import ALPHA, compare, winners
 from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
 
 SPEC = {
     "label": "CLIPath",
     "conditions": ["clean"],
     "tables": {
-        "clipath_accuracy": {"function": "accuracy_table", "title": "CLIPath: test metrics by share of training data"},
+        "clipath_accuracy": {"function": "accuracy_table", "inputs": ["runs"], "title": "CLIPath: test metrics by share of training data"},
         "clipath_cost": {"function": "cost_table", "title": "CLIPath: accuracy and training cost"},
         "adapted_robustness": {
             "function": "robustness_table",
             "title": "Beyond the seeds: test accuracy of adapted models under corruptions",
             "when": "corrupted",
+        },
+        "clipath_significance": {
+            "function": "significance_table",
+            "inputs": ["runs"],
+            "title": "CLIPath: paired differences between methods on the clean test split",
         },
     },
     "figures": {
@@ -46,6 +53,14 @@ SPEC = {
             "caption": "Per-class confusion matrix (rows normalised) of the most accurate frozen-backbone run of the "
             "CLIPath study on the clean test split.",
         },
+        "clipath_reliability": {
+            "function": "reliability_figure",
+            "inputs": ["metrics", "runs"],
+            "caption": "Reliability diagrams of the most accurate run of each zero-shot or frozen-backbone method on the "
+            "clean test split: accuracy of the images in each of 15 equal-width bins of top-class softmax "
+            "confidence (bars) against the diagonal of perfect calibration; bar shading shows the bin's share of "
+            "images. The title gives the expected calibration error over those bins (ECE, 15 bins).",
+        },
     },
 }
 CLIPATH_METRICS = ["accuracy", "recall", "precision", "f1", "auc"]
@@ -65,9 +80,11 @@ def fraction_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return frame[frame["shots"].isna()] if "shots" in frame else frame
 
 
-def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
+def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict, runs=()):
     """Rows: dataset, backbone, method, data usage (a share of the training data, or k images
-    per class); columns: accuracy, recall, precision, F1, AUC."""
+    per class); columns: accuracy, recall, precision, F1, AUC.
+    The accuracy of a trained method carries † where it beats zero-shot and ‡ where it beats
+    the best other trained method, significantly (:func:`medtune.significance.winners`)."""
     m = select(metrics, study)
     m = m[m["metric"].isin(CLIPATH_METRICS)]
     s = summarise(m, ["dataset", "backbone", "method", "fraction", "shots", "metric"])
@@ -83,9 +100,83 @@ def accuracy_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, meth
     for metric in CLIPATH_METRICS:
         if f"{metric}_mean" in numbers:
             pretty[metric] = [format_cell(a, b, metric) for a, b in zip(numbers[f"{metric}_mean"], numbers[f"{metric}_ci95"])]
+    if "accuracy_mean" in numbers:
+        numbers, pretty = _mark_winners(numbers, pretty, compare(metrics, study, list(runs), methods))
     best = {m: f"{m}_mean" for m in CLIPATH_METRICS}
     numbers, pretty = add_paper(numbers, pretty, study.get("paper", {}).get("clipath_accuracy"), ["dataset", "method", "fraction"], best)
     return numbers, pretty, best
+
+
+SIGNIFICANCE_NOTES = {
+    "†": "better than zero-shot",
+    "‡": "better than the most accurate other trained method at that data usage",
+}
+
+
+def _mark_winners(numbers: pd.DataFrame, pretty: pd.DataFrame, comparisons: pd.DataFrame):
+    """† and ‡ beside the accuracy of the runs that significantly beat the references."""
+    by_fraction = numbers[numbers["shots"] == 0] if "shots" in numbers else numbers  # shot rows are not compared
+    won = winners(comparisons, by_fraction[["dataset", "backbone", "method", "fraction", "accuracy_mean"]])
+    found = won.set_index(["dataset", "backbone", "method", "fraction"])
+    keys = list(zip(numbers["dataset"], numbers["backbone"], numbers["method"], numbers["fraction"]))
+    shot_rows = numbers["shots"] > 0 if "shots" in numbers else pd.Series(False, index=numbers.index)
+    for column in ("beats_zeroshot", "beats_best_baseline"):
+        numbers[column] = [bool(found[column].get(k, False)) and not shot for k, shot in zip(keys, shot_rows)]
+    marks = ["".join(m for m, hit in zip(SIGNIFICANCE_NOTES, flags) if hit)
+             for flags in zip(numbers["beats_zeroshot"], numbers["beats_best_baseline"])]
+    pretty["accuracy"] = [f"{cell} {mark}" if mark else cell for cell, mark in zip(pretty["accuracy"], marks)]
+    pretty.attrs["notes"] = [
+        "; ".join(f"{mark} {text}" for mark, text in SIGNIFICANCE_NOTES.items())
+        + f": a positive paired difference in clean accuracy with p below {ALPHA:g} after Holm's correction in every test "
+        "made (t-test over seeds, bootstrap over test images; see clipath_significance)."
+    ]
+    return numbers, pretty
+
+
+def _p(value: float) -> str:
+    if np.isnan(value):
+        return "–"
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _signed(mean: float, ci: float, scale: float, digits: int) -> str:
+    if np.isnan(mean):
+        return "–"
+    text = f"{mean * scale:+.{digits}f}"
+    return text if np.isnan(ci) else f"{text} ± {ci * scale:.{digits}f}"
+
+
+def _interval(low: float, high: float, scale: float, digits: int) -> str:
+    return "–" if np.isnan(low) else f"[{low * scale:+.{digits}f}, {high * scale:+.{digits}f}]"
+
+
+def significance_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict, runs=()):
+    """Every pair of methods (one of them trained) on the clean test split: per data usage,
+    the mean paired difference over seeds (95 % t-interval, t-test), the paired bootstrap
+    over test images for accuracy and AUC; per pair, the signed-rank test over all
+    (seed, fraction) pairs. Shown p-values are Holm-corrected within their column."""
+    numbers = compare(metrics, study, list(runs), methods)
+    per_pair = numbers["fraction"].isna()
+    pretty = numbers[["dataset", "backbone"]].copy()
+    pretty["comparison"] = [f"{label(methods, m)} − {label(methods, r)}" for m, r in zip(numbers["method"], numbers["reference"])]
+    pretty["data usage"] = ["all (seed, usage) pairs" if whole else usage(f) for whole, f in zip(per_pair, numbers["fraction"])]
+    pretty["seeds"] = [f"{int(p)} pairs" if whole else f"{int(n)}" for whole, n, p in zip(per_pair, numbers["n_seeds"], numbers["n_pairs"])]
+    pretty["Δ accuracy"] = [_signed(m, c, 100, 1) for m, c in zip(numbers["accuracy_diff"], numbers["accuracy_diff_ci95"])]
+    pretty["p (t)"] = numbers["p_t_holm"].map(_p)
+    pretty["Δ accuracy, bootstrap CI"] = [_interval(lo, hi, 100, 1) for lo, hi in zip(numbers["boot_accuracy_low"], numbers["boot_accuracy_high"])]
+    pretty["p (bootstrap)"] = numbers["p_boot_accuracy_holm"].map(_p)
+    pretty["Δ AUC"] = [_signed(m, c, 1, 3) for m, c in zip(numbers["auc_diff"], numbers["auc_diff_ci95"])]
+    pretty["Δ AUC, bootstrap CI"] = [_interval(lo, hi, 1, 3) for lo, hi in zip(numbers["boot_auc_low"], numbers["boot_auc_high"])]
+    pretty["p AUC (bootstrap)"] = numbers["p_boot_auc_holm"].map(_p)
+    pretty["p (signed-rank)"] = numbers["p_wilcoxon_holm"].map(_p)
+    pretty.attrs["notes"] = [
+        "Differences are the first method minus the second on the clean test split (accuracy in points, AUC in units), "
+        "paired on seed and training subset. Δ: mean over seeds ± half-width of the 95 % t-interval; p (t): paired t-test "
+        "over seeds. Bootstrap: 1,000 resamples of the test images, the same for both methods and every seed, the "
+        "difference averaged over seeds; 95 % percentile interval (CI), p from the bootstrap standard error. p (signed-rank): Wilcoxon "
+        "over every (seed, data usage) pair of the two methods. Every p-value is Holm-corrected within its column."
+    ]
+    return numbers, pretty, None
 
 
 def cost_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
@@ -223,3 +314,57 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
         setting = f"seed {run['seed']}, {run['fraction']:g} % of train"
     title = f"{label(methods, run['method'])}, {setting}: accuracy {100 * best['value']:.1f} %"
     confusion(test["label"].to_numpy(), logits, names, title, path)
+
+
+def reliability_figure(inputs: dict, study: dict, methods: dict, path) -> None:
+    """Reliability diagram (15 bins) of the most accurate run of each method, clean test split."""
+    from matplotlib.colors import to_rgba
+
+    from medtune.evaluate import read_predictions
+    from medtune.metrics import calibration_bins, expected_calibration_error, softmax
+    from medtune.records import read_runs
+
+    runs = [r for r in read_runs(inputs["runs"]) if "predictions" in r["files"] and r.get("shots") is None]
+    key = lambda method, seed, fraction: (method, None if pd.isna(seed) else int(seed), None if pd.isna(fraction) else float(fraction))
+    by_key = {key(r["method"], r["seed"], r["fraction"]): r for r in runs}
+    metrics = pd.read_csv(inputs["metrics"])
+    m = metrics[
+        (metrics["condition"] == "clean") & (metrics["group"] == "all") & (metrics["metric"] == "accuracy")
+        & metrics["dataset"].isin({r["dataset"] for r in runs}) & metrics["backbone"].isin({r["backbone"] for r in runs})
+    ]
+    m = fraction_rows(m)  # the shot runs are left out, as in the figures against the fraction
+    m = m[[key(*row) in by_key for row in zip(m["method"], m["seed"], m["fraction"])]]
+    best = m.sort_values(["value", "seed", "fraction"], ascending=[False, True, True]).groupby("method", sort=False).head(1)
+    shown = [name for name in study["methods"] if name in set(best["method"])]
+    cols = min(len(shown), 4) or 1
+    rows = -(-len(shown) // cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.3 * rows), squeeze=False, layout="constrained")
+    for ax in axes.flat[len(shown):]:
+        ax.axis("off")
+    for ax, name in zip(axes.flat, shown):
+        colour = PALETTE[study["methods"].index(name) % len(PALETTE)]  # the accuracy figure's colours
+        row = best[best["method"] == name].iloc[0]
+        run = by_key[key(row["method"], row["seed"], row["fraction"])]
+        saved = read_predictions(run["files"]["predictions"])
+        probs = softmax(saved["logits"].astype(np.float64))
+        bins = calibration_bins(saved["labels"], probs, 15)
+        edges, share = bins["edges"], bins["count"][:-1] / bins["count"].sum()
+        # a confidence of exactly 1 has a bin of its own: drawn with the last bar's
+        acc = bins["accuracy"][:-1].copy()
+        if bins["count"][-1]:
+            n = bins["count"][-2:]
+            acc[-1] = (bins["accuracy"][-2:] * n).sum() / n.sum()
+            share[-1] += bins["count"][-1] / bins["count"].sum()
+        filled = share > 0
+        shades = [to_rgba(colour, 0.35 + 0.65 * s / share.max()) for s in share[filled]]
+        ax.bar(edges[:-1][filled], acc[filled], width=np.diff(edges)[filled], align="edge", color=shades,
+               edgecolor="black", linewidth=0.4)
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence")
+        ax.set_ylabel("accuracy")
+        setting = "pretrained" if run["seed"] is None else f"seed {run['seed']}, {run['fraction']:g} %"
+        ece = expected_calibration_error(saved["labels"], probs, 15)
+        ax.set_title(f"{label(methods, name)}\n{setting}: ECE {100 * ece:.1f} %", fontsize=8)
+    save(fig, path)

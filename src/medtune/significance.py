@@ -1,0 +1,310 @@
+"""Paired comparisons between methods: is a difference in accuracy real?
+
+Every trained method is compared with every other method of a study on identical
+subsets and seeds (the same seed draws the same training subset for every method), so
+differences are paired. Three views of each comparison:
+
+- over training seeds, per fraction: the mean paired difference with its 95 % t-interval,
+  and the paired t-test's p-value (from the per-run rows of ``metrics.csv``);
+- over test images, per fraction: a paired bootstrap (the same resampled images for both
+  methods and every seed, the difference averaged over seeds) of the accuracy and AUC
+  differences, from each run's ``predictions.npz``; a percentile interval, and a two-sided
+  p-value from the bootstrap standard error (see :func:`bootstrap_difference`);
+- over everything, per pair of methods: Wilcoxon's signed-rank test (SciPy) on the
+  accuracy differences of all (seed, fraction) pairs.
+
+A method without training data (zero-shot) has one run, paired with every (seed,
+fraction) of the other method. p-values are Holm-corrected within each test's column of
+a table (:func:`holm`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from itertools import combinations
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medtune.evaluate import read_predictions
+from medtune.metrics import softmax
+from medtune.tables import mean_ci
+
+N_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+ALPHA = 0.05
+_CHUNK = 100  # resamples drawn at once: bounds memory at CHUNK x test images
+COMPARISON_COLUMNS = [
+    "dataset", "backbone", "method", "reference", "fraction", "n_seeds",
+    "accuracy_diff", "accuracy_diff_ci95", "p_t", "p_t_holm", "auc_diff", "auc_diff_ci95",
+    "boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_accuracy_holm",
+    "boot_auc_low", "boot_auc_high", "p_boot_auc", "p_boot_auc_holm",
+    "n_pairs", "p_wilcoxon", "p_wilcoxon_holm",
+]
+
+
+def holm(pvalues: Iterable[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values, in the input's order: the i-th smallest of m
+    is multiplied by m - i + 1, then made non-decreasing, capped at 1. NaN (no test) stays
+    NaN and does not count in m."""
+    p = np.asarray(list(pvalues), dtype=float)
+    out = np.full(p.shape, np.nan)
+    tested = np.flatnonzero(~np.isnan(p))
+    order = tested[np.argsort(p[tested], kind="stable")]
+    m = len(order)
+    scaled = p[order] * (m - np.arange(m))
+    out[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+    return out
+
+
+def paired_t(differences: np.ndarray) -> tuple[float, float, float]:
+    """Mean of paired differences, half-width of its 95 % t-interval (the tables' interval)
+    and the two-sided t-test p-value; p is NaN with one difference or none that vary."""
+    d = np.asarray(differences, dtype=float)
+    mean, half, n = mean_ci(pd.Series(d))
+    p = float(stats.ttest_1samp(d, 0.0).pvalue) if n >= 2 and np.ptp(d) > 0 else float("nan")
+    return mean, half, p
+
+
+def signed_rank(differences: np.ndarray) -> float:
+    """Two-sided Wilcoxon signed-rank p-value (SciPy; zero differences dropped, as Wilcoxon
+    did); 1 when every difference is zero, NaN with none."""
+    d = np.asarray(differences, dtype=float)
+    if len(d) == 0:
+        return float("nan")
+    if np.all(d == 0):
+        return 1.0
+    return float(stats.wilcoxon(d).pvalue)
+
+
+# ---- bootstrap over test images -------------------------------------------------------
+
+
+def resample_counts(n: int, n_resamples: int, seed: int):
+    """Chunks of bootstrap resamples of ``n`` images, each row the number of times every
+    image is drawn (n draws with replacement): the same for every run, so differences pair.
+    float32 counts: exact (they sum to n), and half the memory traffic of float64."""
+    rng = np.random.default_rng(seed)
+    done = 0
+    while done < n_resamples:
+        size = min(_CHUNK, n_resamples - done)
+        drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]  # one bincount for the chunk
+        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(np.float32)
+        done += size
+
+
+def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of one score against binary labels under each row of ``weights`` (images
+    counted that many times); ties count a half, as in scikit-learn. NaN without positives
+    or negatives."""
+    order = np.argsort(scores, kind="stable")
+    sorted_scores = scores[order]
+    sorted_weights = weights[:, order]
+    pos = sorted_weights * positive[order]
+    neg = sorted_weights - pos
+    # each image's group of tied scores, as [first, last + 1) positions in the sorted order
+    new = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
+    group = np.cumsum(new) - 1
+    starts = np.flatnonzero(new)
+    ends = np.r_[starts[1:], len(scores)]
+    # negatives scored lower (cumulative up to the group), plus half the tied ones: the mean
+    # of the cumulative count before the group and after it
+    cumulative = np.concatenate([np.zeros((len(weights), 1), neg.dtype), np.cumsum(neg, axis=1)], axis=1)
+    credit = 0.5 * (np.take(cumulative, starts[group], axis=1) + np.take(cumulative, ends[group], axis=1))
+    wins = np.einsum("ij,ij->i", pos, credit, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return wins / (pos.sum(axis=1, dtype=np.float64) * neg.sum(axis=1, dtype=np.float64))
+
+
+def weighted_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Accuracy and AUC (as :func:`medtune.metrics.classification_metrics` defines them:
+    the positive class's softmax for two classes, the macro one-vs-rest mean for more)
+    under each row of ``weights``."""
+    probs = softmax(np.asarray(logits, dtype=np.float64))
+    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+    accuracy = (weights @ correct.astype(weights.dtype)).astype(np.float64) / weights.sum(axis=1, dtype=np.float64)
+    classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
+    auc = np.mean([weighted_auc(probs[:, c], labels == c, weights) for c in classes], axis=0)
+    return accuracy, auc
+
+
+@lru_cache(maxsize=4)
+def bootstrap_runs(paths: tuple[str, ...], n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, tuple]:
+    """Per predictions file: its accuracy and AUC on the test images and on each of
+    ``n_resamples`` resamples of them, ``{path: (observed (2,), resampled (2, n_resamples))}``.
+    Every file must hold the same images in the same order. Cached: the significance table
+    and the accuracy table's markers of one ``tables`` job share one bootstrap."""
+    saved = {p: read_predictions(p) for p in paths}
+    first = saved[paths[0]]
+    for path, p in saved.items():
+        if not np.array_equal(p["index"], first["index"]) or not np.array_equal(p["labels"], first["labels"]):
+            raise ValueError(f"{path}: its test images differ from those of {paths[0]}; paired resampling needs the same split")
+    out = {p: [] for p in paths}
+    for counts in resample_counts(len(first["labels"]), n_resamples, seed):
+        for path, p in saved.items():
+            out[path].append(np.stack(weighted_metrics(p["logits"], p["labels"], counts)))
+    ones = np.ones((1, len(first["labels"])))
+    return {
+        path: (np.stack(weighted_metrics(saved[path]["logits"], saved[path]["labels"], ones))[:, 0], np.concatenate(parts, axis=1))
+        for path, parts in out.items()
+    }
+
+
+def bootstrap_difference(a: list[tuple], b: list[tuple]) -> tuple[float, float, float]:
+    """Percentile 95 % interval and two-sided p-value of the seed-averaged difference
+    ``a - b``; each entry is one seed's ``(observed metric, its resamples)``, resamples
+    paired across a and b.
+
+    The p-value is the normal one of the observed difference over the bootstrap standard
+    error, ``2 (1 - Phi(|d| / se))``, not the share of resamples beyond zero: that share
+    cannot go below 1/1001 with 1,000 resamples, and Holm's correction over a table of
+    tens of comparisons would multiply that floor past 0.05 whatever the difference."""
+    observed = float(np.mean([x - y for (x, _), (y, _) in zip(a, b)]))
+    diff = np.mean([x - y for (_, x), (_, y) in zip(a, b)], axis=0)
+    diff = diff[~np.isnan(diff)]
+    if len(diff) < 2 or np.isnan(observed):
+        return float("nan"), float("nan"), float("nan")
+    low, high = np.percentile(diff, [100 * ALPHA / 2, 100 * (1 - ALPHA / 2)])
+    se = diff.std(ddof=1)
+    if se == 0:
+        return float(low), float(high), 1.0 if observed == 0 else float("nan")
+    return float(low), float(high), float(2 * stats.norm.sf(abs(observed) / se))
+
+
+# ---- the comparisons of a study --------------------------------------------------------
+
+
+def _key(method: str, seed, fraction) -> tuple:
+    return (method, None if pd.isna(seed) else int(seed), None if pd.isna(fraction) else float(fraction))
+
+
+def clean_values(metrics: pd.DataFrame, study: dict) -> pd.DataFrame:
+    """Clean-test accuracy and AUC of every run of the study: one row per run, ``fraction``
+    NaN for methods without training data."""
+    m = metrics[
+        metrics["dataset"].isin(study["datasets"])
+        & metrics["backbone"].isin(study["backbones"])
+        & metrics["method"].str.split("+").str[0].isin(study["methods"])
+        & (metrics["condition"] == "clean")
+        & (metrics["group"] == "all")
+        & metrics["metric"].isin(["accuracy", "auc"])
+        # runs on k images per class are compared per fraction nowhere yet: left out
+        & (metrics["shots"].isna() if "shots" in metrics else True)
+    ]
+    keys = ["dataset", "backbone", "method", "seed", "fraction"]
+    # pivoting drops NaN keys: a run without training data has seed and fraction NaN
+    m = m.assign(seed=m["seed"].fillna(-1), fraction=m["fraction"].fillna(-1))
+    wide = m.pivot_table(index=keys, columns="metric", values="value", sort=False).reset_index()
+    wide = wide.reindex(columns=[*keys, "accuracy", "auc"]).replace({"seed": {-1: np.nan}, "fraction": {-1: np.nan}})
+    return wide.dropna(subset=["accuracy"])
+
+
+def _pairs(values: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
+    """Rows (seed, fraction, accuracy and AUC of a and of b) paired on seed and fraction;
+    a method without training data pairs with every run of the other."""
+    ra, rb = values[values["method"] == a], values[values["method"] == b]
+    untrained_a, untrained_b = ra["seed"].isna().all(), rb["seed"].isna().all()
+    if untrained_a and untrained_b:
+        return pd.DataFrame()
+    if untrained_b:
+        paired = ra.assign(_j=0).merge(rb.assign(_j=0)[["_j", "accuracy", "auc"]], on="_j", suffixes=("_a", "_b"))
+    elif untrained_a:
+        paired = rb.assign(_j=0).merge(ra.assign(_j=0)[["_j", "accuracy", "auc"]], on="_j", suffixes=("_b", "_a"))
+    else:
+        paired = ra.merge(rb[["seed", "fraction", "accuracy", "auc"]], on=["seed", "fraction"], suffixes=("_a", "_b"))
+    return paired.sort_values(["fraction", "seed"]).reset_index(drop=True)
+
+
+def compare(metrics: pd.DataFrame, study: dict, runs: list[dict[str, Any]] = (), methods: dict | None = None,
+            n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
+    """Every pair of methods (one of them trained) of the study, per dataset and backbone:
+    rows per fraction, then one row per pair with ``fraction`` NaN holding the signed-rank
+    test over all its (seed, fraction) pairs. ``method`` is compared with ``reference``
+    (the earlier of the two in the methods' declared ``order``, as tables list them);
+    differences are ``method - reference``.
+    ``runs`` (manifest entries, :func:`medtune.records.read_runs`) give the predictions
+    to bootstrap; without them the bootstrap columns are NaN."""
+    values = clean_values(metrics, study)
+    predictions = {
+        (r["dataset"], r["backbone"], *_key(r["method"], r["seed"], r["fraction"])): r["files"]["predictions"]
+        for r in runs
+        if "predictions" in r.get("files", {}) and r.get("shots") is None and r["dataset"] in study["datasets"]
+        and r["backbone"] in study["backbones"] and r["method"] in study["methods"]
+    }
+    methods = methods or {}
+    rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)
+    rows = []
+    for (dataset, backbone), group in values.groupby(["dataset", "backbone"], sort=False):
+        ordered = sorted(dict.fromkeys(group["method"]), key=rank)
+        mine = sorted(p for (d, b, *_), p in predictions.items() if (d, b) == (dataset, backbone))
+        boot = bootstrap_runs(tuple(mine), n_resamples, seed) if mine else {}
+        for reference, method in combinations(ordered, 2):
+            paired = _pairs(group, method, reference)
+            if paired.empty:
+                continue
+            for fraction, at in paired.groupby("fraction", sort=True, dropna=False):
+                rows.append(_fraction_row(dataset, backbone, method, reference, fraction, at, predictions, boot))
+            d = (paired["accuracy_a"] - paired["accuracy_b"]).to_numpy()
+            rows.append({"dataset": dataset, "backbone": backbone, "method": method, "reference": reference,
+                         "fraction": np.nan, "n_pairs": len(d), "accuracy_diff": float(d.mean()), "p_wilcoxon": signed_rank(d)})
+    table = pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
+    for test in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
+        table[f"{test}_holm"] = holm(table[test])
+    return table
+
+
+def _fraction_row(dataset, backbone, method, reference, fraction, at: pd.DataFrame, predictions: dict, boot: dict) -> dict:
+    acc, acc_ci, p_t = paired_t((at["accuracy_a"] - at["accuracy_b"]).to_numpy())
+    auc, auc_ci, _ = paired_t((at["auc_a"] - at["auc_b"]).to_numpy())
+    row = {"dataset": dataset, "backbone": backbone, "method": method, "reference": reference, "fraction": fraction,
+           "n_seeds": len(at), "accuracy_diff": acc, "accuracy_diff_ci95": acc_ci, "p_t": p_t, "auc_diff": auc, "auc_diff_ci95": auc_ci}
+    files = []
+    for seed in at["seed"]:
+        pair = [predictions.get((dataset, backbone, *_key(m, seed, fraction))) or predictions.get((dataset, backbone, m, None, None))
+                for m in (method, reference)]
+        if None in pair:
+            return row  # a run without saved predictions (a WiSE-FT mix): no bootstrap
+        files.append(pair)
+    for i, name in enumerate(("accuracy", "auc")):
+        a = [(boot[fa][0][i], boot[fa][1][i]) for fa, _ in files]
+        b = [(boot[fb][0][i], boot[fb][1][i]) for _, fb in files]
+        low, high, p = bootstrap_difference(a, b)
+        row |= {f"boot_{name}_low": low, f"boot_{name}_high": high, f"p_boot_{name}": p}
+    return row
+
+
+def winners(comparisons: pd.DataFrame, accuracy: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+    """Which trained method beats, at which fraction, the methods without training data
+    (``beats_zeroshot``) and the most accurate other trained method (``beats_best_baseline``).
+
+    ``accuracy``: mean clean accuracy per dataset, backbone, method, fraction (0 for
+    methods without training data). "Beats" means a positive difference that every test
+    made at that fraction finds significant after Holm's correction: the t-test over seeds
+    (with two or more seeds that vary) and the bootstrap over test images (where both
+    runs saved predictions); with neither, nothing is claimed.
+    """
+    per_fraction = comparisons[comparisons["fraction"].notna()]
+    significant = {}
+    for r in per_fraction.itertuples():
+        tests = [p for p in (r.p_t_holm, r.p_boot_accuracy_holm) if not np.isnan(p)]
+        ok = bool(tests) and all(p < alpha for p in tests)
+        key = (r.dataset, r.backbone, r.fraction)
+        significant[(*key, r.method, r.reference)] = ok and r.accuracy_diff > 0
+        significant[(*key, r.reference, r.method)] = ok and r.accuracy_diff < 0
+    rows = []
+    untrained = set(accuracy.loc[accuracy["fraction"] == 0, "method"])
+    for (dataset, backbone, fraction), at in accuracy[accuracy["fraction"] > 0].groupby(["dataset", "backbone", "fraction"]):
+        refs = accuracy[(accuracy["dataset"] == dataset) & (accuracy["backbone"] == backbone) & accuracy["method"].isin(untrained)]
+        for method in at["method"]:
+            key = (dataset, backbone, fraction, method)
+            others = at[at["method"] != method].dropna(subset=["accuracy_mean"])
+            best = others.loc[others["accuracy_mean"].idxmax(), "method"] if len(others) else None
+            rows.append({
+                "dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction,
+                "beats_zeroshot": bool(len(refs)) and all(significant.get((*key, ref), False) for ref in refs["method"]),
+                "best_baseline": best,
+                "beats_best_baseline": best is not None and significant.get((*key, best), False),
+            })
+    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "fraction", "beats_zeroshot", "best_baseline", "beats_best_baseline"])
