@@ -2,6 +2,9 @@
 
 Every writer goes through :func:`atomic_path`, which yields a temporary sibling
 and renames it over the target only when the body finished without error.
+``tempfile`` creates its files 0600 and folders 0700 whatever the umask; outputs get
+the mode a plain ``open``/``mkdir`` would give them, so colleagues on a shared file
+system read ``results/`` as the umask allows.
 """
 
 from __future__ import annotations
@@ -29,6 +32,26 @@ def remove_stale_temporaries(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; put straight back)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give a file made by ``tempfile`` the mode ``open`` would have: 0666 (folders 0777) less the umask."""
+    full = 0o777 if os.path.isdir(path) else 0o666
+    os.chmod(path, full & ~current_umask())
+
+
+def make_temp_dir(target: Path, suffix: str | None = None) -> Path:
+    """An empty temporary sibling folder of ``target``, with the mode ``mkdir`` would give it."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent))
+    honour_umask(tmp)
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
@@ -37,6 +60,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    honour_umask(tmp_path)
     try:
         yield tmp_path
         os.replace(tmp_path, target)
@@ -50,7 +74,7 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp = make_temp_dir(target)
     try:
         yield tmp
         if target.exists():

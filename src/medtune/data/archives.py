@@ -14,13 +14,13 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from medtune.data.convert import MAX_IMAGE_BYTES
 from medtune.data.store import DatasetError
+from medtune.io import make_temp_dir
 
 COMPLETE_MARKER = ".complete"
 
@@ -43,7 +43,7 @@ def safe_extract(archive: str | os.PathLike, target: str | os.PathLike) -> Path:
     if not archive.is_file():
         raise ArchiveError(f"{archive}: no such archive")
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
+    tmp = make_temp_dir(target, suffix=".part")
     try:
         _extract_into(archive, tmp)
         (tmp / COMPLETE_MARKER).write_text(f"extracted from {archive.name}\n")
