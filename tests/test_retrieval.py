@@ -124,3 +124,62 @@ def test_default_ks():
     features = _angles([0, 10, 20, 30, 40, 50, 180, 190, 200, 210, 220, 230])
     labels = [0] * 6 + [1] * 6
     assert retrieval_metrics(features, labels) == {"ha@5": 1.0, "ha@10": 0.0, "p@5": 1.0, "p@10": 0.5}
+
+
+def _zeroshot_head():
+    from medtune.methods import zeroshot
+
+    return zeroshot.build_head(zeroshot.state(torch.eye(2)[:, :2], 1.0))
+
+
+def _test_rows(n):
+    import pandas as pd
+
+    labels = [i % 2 for i in range(n)]
+    return pd.DataFrame({"label": labels, "group": ["g"] * n})
+
+
+@pytest.mark.parametrize("n, defined", [(3, ()), (5, ()), (6, (5,)), (10, (5,)), (11, (5, 10))])
+def test_evaluation_of_a_small_test_split_marks_the_ks_that_do_not_fit_undefined(n, defined, capsys):
+    """A test split of n images has n - 1 candidates per query: K must be at most n - 1.
+    Retrieval at the Ks that fit is scored as usual, the others are NaN, classification is
+    unaffected, and the job log says why once."""
+    from medtune.evaluate import RETRIEVAL_KS, evaluate_features
+
+    rows = _test_rows(n)
+    features = _angles([3.0 * i + 90.0 * (i % 2) for i in range(n)]).float().numpy()
+    out = evaluate_features(_zeroshot_head(), {"clean": features, "blur-2": features}, rows, {"dataset": "d", "method": "zeroshot"})
+    overall = out[(out["condition"] == "clean") & (out["group"] == "all")].set_index("metric")["value"]
+    assert overall["accuracy"] == pytest.approx(1.0)  # the two classes sit on the two axes
+    expected = _reference(features.astype(np.float64), rows["label"].to_numpy(), defined) if defined else {}
+    for k in RETRIEVAL_KS:
+        for name in ("ha", "p"):
+            if k in defined:
+                assert overall[f"{name}@{k}"] == pytest.approx(expected[f"{name}@{k}"], abs=1e-12)
+            else:
+                assert math.isnan(overall[f"{name}@{k}"])
+    log = capsys.readouterr().out
+    if len(defined) < len(RETRIEVAL_KS):
+        assert log.count("medtune:") == 1  # once per run, not per condition
+        assert f"test split has {n} images" in log and "K = " + ", ".join(str(k) for k in RETRIEVAL_KS if k not in defined) in log
+    else:
+        assert log == ""
+
+
+def test_retrieval_examples_of_a_small_test_split_show_only_real_neighbours(monkeypatch, tmp_path):
+    """Three test images: each query has two neighbours, never itself, and the spare columns stay empty."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from medtune.studies import pathclip
+
+    drawn = {}
+    monkeypatch.setattr(pathclip, "save", lambda fig, path: drawn.setdefault("fig", fig))
+    images = np.stack([np.full((4, 4, 3), 60 * i, dtype=np.uint8) for i in range(3)])  # image i is all 60*i
+    features = _angles([0, 10, 100]).numpy()
+    pathclip.retrieval_examples(images, np.arange(3), np.array([0, 0, 1]), features, tmp_path / "r.png", k=5, n_queries=3)
+    axes = np.array(drawn["fig"].axes).reshape(3, 6)
+    for row, query in enumerate([0, 1, 2]):
+        shown = [int(ax.images[0].get_array()[0, 0, 0]) // 60 for ax in axes[row] if ax.images]
+        assert shown[0] == query and sorted(shown[1:]) == sorted({0, 1, 2} - {query})
+        assert [ax.axison for ax in axes[row][3:]] == [False, False, False]

@@ -23,12 +23,16 @@ def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.nda
     """Rows ``group, metric, value``; group ``all`` holds the overall metrics.
 
     Heads with an ``embed`` method (zero-shot: the backbone's own feature; RFC: the
-    adapted feature) are also scored on image-image retrieval (HA@K, P@K).
+    adapted feature) are also scored on image-image retrieval (HA@K, P@K). A K that
+    needs more images than the test split has (K neighbours besides the query) is
+    undefined: its rows are NaN, shown as "–" in the tables.
     """
     logits = predict(head, features)
     overall = classification_metrics(labels, logits)
     if hasattr(head, "embed"):
-        overall |= retrieval_metrics(embed(head, features), labels, ks=[k for k in RETRIEVAL_KS if k < len(labels)])
+        fitting = [k for k in RETRIEVAL_KS if k < len(labels)]
+        found = retrieval_metrics(embed(head, features), labels, ks=fitting) if fitting else {}
+        overall |= {f"{name}@{k}": found.get(f"{name}@{k}", float("nan")) for name in ("ha", "p") for k in RETRIEVAL_KS}
     overall = pd.DataFrame([("all", name, value) for name, value in overall.items()], columns=["group", "metric", "value"])
     return pd.concat([overall, per_group_top_k(labels, logits, groups)], ignore_index=True)
 
@@ -49,6 +53,13 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
     """Tidy rows of every condition, each carrying the run's labels (:meth:`medtune.plan.Run.labels`)."""
     labels = test_samples["label"].to_numpy()
     groups = test_samples["group"].astype(str).to_numpy()
+    too_few = [k for k in RETRIEVAL_KS if k >= len(labels)]
+    if too_few and hasattr(head, "embed"):
+        print(
+            f"medtune: the test split has {len(labels)} images; retrieval at K = {', '.join(map(str, too_few))} needs "
+            f"at least K + 1, so HA@K and P@K there are undefined (NaN in metrics.csv)",
+            flush=True,
+        )
     frames = []
     for condition, array in features.items():
         if len(array) != len(labels):
