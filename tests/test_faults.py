@@ -94,7 +94,10 @@ def test_second_invocation_is_refused_by_the_lock(tmp_path):
         deadline = time.monotonic() + 120
         while not list((tmp_path / ".snakemake" / "locks").glob("*")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        second = snakemake(tmp_path, check=False)
+        # Snakemake checks for incomplete files before it checks the lock: once the first run
+        # has started a job, a plain second run would be refused for those files instead.
+        # --rerun-incomplete skips that check, so only the lock can refuse it.
+        second = snakemake(tmp_path, "--rerun-incomplete", check=False)
         assert second.returncode != 0
         assert "Directory cannot be locked" in second.stdout + second.stderr
         assert first.poll() is None  # the first run was not disturbed
