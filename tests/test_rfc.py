@@ -247,7 +247,7 @@ def test_upstream_definition_reproduces_the_pipelines_saved_head_and_metrics(tmp
     out = tmp_path / "runs"
     method = {"module": "medtune.methods.rfc", "params": params, "train_conditions": "clean", "needs_text_encoder": False}
     run = {"dataset": "toy", "method": "rfc", "backbone": "b", "seed": 0, "fraction": 50.0}
-    train_frozen(method, [run], {"50": tmp_path / "subset.csv"}, out, tmp_path / "train", tmp_path / "val",
+    train_frozen(method, [run], {"frac50": tmp_path / "subset.csv"}, out, tmp_path / "train", tmp_path / "val",
                  tmp_path / "text.npz", tmp_path / "samples.csv", tmp_path / "test", progress=False)
 
     state = torch.load(out / "frac50" / "head.pt", weights_only=True)
