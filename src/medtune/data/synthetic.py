@@ -1,15 +1,28 @@
-"""Synthetic H&E-like histology: the embedded default dataset.
+"""Synthetic H&E histology (v2): the embedded default dataset.
 
-Each tissue class is drawn by its own recipe so that classes differ the way real
-tissue does — nucleus density and size, the hematoxylin/eosin balance, gland-like
-lumens, fat cells — and each image belongs to an organ group whose stain tint is
-slightly different. Every image gets a free-text caption from varied templates,
-mentioning its class (``caption_style="pathology"``) or only its look
-(``"generic"``), so backbones pretrained on either can be compared.
+Nine tissue classes modelled on NCT-CRC-HE-100K's (adipose tissue, background, debris,
+lymphocytes, mucus, smooth muscle, normal mucosa, cancer-associated stroma, tumour
+epithelium), in three organ groups (colon, rectum, stomach), scanned at four centres.
 
-Generation is a pure function of the seed: one ``numpy`` Generator per image,
-derived with ``SeedSequence.spawn``, so any image can be regenerated alone and
-the result is the same on every machine.
+* **Tissue** — every image is drawn by one renderer from a class's *recipe*: ranges of
+  eosin density and texture, fibre alignment, nuclear count, size, shape and darkness,
+  vesicular nuclei, nuclear fragments, glands with nuclear rings, fat vacuoles, mucin.
+  Neighbouring tissues share parts of their ranges (muscle and stroma, tumour and normal
+  mucosa, debris and lymphocytes, mucus, fat and background), so some images are
+  genuinely ambiguous and no classifier reaches 100 %.
+* **Centres** — each has its own haematoxylin and eosin stain vectors and intensities
+  (optical density, Beer–Lambert), illumination, scanner blur and sensor noise, plus a
+  slide-to-slide jitter. The test split holds out centre D; train and validation come from
+  centres A and B; pretraining from A, B and C — never from the test's centre.
+* **Organ** (the ``group`` column) — stomach glands are elongated, rectal tissue carries
+  more mucin; captions name the organ.
+* **Captions** — see :mod:`medtune.data.synthetic_captions`: varied wording, partial,
+  ambiguous and about 4 % wrong (``pathology``), or colour and texture only (``generic``).
+
+Generation is a pure function of the seed, vectorised over chunks of :data:`CHUNK` images
+with numpy (see :mod:`medtune.data.synthetic_render` for why it is bit-identical on any
+machine). Each split draws from its own streams, so growing the train split leaves the
+test images unchanged.
 """
 
 from __future__ import annotations
@@ -18,48 +31,103 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage
 
-CLASSES = ("tumor", "stroma", "normal glands", "lymphocytes", "adipose tissue")
-GROUPS = ("colon", "lung", "lymph node")
+from medtune.data import synthetic_captions as captions
+from medtune.data import synthetic_render as render
 
-HEMATOXYLIN = np.array([0.30, 0.18, 0.50], dtype=np.float32)
-EOSIN = np.array([0.93, 0.50, 0.70], dtype=np.float32)
-BACKGROUND = np.array([0.96, 0.93, 0.95], dtype=np.float32)
-# Per-organ stain tint: a multiplicative RGB factor, small enough that class
-# appearance dominates but visible to a model.
-GROUP_TINT = {
-    "colon": np.array([1.00, 0.97, 1.00], dtype=np.float32),
-    "lung": np.array([0.97, 0.96, 1.04], dtype=np.float32),
-    "lymph node": np.array([1.04, 0.99, 0.95], dtype=np.float32),
-}
-
-PATHOLOGY_TEMPLATES = (
-    "an H&E stained {group} section showing {cls}.",
-    "histopathology of {group} tissue with {cls}.",
-    "{cls} in a {group} biopsy, hematoxylin and eosin stain.",
-    "microscopy image of {cls} from the {group}.",
-    "a pathology patch of {cls}, {detail}.",
-    "{group} specimen: {cls} with {detail}.",
+CLASSES = (
+    "adipose tissue",
+    "background",
+    "debris",
+    "lymphocytes",
+    "mucus",
+    "smooth muscle",
+    "normal mucosa",
+    "cancer-associated stroma",
+    "tumour epithelium",
 )
-CLASS_DETAILS = {
-    "tumor": ("crowded large atypical nuclei", "dense pleomorphic nuclei", "sheets of malignant cells"),
-    "stroma": ("pink collagen fibres", "sparse spindle-shaped nuclei", "fibrous eosinophilic matrix"),
-    "normal glands": ("round glands with open lumens", "regular glandular architecture", "nuclei lining each lumen"),
-    "lymphocytes": ("many small round dark nuclei", "dense lymphoid infiltrate", "packed small lymphocytes"),
-    "adipose tissue": ("large empty fat cells", "thin membranes around clear vacuoles", "mostly white fatty areas"),
-}
-GENERIC_TEMPLATES = (
-    "a {tone} image with {texture}.",
-    "a picture of {texture}, mostly {tone}.",
-    "{texture} on a {tone} background.",
+GROUPS = ("colon", "rectum", "stomach")
+GROUP_SHARES = (0.45, 0.35, 0.20)
+SPLIT_CODES = {"pretrain": 0, "train": 1, "val": 2, "test": 3}
+CHUNK = 32  # images rendered together: small enough for the arrays to stay in cache
+
+
+@dataclass(frozen=True)
+class Centre:
+    """A lab's stain and scanner. Stain vectors are optical density per unit concentration
+    in R, G, B (Ruifrok & Johnston's H&E vectors, perturbed per lab)."""
+
+    name: str
+    haematoxylin: tuple[float, float, float]
+    eosin: tuple[float, float, float]
+    h_intensity: float
+    e_intensity: float
+    white: tuple[float, float, float]  # illumination I0, in [0, 1]
+    blur_sigma: float  # pixels of a 64-px image
+    noise: float  # standard deviation of the sensor noise, in [0, 1] units
+
+
+CENTRES = (
+    Centre("A", (0.650, 0.704, 0.286), (0.072, 0.990, 0.105), 1.00, 0.85, (0.96, 0.95, 0.97), 0.6, 0.012),
+    Centre("B", (0.600, 0.740, 0.304), (0.120, 0.960, 0.250), 0.85, 1.05, (0.95, 0.94, 0.95), 0.9, 0.018),
+    Centre("C", (0.700, 0.660, 0.270), (0.050, 0.980, 0.180), 1.10, 0.75, (0.97, 0.96, 0.98), 0.5, 0.010),
+    Centre("D", (0.540, 0.760, 0.360), (0.180, 0.930, 0.320), 1.20, 0.70, (0.93, 0.93, 0.96), 1.1, 0.022),
 )
-GENERIC_LOOK = {
-    "tumor": (("dark purple", "purple"), ("many big dots", "crowded blobs")),
-    "stroma": (("pink", "rosy"), ("long stripes", "wavy lines")),
-    "normal glands": (("pink and white", "light pink"), ("rings of dots", "round holes")),
-    "lymphocytes": (("dark", "speckled purple"), ("tiny dots everywhere", "fine speckles")),
-    "adipose tissue": (("white", "pale"), ("thin lines", "large empty bubbles")),
+SPLIT_CENTRES = {"pretrain": ("A", "B", "C"), "train": ("A", "B"), "val": ("A", "B"), "test": ("D",)}
+STAIN_JITTER = 0.12
+FIBRE_SPACING = 4.0  # px of a 64-px image between knots of the fibre profile  # slide-to-slide: each image's stain intensities vary by up to ±12 %
+
+# Per-class ranges (uniform) of the renderer's parameters; absent ones are 0. Counts and
+# lengths are for a 64-px image and scale with the image size.
+#   tissue      share of the patch covered by tissue
+#   eosin       eosin concentration of the matrix; texture: its relative variation
+#   grain       share of fine-grained (vs broad) texture; fibre: share of fibre streaks
+#   wave        waviness of the fibres; gaps: clefts between fibres (loose tissue)
+#   cyto_h      haematoxylin of cytoplasm and matrix (basophilia); mucus: pale-blue mucin
+#   nuclei      scattered nuclei; radius, elong (1 = round), align (share along the fibres),
+#               dark (haematoxylin), vesicular (share with open chromatin and a nucleolus)
+#   fragments   nuclear dust; glands, gland_radius, ring (nuclei around each lumen)
+#   fat         share of fat vacuoles present; fat_radius
+RECIPES: dict[str, dict[str, tuple[float, float]]] = {
+    "adipose tissue": dict(tissue=(0.85, 1), eosin=(0.35, 0.7), texture=(0.1, 0.4), grain=(0, 0.5), fibre=(0, 0.2), wave=(0, 1),
+                           gaps=(0, 0.2), cyto_h=(0, 0.05), mucus=(0, 0.05), nuclei=(0, 6), radius=(0.9, 1.5), elong=(1.4, 3),
+                           align=(0, 0.3), dark=(0.6, 1.0), fragments=(0, 4), fat=(0.75, 1), fat_radius=(7, 12)),
+    "background": dict(tissue=(0, 0.2), eosin=(0.1, 0.5), texture=(0.2, 0.6), grain=(0.3, 1), fibre=(0, 0.3), wave=(0, 1),
+                       cyto_h=(0, 0.08), mucus=(0, 0.15), nuclei=(0, 6), radius=(1, 2.2), elong=(1, 2), dark=(0.4, 1.0),
+                       vesicular=(0, 0.3), fragments=(0, 10), fat=(0, 0.1), fat_radius=(6, 12)),
+    "debris": dict(tissue=(0.55, 1), eosin=(0.35, 0.85), texture=(0.3, 0.7), grain=(0.5, 1), fibre=(0, 0.3), wave=(0, 1),
+                   gaps=(0, 0.4), cyto_h=(0.05, 0.25), mucus=(0, 0.35), nuclei=(8, 45), radius=(1.2, 2.6), elong=(1, 1.8),
+                   dark=(0.8, 1.4), vesicular=(0, 0.3), fragments=(40, 150), fat=(0, 0.1), fat_radius=(5, 9)),
+    "lymphocytes": dict(tissue=(0.85, 1), eosin=(0.1, 0.45), texture=(0.2, 0.5), grain=(0.3, 0.8), fibre=(0, 0.2), wave=(0, 1),
+                        cyto_h=(0.05, 0.25), nuclei=(100, 190), radius=(1.2, 2.0), elong=(1, 1.4), dark=(0.85, 1.4),
+                        vesicular=(0, 0.15), fragments=(0, 35)),
+    "mucus": dict(tissue=(0.55, 1), eosin=(0.05, 0.35), texture=(0.3, 0.7), grain=(0, 0.4), fibre=(0.3, 0.9), wave=(0.3, 1),
+                  gaps=(0.2, 0.7), cyto_h=(0, 0.1), mucus=(0.5, 1), nuclei=(0, 18), radius=(1.2, 2.4), elong=(1, 2.5),
+                  align=(0, 0.5), dark=(0.5, 1.1), vesicular=(0, 0.4), fragments=(0, 25)),
+    "smooth muscle": dict(tissue=(0.9, 1), eosin=(0.6, 1.05), texture=(0.2, 0.5), grain=(0, 0.3), fibre=(0.55, 1), wave=(0, 0.35),
+                          gaps=(0, 0.35), cyto_h=(0, 0.1), nuclei=(12, 40), radius=(1.1, 1.8), elong=(2.8, 5.5), align=(0.75, 1),
+                          dark=(0.6, 1.05)),
+    "normal mucosa": dict(tissue=(0.9, 1), eosin=(0.35, 0.75), texture=(0.2, 0.5), grain=(0.2, 0.6), fibre=(0, 0.35), wave=(0, 1),
+                          gaps=(0, 0.3), cyto_h=(0.05, 0.2), mucus=(0.1, 0.45), nuclei=(15, 45), radius=(1.5, 2.4), elong=(1.2, 2.2),
+                          dark=(0.7, 1.15), vesicular=(0, 0.2), fragments=(0, 10), glands=(1.5, 4.5), gland_radius=(4.5, 8.5),
+                          ring=(8, 16)),
+    "cancer-associated stroma": dict(tissue=(0.85, 1), eosin=(0.45, 0.9), texture=(0.3, 0.65), grain=(0.1, 0.5), fibre=(0.35, 0.9),
+                                     wave=(0.3, 1), gaps=(0.2, 0.6), cyto_h=(0, 0.12), mucus=(0, 0.15), nuclei=(10, 40),
+                                     radius=(1.1, 1.9), elong=(1.8, 4.5), align=(0.35, 0.85), dark=(0.6, 1.05), vesicular=(0, 0.15),
+                                     fragments=(0, 15), fat=(0, 0.1), fat_radius=(6, 10)),
+    "tumour epithelium": dict(tissue=(0.9, 1), eosin=(0.25, 0.6), texture=(0.2, 0.5), grain=(0.2, 0.6), fibre=(0, 0.3), wave=(0, 1),
+                              gaps=(0, 0.3), cyto_h=(0.15, 0.4), mucus=(0, 0.2), nuclei=(50, 110), radius=(2.1, 3.6), elong=(1.2, 2.2),
+                              dark=(0.65, 1.05), vesicular=(0.3, 0.85), fragments=(0, 30), glands=(0, 3), gland_radius=(2.5, 6.5),
+                              ring=(8, 16)),
+}
+PARAMS = ("tissue", "eosin", "texture", "grain", "fibre", "wave", "gaps", "cyto_h", "mucus", "nuclei", "radius", "elong", "align",
+          "dark", "vesicular", "fragments", "glands", "gland_radius", "ring", "fat", "fat_radius")
+# Organ effects, added to the drawn parameters: rectal tissue holds more mucin, stomach
+# glands are elongated (lumen elongation drawn from this range) and cells more basophilic.
+GROUP_EFFECTS = {
+    "colon": dict(mucus=0.0, cyto_h=0.0, lumen_elong=(1.0, 1.4)),
+    "rectum": dict(mucus=0.08, cyto_h=0.0, lumen_elong=(1.0, 1.4)),
+    "stomach": dict(mucus=0.0, cyto_h=0.03, lumen_elong=(1.4, 2.0)),
 }
 
 
@@ -73,113 +141,251 @@ class SyntheticSpec:
     caption_style: str = "pathology"
 
 
-def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
-    coarse = rng.random((cells, cells), dtype=np.float32)
-    return ndimage.zoom(coarse, size / cells, order=1)[:size, :size]
-
-
-def _ellipses(rng, size, n, r_min, r_max, elong=(1.0, 1.0), angle=None, centres=None) -> np.ndarray:
-    """Soft coverage (0..1) of n filled ellipses."""
-    if n == 0:
-        return np.zeros((size, size), dtype=np.float32)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    c = centres if centres is not None else rng.uniform(0, size, (n, 2)).astype(np.float32)
-    r = rng.uniform(r_min, r_max, n).astype(np.float32)
-    e = rng.uniform(*elong, n).astype(np.float32)
-    theta = (rng.uniform(0, np.pi, n) if angle is None else angle + rng.normal(0, 0.15, n)).astype(np.float32)
-    dx = xx[None] - c[:, 1, None, None]
-    dy = yy[None] - c[:, 0, None, None]
-    cos, sin = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
-    u = (dx * cos + dy * sin) / (r * e)[:, None, None]
-    v = (-dx * sin + dy * cos) / r[:, None, None]
-    d = np.sqrt(u * u + v * v)
-    return np.clip(1.5 - d, 0, 1).max(axis=0)
-
-
-def _render(cls: str, rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Eosin and hematoxylin densities (each size x size, 0..1) for one class."""
-    texture = _smooth_noise(rng, size, 6)
-    if cls == "tumor":
-        eosin = 0.30 + 0.15 * texture
-        nuclei = _ellipses(rng, size, int(rng.integers(55, 85)), 2.8, 4.5, (1.0, 1.6))
-        return eosin, 0.25 * texture + nuclei
-    if cls == "stroma":
-        angle = rng.uniform(0, np.pi)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        stripes = 0.5 + 0.5 * np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * rng.uniform(0.5, 0.9))
-        eosin = 0.55 + 0.3 * stripes * texture + 0.1 * texture
-        nuclei = _ellipses(rng, size, int(rng.integers(8, 18)), 1.0, 1.5, (3.0, 4.5), angle=angle + np.pi / 2)
-        return eosin, nuclei
-    if cls == "normal glands":
-        n_glands = int(rng.integers(2, 5))
-        centres = rng.uniform(size * 0.15, size * 0.85, (n_glands, 2)).astype(np.float32)
-        radii = rng.uniform(size * 0.09, size * 0.16, n_glands).astype(np.float32)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        dist = np.sqrt((yy[None] - centres[:, 0, None, None]) ** 2 + (xx[None] - centres[:, 1, None, None]) ** 2)
-        lumen = np.clip(radii[:, None, None] - dist, 0, 1).max(axis=0)
-        ring = []
-        for (cy, cx), r in zip(centres, radii):
-            phi = np.linspace(0, 2 * np.pi, 14, endpoint=False) + rng.uniform(0, 1)
-            ring.append(np.stack([cy + (r + 2.5) * np.sin(phi), cx + (r + 2.5) * np.cos(phi)], axis=1))
-        ring = np.concatenate(ring).astype(np.float32)
-        nuclei = _ellipses(rng, size, len(ring), 2.0, 2.6, centres=ring)
-        eosin = (0.5 + 0.2 * texture) * (1 - lumen)
-        return eosin, nuclei * (1 - lumen)
-    if cls == "lymphocytes":
-        eosin = 0.15 + 0.1 * texture
-        nuclei = _ellipses(rng, size, int(rng.integers(120, 170)), 1.5, 2.1)
-        return eosin, nuclei
-    if cls == "adipose tissue":
-        seeds = rng.uniform(0, size, (int(rng.integers(6, 12)), 2)).astype(np.float32)
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        dist = np.sqrt((yy[None] - seeds[:, 0, None, None]) ** 2 + (xx[None] - seeds[:, 1, None, None]) ** 2)
-        two = np.sort(dist, axis=0)[:2]
-        membrane = np.clip(1.8 - (two[1] - two[0]), 0, 1)
-        nuclei = _ellipses(rng, size, int(rng.integers(0, 4)), 1.0, 1.4, (2.5, 3.5))
-        return 0.7 * membrane + 0.05 * texture, nuclei
-    raise ValueError(f"unknown synthetic class {cls!r}; known: {list(CLASSES)}")
-
-
-def render_image(cls: str, group: str, rng: np.random.Generator, size: int) -> np.ndarray:
-    eosin, hema = _render(cls, rng, size)
-    eosin, hema = np.clip(eosin, 0, 1)[..., None], np.clip(hema, 0, 1)[..., None]
-    # Beer-Lambert-like mixing: each stain absorbs towards its colour.
-    rgb = BACKGROUND * (1 - eosin * (1 - EOSIN)) * (1 - hema * (1 - HEMATOXYLIN))
-    jitter = 1 + rng.normal(0, 0.03, 3).astype(np.float32)
-    rgb = rgb * GROUP_TINT[group] * jitter + rng.normal(0, 0.02, rgb.shape).astype(np.float32)
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def caption_for(cls: str, group: str, rng: np.random.Generator, style: str) -> str:
-    if style == "pathology":
-        template = PATHOLOGY_TEMPLATES[rng.integers(len(PATHOLOGY_TEMPLATES))]
-        detail = CLASS_DETAILS[cls][rng.integers(len(CLASS_DETAILS[cls]))]
-        return template.format(cls=cls, group=group, detail=detail)
-    if style == "generic":
-        tones, textures = GENERIC_LOOK[cls]
-        template = GENERIC_TEMPLATES[rng.integers(len(GENERIC_TEMPLATES))]
-        return template.format(tone=tones[rng.integers(len(tones))], texture=textures[rng.integers(len(textures))])
-    raise ValueError(f"unknown caption_style {style!r}; expected 'pathology' or 'generic'")
-
-
-def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
-    """All images and the sample table, class-balanced within each split."""
+def _check(spec: SyntheticSpec) -> None:
     unknown = sorted(set(spec.classes) - set(CLASSES))
     if unknown:
         raise ValueError(f"unknown synthetic class(es) {unknown}; known: {list(CLASSES)}")
-    plan = []
-    root = np.random.default_rng(spec.seed)
+    unknown = sorted(set(spec.groups) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown synthetic group(s) {unknown}; known: {list(GROUPS)}")
+    bad = sorted(set(spec.sizes) - set(SPLIT_CODES))
+    if bad:
+        raise ValueError(f"unknown synthetic split(s) {bad}; expected some of {list(SPLIT_CODES)}")
+    if spec.caption_style not in ("pathology", "generic"):
+        raise ValueError(f"unknown caption_style {spec.caption_style!r}; expected 'pathology' or 'generic'")
+
+
+def _stream(seed: int, split: str, part: int) -> np.random.Generator:
+    """Independent stream per split and part (0: the split's plan, 1 + k: chunk k's images)."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(SPLIT_CODES[split], part)))
+
+
+def sample_plan(spec: SyntheticSpec) -> pd.DataFrame:
+    """The sample table without images: ``index, split, label, label_name, caption, group,
+    centre`` (plus ``caption_kind``), class-balanced within each split."""
+    _check(spec)
+    frames = []
+    start = 0
+    centre_index = {c.name: i for i, c in enumerate(CENTRES)}
+    shares = np.array([GROUP_SHARES[GROUPS.index(g)] for g in spec.groups])
     for split, n in spec.sizes.items():
+        rng = _stream(spec.seed, split, 0)
         labels = np.arange(n) % len(spec.classes)
-        root.shuffle(labels)
-        groups = root.integers(len(spec.groups), size=n)
-        plan += [(split, int(label), int(g)) for label, g in zip(labels, groups)]
-    children = np.random.SeedSequence(spec.seed).spawn(len(plan))
-    images = np.empty((len(plan), spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    rows = []
-    for i, ((split, label, g), child) in enumerate(zip(plan, children)):
-        rng = np.random.default_rng(child)
-        cls, group = spec.classes[label], spec.groups[g]
-        images[i] = render_image(cls, group, rng, spec.image_size)
-        rows.append((i, split, label, cls, caption_for(cls, group, rng, spec.caption_style), group))
-    return images, pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "caption", "group"])
+        rng.shuffle(labels)
+        groups = np.searchsorted(np.cumsum(shares), rng.random(n) * shares.sum(), side="right").clip(max=len(shares) - 1)
+        centres = np.array([centre_index[c] for c in SPLIT_CENTRES[split]])[rng.integers(0, len(SPLIT_CENTRES[split]), n)]
+        organs = [spec.groups[g] for g in groups]
+        if spec.caption_style == "pathology":
+            texts, kinds = captions.pathology_captions(labels, organs, spec.classes, rng)
+            kinds = [captions.KIND_NAMES[k] for k in kinds]
+        else:
+            texts, kinds = captions.generic_captions(labels, spec.classes, rng), ["generic"] * n
+        frames.append(pd.DataFrame({
+            "index": np.arange(start, start + n),
+            "split": split,
+            "label": labels,
+            "label_name": [spec.classes[label] for label in labels],
+            "caption": texts,
+            "group": organs,
+            "centre": [CENTRES[c].name for c in centres],
+            "caption_kind": kinds,
+        }))
+        start += n
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def draw_parameters(names: list[str], organs: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Each image's renderer parameters, drawn uniformly from its class's ranges."""
+    lo = np.array([[RECIPES[c].get(p, (0, 0))[0] for p in PARAMS] for c in names], dtype=np.float32)
+    hi = np.array([[RECIPES[c].get(p, (0, 0))[1] for p in PARAMS] for c in names], dtype=np.float32)
+    u = rng.random(lo.shape, dtype=np.float32)
+    drawn = lo + (hi - lo) * u
+    params = {p: drawn[:, i] for i, p in enumerate(PARAMS)}
+    effects = [GROUP_EFFECTS[o] for o in organs]
+    params["mucus"] = params["mucus"] + np.array([e["mucus"] for e in effects], dtype=np.float32)
+    params["cyto_h"] = params["cyto_h"] + np.array([e["cyto_h"] for e in effects], dtype=np.float32)
+    e_lo = np.array([e["lumen_elong"][0] for e in effects], dtype=np.float32)
+    e_hi = np.array([e["lumen_elong"][1] for e in effects], dtype=np.float32)
+    params["lumen_elong"] = e_lo + (e_hi - e_lo) * rng.random(len(names), dtype=np.float32)
+    return params
+
+
+def _counts(mean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stochastic rounding: integer counts whose expectation is ``mean``."""
+    return np.floor(mean + rng.random(len(mean), dtype=np.float32)).astype(np.int64)
+
+
+def _jitter(rng: np.random.Generator, n: int, spread: float) -> np.ndarray:
+    return (1 - spread + 2 * spread * rng.random(n, dtype=np.float32)).astype(np.float32)
+
+
+def _nuclei(p: dict[str, np.ndarray], fibre_angle: np.ndarray, centres: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Haematoxylin of scattered nuclei, gland-ring nuclei and nuclear fragments, and the
+    summed coverage of lumens and fat vacuoles: two (B, S, S) layers."""
+    n, scale = len(p["nuclei"]), size / 64
+    area = scale * scale
+    images, ys, xs, radii, elongs, angles, kinds, weights = [], [], [], [], [], [], [], []
+
+    def add(image, y, x, radius, elong, angle, kind, weight):
+        for store, value in zip((images, ys, xs, radii, elongs, angles, kinds, weights), (image, y, x, radius, elong, angle, kind, weight)):
+            store.append(value)
+
+    # scattered nuclei
+    count = _counts(p["nuclei"] * area, rng)
+    img = np.repeat(np.arange(n), count)
+    m = len(img)
+    aligned = rng.random(m, dtype=np.float32) < p["align"][img]
+    angle = np.where(aligned, (fibre_angle[img] + rng.integers(-1, 2, m)) % render.N_ANGLES, rng.integers(0, render.N_ANGLES, m))
+    add(img, rng.integers(0, size, m), rng.integers(0, size, m), p["radius"][img] * _jitter(rng, m, 0.15),
+        1 + (p["elong"][img] - 1) * _jitter(rng, m, 0.3), angle, rng.random(m, dtype=np.float32) < p["vesicular"][img],
+        p["dark"][img] * _jitter(rng, m, 0.2))
+    # nuclear fragments (karyorrhexis): small, dark, irregular
+    count = _counts(p["fragments"] * area, rng)
+    img = np.repeat(np.arange(n), count)
+    m = len(img)
+    add(img, rng.integers(0, size, m), rng.integers(0, size, m), 0.5 + 0.6 * rng.random(m, dtype=np.float32),
+        1 + 1.8 * rng.random(m, dtype=np.float32), rng.integers(0, render.N_ANGLES, m), np.zeros(m, bool),
+        p["dark"][img] * _jitter(rng, m, 0.35))
+    # glands: a lumen ringed by nuclei whose long axes point at its centre
+    glands = _counts(p["glands"], rng)
+    g_img = np.repeat(np.arange(n), glands)
+    g = len(g_img)
+    gy, gx = rng.integers(0, size, g), rng.integers(0, size, g)
+    lumen = p["gland_radius"][g_img] * _jitter(rng, g, 0.2)
+    ring = np.maximum(np.floor(p["ring"][g_img] + 0.5).astype(np.int64), 1)
+    r_img = np.repeat(np.arange(g), ring)
+    slot = np.arange(len(r_img)) - np.repeat(np.cumsum(ring) - ring, ring)
+    step = (slot * 24) // ring[r_img] + rng.integers(0, 2, len(r_img))
+    step = (step + rng.integers(0, 24, g)[r_img]) % 24
+    nuc_r = p["radius"][g_img][r_img]
+    dist = (lumen[r_img] + 0.9 * nuc_r + 0.5) * scale
+    ry = gy[r_img] + np.floor(dist * render.SIN24[step] + 0.5).astype(np.int64)
+    rx = gx[r_img] + np.floor(dist * render.COS24[step] + 0.5).astype(np.int64)
+    add(g_img[r_img], ry, rx, nuc_r * _jitter(rng, len(r_img), 0.1), np.maximum(p["elong"][g_img][r_img], 1.4), step % render.N_ANGLES,
+        rng.random(len(r_img), dtype=np.float32) < p["vesicular"][g_img][r_img], p["dark"][g_img][r_img] * _jitter(rng, len(r_img), 0.15))
+
+    cat = lambda parts: np.concatenate(parts)
+    bank = render.nucleus_bank(size, tuple(c.blur_sigma for c in CENTRES))
+    r_idx = render.nearest_index(render.NUCLEUS_RADII, cat(radii))
+    e_idx = render.nearest_index(render.NUCLEUS_ELONGATIONS, cat(elongs))
+    extent = render.NUCLEUS_RADII[r_idx] * scale * np.sqrt(render.NUCLEUS_ELONGATIONS[e_idx])
+    image = cat(images)
+    index = (centres[image], r_idx, e_idx, cat(angles), cat(kinds).astype(np.int64))
+    nuclei = render.stamp(n, size, bank, index, extent, image, cat(ys) % size, cat(xs) % size, cat(weights).astype(np.float32))
+
+    # clear areas: gland lumens and a jittered grid of fat vacuoles
+    spacing = 2 * 0.92 * np.maximum(p["fat_radius"], 2)
+    per_side = np.where(p["fat"] > 0, np.maximum(np.floor(64 / spacing + 0.5).astype(np.int64), 1), 0)
+    cells = per_side * per_side
+    f_img = np.repeat(np.arange(n), cells)
+    k = np.arange(len(f_img)) - np.repeat(np.cumsum(cells) - cells, cells)
+    side = per_side[f_img]
+    cell = size / side
+    fy = np.floor(((k // side) + 0.5 + 0.3 * (rng.random(len(k), dtype=np.float32) - 0.5)) * cell).astype(np.int64)
+    fx = np.floor(((k % side) + 0.5 + 0.3 * (rng.random(len(k), dtype=np.float32) - 0.5)) * cell).astype(np.int64)
+    present = rng.random(len(k), dtype=np.float32) < p["fat"][f_img]
+    f_radius = p["fat_radius"][f_img] * _jitter(rng, len(k), 0.1)
+    f_elong = 1 + 0.4 * rng.random(len(k), dtype=np.float32)
+    b_img = cat([f_img[present], g_img])
+    b_r = render.nearest_index(render.BLOB_RADII, cat([f_radius[present], lumen]))
+    b_e = render.nearest_index(render.BLOB_ELONGATIONS, cat([f_elong[present], p["lumen_elong"][g_img]]))
+    b_a = rng.integers(0, render.N_ANGLES, len(b_img))
+    extent = render.BLOB_RADII[b_r] * scale * np.sqrt(render.BLOB_ELONGATIONS[b_e])
+    clear = render.stamp(n, size, render.blob_bank(size), (b_r, b_e, b_a), extent, b_img, cat([fy[present], gy]) % size,
+                         cat([fx[present], gx]) % size, np.ones(len(b_img), dtype=np.float32))
+    return nuclei, clear
+
+
+def render_tissue(p: dict[str, np.ndarray], centres: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Haematoxylin and eosin concentration maps (B, S, S) of images with parameters ``p``,
+    nuclei blurred by their centre's scanner.
+
+    The smooth layers (tissue mask, matrix texture, fibres, cytoplasm, mucin) are composed at
+    half resolution and interpolated up; nuclei, fragments, lumens and vacuoles are stamped at
+    full resolution, where their edges are."""
+    n = len(p["tissue"])
+    low = max(8, size // 2)
+    col = {k: v[:, None, None] for k, v in p.items()}
+    broad = render.smooth_field(rng, n, low, 3)
+    fine = render.smooth_field(rng, n, low, max(4, size // 4))
+    orientation = rng.integers(0, render.N_ANGLES, n)
+    streaks = render.fibre_field(rng, n, low, orientation, p["wave"], spacing=FIBRE_SPACING * low / 64)
+    streaks *= 0.75  # fibres vary along their length too
+    streaks += 0.25 * fine
+    # tissue covers the patch where the broad field exceeds a threshold set by 'tissue'
+    tissue = broad + (1.5 * col["tissue"] - 0.9)
+    tissue *= 6
+    np.clip(tissue, 0, 1, out=tissue)
+    # matrix texture T in [0, 1]: broad or granular, mixed with contrasted fibre streaks
+    texture = broad * ((1 - col["grain"]) * (1 - col["fibre"]))
+    texture += fine * (col["grain"] * (1 - col["fibre"]))
+    fibres = streaks * 3 - 1
+    np.clip(fibres, 0, 1, out=fibres)
+    fibres *= col["fibre"]
+    texture += fibres
+    # eosin: eosin (1 + texture_amp (2T - 1)) (1 - gaps (1 - T)), thinned by mucin
+    c_e = texture * (2 * col["eosin"] * col["texture"])
+    c_e += col["eosin"] * (1 - col["texture"])
+    texture *= col["gaps"]
+    texture += 1 - col["gaps"]
+    c_e *= texture
+    c_e *= 1 - 0.75 * np.minimum(col["mucus"], 1)
+    # mucin, mucus (0.3 + 0.7 streaks), stains faintly with both: 0.3 of it as haematoxylin, 0.08 as eosin
+    c_e += streaks * (0.056 * col["mucus"])
+    c_e += 0.024 * col["mucus"]
+    c_e *= tissue
+    # haematoxylin of cytoplasm, cyto_h (0.7 + 0.6 fine), and mucin
+    c_h = fine * (0.6 * col["cyto_h"])
+    c_h += streaks * (0.21 * col["mucus"])
+    c_h += 0.7 * col["cyto_h"] + 0.09 * col["mucus"]
+    c_h *= tissue
+    c_h, c_e, tissue = np.split(render.upsample(np.concatenate([c_h, c_e, tissue]), size, size, smooth=False), 3)
+    # full resolution: nothing stained inside lumens and fat vacuoles (open = 1 - clear
+    # coverage; where two vacuoles overlap, sum near 2, a membrane remains); nuclei on the
+    # tissue, a few floating in lumens
+    nuclei, clear = _nuclei(p, render.fibre_sprite_angle(orientation), centres, size, rng)
+    clear -= 1
+    np.abs(clear, out=clear)
+    np.minimum(clear, 1, out=clear)
+    c_h *= clear
+    c_e *= clear
+    np.minimum(nuclei, 1.8, out=nuclei)
+    nuclei *= tissue
+    c_h += nuclei
+    return c_h, c_e
+
+
+def scan(c_h: np.ndarray, c_e: np.ndarray, centres: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """uint8 RGB of concentration maps stained at each image's centre, with its sensor noise and a
+    slide-to-slide jitter of the stain intensities and the illumination."""
+    n = len(centres)
+    table = [CENTRES[c] for c in centres]
+    h_od = np.array([c.haematoxylin for c in table], dtype=np.float32) * np.array([c.h_intensity for c in table], dtype=np.float32)[:, None]
+    e_od = np.array([c.eosin for c in table], dtype=np.float32) * np.array([c.e_intensity for c in table], dtype=np.float32)[:, None]
+    h_od = h_od * _jitter(rng, n, STAIN_JITTER)[:, None]
+    e_od = e_od * _jitter(rng, n, STAIN_JITTER)[:, None]
+    white = np.array([c.white for c in table], dtype=np.float32) * _jitter(rng, n, 0.015)[:, None]
+    noise = np.array([c.noise for c in table], dtype=np.float32)
+    return render.scan(c_h, c_e, h_od, e_od, white, noise, rng)
+
+
+def render_images(names: list[str], organs: list[str], centres: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    params = draw_parameters(names, organs, rng)
+    c_h, c_e = render_tissue(params, centres, size, rng)
+    return scan(c_h, c_e, centres, size, rng)
+
+
+def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
+    """All images (uint8 N x S x S x 3) and the sample table, class-balanced within each split."""
+    rows = sample_plan(spec)
+    size = spec.image_size
+    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
+    centre_index = {c.name: i for i, c in enumerate(CENTRES)}
+    for split in spec.sizes:
+        part = rows[rows["split"] == split]
+        for k, start in enumerate(range(0, len(part), CHUNK)):
+            chunk = part.iloc[start : start + CHUNK]
+            rng = _stream(spec.seed, split, 1 + k)
+            centres = np.array([centre_index[c] for c in chunk["centre"]])
+            images[chunk["index"].to_numpy()] = render_images(chunk["label_name"].tolist(), chunk["group"].tolist(), centres, size, rng)
+    return images, rows
