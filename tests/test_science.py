@@ -1,0 +1,74 @@
+"""The science check's parsing, on small fake outputs of a run."""
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from medtune import science
+from medtune.tables import clipath_accuracy
+
+KEYS = ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
+
+
+def fake_metrics(top3_of_rfc: float = 1.0) -> pd.DataFrame:
+    rows = [("synthetic", "zeroshot", "tiny-path", None, None, "clean", "all", "accuracy", 0.7),
+            ("synthetic", "zeroshot", "tiny-path", None, None, "clean", "all", "top3", 1.0),
+            ("synthetic", "zeroshot", "tiny-path", None, None, "blur-2", "all", "accuracy", 0.4),
+            ("synthetic", "zeroshot", "tiny-generic", None, None, "clean", "all", "accuracy", 0.3),
+            ("synthetic", "zeroshot", "tiny-generic", None, None, "clean", "all", "top3", 0.9996),  # shows as 100.0
+            ("synthetic", "zeroshot", "tiny-path", None, None, "clean", "colon", "top3", 1.0)]
+    for seed, acc in zip((1, 2, 3), (0.80, 0.82, 0.81)):
+        for fraction in (0.1, 50.0):
+            rows.append(("synthetic", "rfc", "tiny-path", seed, fraction, "clean", "all", "accuracy", acc - (0.1 if fraction < 1 else 0)))
+            rows.append(("synthetic", "rfc", "tiny-path", seed, fraction, "clean", "all", "top3", top3_of_rfc))
+            rows.append(("synthetic", "rfc", "tiny-path", seed, fraction, "clean", "colon", "top3", 1.0))
+    return pd.DataFrame(rows, columns=KEYS)
+
+
+def test_zero_shot_accuracy_is_the_clean_overall_row():
+    metrics = fake_metrics()
+    assert science.zero_shot_accuracy(metrics, "synthetic", "tiny-path") == 0.7
+    assert science.zero_shot_accuracy(metrics, "synthetic", "tiny-untrained") is None
+    check = science.check_zero_shot(metrics, "synthetic", "tiny-path")
+    assert check.status == "PASS" and "tiny-generic: 30.0%" in check.details[0]
+
+
+def test_saturation_counts_a_metric_only_when_every_model_shows_100():
+    saturated = science.saturated_metrics(fake_metrics(top3_of_rfc=1.0))
+    found = set(zip(saturated["metric"], saturated["group"], saturated["condition"]))
+    # overall top-3: 1.0, 0.9996 (prints 100.0) and 1.0 for both RFC fractions; per-colon top-3: 1.0 everywhere
+    assert found == {("top3", "all", "clean"), ("top3", "colon", "clean")}
+    saturated = science.saturated_metrics(fake_metrics(top3_of_rfc=0.99))
+    assert set(zip(saturated["metric"], saturated["group"])) == {("top3", "colon")}
+    assert science.check_saturation(fake_metrics(top3_of_rfc=0.99)).status == "MISS"
+
+
+def test_identical_subsets_and_smallest_class(tmp_path):
+    folder = tmp_path / "subsets" / "synthetic"
+    for seed, small in ((1, [0, 5]), (2, [0, 5, 7])):
+        (folder / f"seed{seed}").mkdir(parents=True)
+        pd.DataFrame({"index": small, "label": [0, 1, 1][: len(small)]}).to_csv(folder / f"seed{seed}" / "frac0.1.csv", index=False)
+        pd.DataFrame({"index": [0, 5, 7], "label": [0, 1, 1]}).to_csv(folder / f"seed{seed}" / "frac0.5.csv", index=False)
+        pd.DataFrame({"index": [0, 1, 5, 7], "label": [0, 0, 1, 1]}).to_csv(folder / f"seed{seed}" / "frac10.csv", index=False)
+    subsets = science.read_subsets(folder)
+    assert science.identical_subsets(subsets) == [(2, "0.1", "0.5")]
+    assert science.smallest_class_count(subsets) == ("0.1", 1)
+    checks = science.check_subsets(folder)
+    assert [c.status for c in checks] == ["MISS", "MISS"]
+
+
+def test_rfc_interval_read_from_the_table():
+    """The table's half-width is the t-interval over seeds (scipy as the reference)."""
+    numbers, _ = clipath_accuracy(fake_metrics(), {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]})
+    fraction, mean, ci = science.rfc_interval(numbers, "synthetic", "tiny-path")
+    values = np.array([0.80, 0.82, 0.81])
+    assert fraction == 50.0 and np.isclose(mean, values.mean())
+    assert np.isclose(ci, stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3))
+    check = science.check_rfc(numbers, "synthetic", "tiny-path")
+    assert check.status == ("PASS" if ci <= 0.02 else "MISS")
+
+
+def test_main_prints_na_without_a_run(tmp_path, capsys):
+    assert science.main(["--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("N/A") >= 4 and "PASS" not in out
