@@ -122,6 +122,9 @@ RECIPES: dict[str, dict[str, tuple[float, float]]] = {
 }
 PARAMS = ("tissue", "eosin", "texture", "grain", "fibre", "wave", "gaps", "cyto_h", "mucus", "nuclei", "radius", "elong", "align",
           "dark", "vesicular", "fragments", "glands", "gland_radius", "ring", "fat", "fat_radius")
+_CLASS_INDEX = {c: i for i, c in enumerate(CLASSES)}
+_RECIPE_LO = np.array([[RECIPES[c].get(p, (0, 0))[0] for p in PARAMS] for c in CLASSES], dtype=np.float32)
+_RECIPE_HI = np.array([[RECIPES[c].get(p, (0, 0))[1] for p in PARAMS] for c in CLASSES], dtype=np.float32)
 # Organ effects, added to the drawn parameters: rectal tissue holds more mucin, stomach
 # glands are elongated (lumen elongation drawn from this range) and cells more basophilic.
 GROUP_EFFECTS = {
@@ -196,8 +199,8 @@ def sample_plan(spec: SyntheticSpec) -> pd.DataFrame:
 
 def draw_parameters(names: list[str], organs: list[str], rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Each image's renderer parameters, drawn uniformly from its class's ranges."""
-    lo = np.array([[RECIPES[c].get(p, (0, 0))[0] for p in PARAMS] for c in names], dtype=np.float32)
-    hi = np.array([[RECIPES[c].get(p, (0, 0))[1] for p in PARAMS] for c in names], dtype=np.float32)
+    classes = np.array([_CLASS_INDEX[c] for c in names])
+    lo, hi = _RECIPE_LO[classes], _RECIPE_HI[classes]
     u = rng.random(lo.shape, dtype=np.float32)
     drawn = lo + (hi - lo) * u
     params = {p: drawn[:, i] for i, p in enumerate(PARAMS)}
@@ -383,9 +386,11 @@ def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
     centre_index = {c.name: i for i, c in enumerate(CENTRES)}
     for split in spec.sizes:
         part = rows[rows["split"] == split]
+        first = int(part["index"].iloc[0]) if len(part) else 0  # a split's rows are consecutive
+        names, organs = part["label_name"].tolist(), part["group"].tolist()
+        centres = np.array([centre_index[c] for c in part["centre"]])
         for k, start in enumerate(range(0, len(part), CHUNK)):
-            chunk = part.iloc[start : start + CHUNK]
+            stop = min(start + CHUNK, len(part))
             rng = _stream(spec.seed, split, 1 + k)
-            centres = np.array([centre_index[c] for c in chunk["centre"]])
-            images[chunk["index"].to_numpy()] = render_images(chunk["label_name"].tolist(), chunk["group"].tolist(), centres, size, rng)
+            images[first + start : first + stop] = render_images(names[start:stop], organs[start:stop], centres[start:stop], size, rng)
     return images, rows
