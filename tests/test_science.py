@@ -5,7 +5,8 @@ import pandas as pd
 from scipy import stats
 
 from medtune import science
-from medtune.tables import clipath_accuracy
+from medtune.studies.clipath import accuracy_table
+from medtune.tables import registered_methods
 
 KEYS = ["dataset", "method", "backbone", "seed", "fraction", "condition", "group", "metric", "value"]
 
@@ -59,7 +60,8 @@ def test_identical_subsets_and_smallest_class(tmp_path):
 
 def test_rfc_interval_read_from_the_table():
     """The table's half-width is the t-interval over seeds (scipy as the reference)."""
-    numbers, _ = clipath_accuracy(fake_metrics(), {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]})
+    study = {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]}
+    numbers, _, _ = accuracy_table(fake_metrics(), pd.DataFrame(), study, registered_methods())
     fraction, mean, ci = science.rfc_interval(numbers, "synthetic", "tiny-path")
     values = np.array([0.80, 0.82, 0.81])
     assert fraction == 50.0 and np.isclose(mean, values.mean())
@@ -72,3 +74,20 @@ def test_main_prints_na_without_a_run(tmp_path, capsys):
     assert science.main(["--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
     assert out.count("N/A") >= 4 and "PASS" not in out
+
+
+def test_shot_runs_are_models_of_their_own_and_not_the_largest_fraction():
+    """A shot run (fraction empty, shots k) is its own model in the saturation count, and the
+    RFC interval and the headline read the fraction rows only."""
+    metrics = fake_metrics(top3_of_rfc=0.99).assign(shots=np.nan)
+    shot = [("synthetic", "rfc", "tiny-path", seed, None, "clean", "all", metric, value)
+            for seed in (1, 2, 3) for metric, value in (("accuracy", 0.5 + seed / 10), ("top3", 0.9))]
+    metrics = pd.concat([metrics, pd.DataFrame(shot, columns=KEYS).assign(shots=16)], ignore_index=True)
+    means = science.model_means(metrics)
+    assert set(means.loc[means["method"] == "rfc", "shots"]) == {0, 16}
+    study = {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]}
+    numbers, _, _ = accuracy_table(metrics, pd.DataFrame(), study, registered_methods())
+    assert (numbers["shots"] == 16).any()
+    fraction, mean, _ = science.rfc_interval(numbers, "synthetic", "tiny-path")
+    assert fraction == 50.0 and np.isclose(mean, 0.81)
+    assert science.headline(numbers, "synthetic", "tiny-path")[-1].startswith("rfc: 0.1 % 71.0")

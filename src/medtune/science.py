@@ -30,13 +30,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from medtune.tables import format_cell
+from medtune.tables import fill_unused_labels, format_cell
 
 ZERO_SHOT_RANGE = (0.50, 0.85)
 MIN_PER_CLASS = 2
 RFC_CI_MAX = 0.02
 WALL_MAX_S = 600.0
-MODEL_KEYS = ["dataset", "method", "backbone", "fraction"]
+MODEL_KEYS = ["dataset", "method", "backbone", "fraction", "shots"]
 
 
 @dataclass
@@ -68,8 +68,8 @@ def zero_shot_accuracy(metrics: pd.DataFrame, dataset: str, backbone: str, condi
 
 
 def model_means(metrics: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds of every model's (method, backbone, fraction) metric, per dataset, condition and group."""
-    frame = metrics.assign(fraction=metrics["fraction"].fillna(0.0))
+    """Mean over seeds of every model's (method, backbone, fraction, shots) metric, per dataset, condition and group."""
+    frame = fill_unused_labels(metrics)
     return frame.groupby([*MODEL_KEYS, "condition", "group", "metric"], as_index=False)["value"].mean()
 
 
@@ -121,8 +121,14 @@ def smallest_class_count(subsets: dict[int, dict[str, pd.DataFrame]]) -> tuple[s
     return smallest, min(counts)
 
 
+def fraction_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The table's rows of runs on a share of the training data (and zero-shot's), without shot runs."""
+    return table[table["shots"].fillna(0) == 0] if "shots" in table else table
+
+
 def rfc_interval(accuracy_table: pd.DataFrame, dataset: str, backbone: str, method: str = "rfc") -> tuple[float, float, float] | None:
     """(largest fraction, mean accuracy, 95 % half-width) of ``method`` in the clipath_accuracy table."""
+    accuracy_table = fraction_rows(accuracy_table)
     rows = accuracy_table[
         (accuracy_table["method"] == method) & (accuracy_table["dataset"] == dataset) & (accuracy_table["backbone"] == backbone)
     ]
@@ -134,6 +140,7 @@ def rfc_interval(accuracy_table: pd.DataFrame, dataset: str, backbone: str, meth
 
 def headline(accuracy_table: pd.DataFrame, dataset: str, backbone: str) -> list[str]:
     """Accuracy of every method at the smallest and the largest fraction: what the table shows."""
+    accuracy_table = fraction_rows(accuracy_table)
     rows = accuracy_table[(accuracy_table["dataset"] == dataset) & (accuracy_table["backbone"] == backbone)]
     out = []
     for method, group in rows.groupby("method", sort=False):
@@ -204,7 +211,7 @@ def check_wall(workdir: Path) -> Check:
     log_dir = workdir / ".snakemake" / "log"
     if not log_dir.is_dir():
         return Check(name, f"no Snakemake log under {workdir}", target, None)
-    from medtune.bench import last_run_log
+    from medtune.bench.snakemake_logs import last_run_log
 
     best, _ = last_run_log(log_dir)
     if best is None:
