@@ -163,7 +163,9 @@ def stamp(n_images: int, size: int, bank: SpriteBank, index: tuple[np.ndarray, .
         rows = ((y[pick, None] + d) % size) * size + (image[pick] * size * size)[:, None]  # (m, side), small
         cols = (x[pick, None] + d) % size
         np.add(rows[:, :, None], cols[:, None, :], out=flat[start : start + length].reshape(len(pick), side, side))
-        sprites = bank.banks[t][tuple(i[pick] for i in index)]
+        bank_t = bank.banks[t]
+        rows_of = np.ravel_multi_index(tuple(i[pick] for i in index), bank_t.shape[:-1])
+        sprites = np.take(bank_t.reshape(-1, side * side), rows_of, axis=0)
         np.multiply(sprites, weight[pick, None].astype(np.float64), out=values[start : start + length].reshape(len(pick), side * side))
         start += length
     summed = np.bincount(flat, weights=values, minlength=n_images * size * size)
@@ -188,8 +190,18 @@ def upsample(knots: np.ndarray, rows: int, cols: int, smooth: bool = True) -> np
     """(B, r + 1, c + 1) knots -> (B, rows, cols), interpolated (see :func:`_interp`)."""
     r0, r1, a0, a1 = _interp(knots.shape[1] - 1, rows, smooth)
     c0, c1, b0, b1 = _interp(knots.shape[2] - 1, cols, smooth)
-    t = knots[:, r0, :] * a0[None, :, None] + knots[:, r1, :] * a1[None, :, None]
-    return t[:, :, c0] * b0[None, None, :] + t[:, :, c1] * b1[None, None, :]
+    # x0 a0 + x1 a1 along each axis, in place on gathered copies (the same two products and one add)
+    t = np.take(knots, r0, axis=1)
+    t *= a0[None, :, None]
+    t1 = np.take(knots, r1, axis=1)
+    t1 *= a1[None, :, None]
+    t += t1
+    out = np.take(t, c0, axis=2)
+    out *= b0[None, None, :]
+    o1 = np.take(t, c1, axis=2)
+    o1 *= b1[None, None, :]
+    out += o1
+    return out
 
 
 def smooth_field(rng: np.random.Generator, n: int, size: int, cells: int) -> np.ndarray:
@@ -302,12 +314,18 @@ def scan(c_h: np.ndarray, c_e: np.ndarray, h_od: np.ndarray, e_od: np.ndarray, w
     grain = rng.random((n, size, size), dtype=np.float32)
     grain *= amplitude
     grain += np.float32(0.5) - amplitude * np.float32(0.5)
+    od = np.empty((n, size, size), dtype=np.float32)
+    e_part = np.empty((n, size, size), dtype=np.float32)
+    bins = np.empty((n, size, size), dtype=np.intp)
     for ch in range(3):
-        od = c_h * (h_od[:, ch] * np.float32(OD_STEP))[:, None, None]
-        od += c_e * (e_od[:, ch] * np.float32(OD_STEP))[:, None, None]
-        np.take(table, od.astype(np.intp), out=light, mode="clip")  # OD >= 0: truncation is the bin
+        np.multiply(c_h, (h_od[:, ch] * np.float32(OD_STEP))[:, None, None], out=od)
+        np.multiply(c_e, (e_od[:, ch] * np.float32(OD_STEP))[:, None, None], out=e_part)
+        od += e_part
+        np.copyto(bins, od, casting="unsafe")  # OD >= 0: truncation is the bin
+        np.take(table, bins, out=light, mode="clip")
         light *= (white[:, ch] * np.float32(255))[:, None, None]
         light += grain
-        np.clip(light, 0.0, 255.0, out=light)
+        np.maximum(light, 0.0, out=light)
+        np.minimum(light, 255.0, out=light)
         out[..., ch] = light  # truncating value + 0.5: rounding
     return out
