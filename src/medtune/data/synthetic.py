@@ -74,8 +74,8 @@ CENTRES = (
     Centre("D", (0.540, 0.760, 0.360), (0.180, 0.930, 0.320), 1.20, 0.70, (0.93, 0.93, 0.96), 1.1, 0.022),
 )
 SPLIT_CENTRES = {"pretrain": ("A", "B", "C"), "train": ("A", "B"), "val": ("A", "B"), "test": ("D",)}
-STAIN_JITTER = 0.12
-FIBRE_SPACING = 4.0  # px of a 64-px image between knots of the fibre profile  # slide-to-slide: each image's stain intensities vary by up to ±12 %
+STAIN_JITTER = 0.12  # slide-to-slide: each image's stain intensities vary by up to ±12 %
+FIBRE_SPACING = 4.0  # px of a 64-px image between knots of the fibre profile
 
 # Per-class ranges (uniform) of the renderer's parameters; absent ones are 0. Counts and
 # lengths are for a 64-px image and scale with the image size.
