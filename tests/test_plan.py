@@ -78,6 +78,59 @@ def test_all_conditions_expand_to_the_29_of_the_benchmark():
     assert plan.conditions_for(config, "synthetic", "tiny-untrained") == conditions
 
 
+def _with_conditions(conditions):
+    config = copy.deepcopy(DEFAULT)
+    config["studies"]["pathclip"]["conditions"] = conditions
+    return plan.validate(config)["studies"]["pathclip"]["conditions"]
+
+
+def test_a_suite_name_expands_to_clean_and_its_conditions():
+    pathclip = _with_conditions(["pathclip"])
+    medmnistc = _with_conditions(["medmnistc"])
+    assert len(pathclip) == 1 + 7 * 4 and len(medmnistc) == 1 + 12 * 5
+    assert medmnistc[:3] == ["clean", "pixelate-1", "pixelate-2"] and medmnistc[-1] == "hed_shift-5"
+    # all: every suite, clean once, names unique across suites
+    assert _with_conditions(["all"]) == pathclip + medmnistc[1:]
+    assert len(set(pathclip) & set(medmnistc)) == 1
+    # mixed with single conditions: in order, each once
+    assert _with_conditions(["blur-2", "medmnistc", "pixelate-3", "markup-1"]) == ["blur-2", *medmnistc, "markup-1"]
+
+
+def test_an_unknown_condition_or_suite_is_named():
+    message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["medmnist"]))
+    assert "studies.pathclip.conditions" in message and "'medmnist'" in message and "pathclip, medmnistc, all" in message
+    assert "'pixelate-6'" in _bad(lambda c: c["studies"]["pathclip"].update(conditions=["pixelate-6"]))
+
+
+def test_train_conditions_take_a_suite():
+    config = copy.deepcopy(DEFAULT)
+    config["methods"]["rfc_aug_medmnistc"] = {"base": "rfc", "train_conditions": "medmnistc"}
+    config["methods"]["linear_probe_aug_all"] = {"base": "linear_probe", "train_conditions": "all"}
+    config["studies"]["clipath"]["methods"] += ["rfc_aug_medmnistc", "linear_probe_aug_all"]
+    config = plan.validate(config)
+    assert config["methods"]["rfc_aug_medmnistc"]["train_conditions"] == "medmnistc"
+    # augmented (PathCLIP's suite, its name from before suites) keeps its feature file
+    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc", "augmented-all"]
+    assert plan.method_labels(config)["rfc_aug_medmnistc"] == {
+        "label": "CLIP + RFC (rfc_aug_medmnistc)", "order": config["methods"]["rfc"]["order"] + 0.5,
+        "base": "rfc", "train_conditions": "medmnistc",
+    }
+    message = _bad(lambda c: c["methods"].update(rfc_x={"base": "rfc", "train_conditions": "medmnist"}))
+    assert "methods.rfc_x.train_conditions" in message and "'medmnist'" in message
+
+
+def test_the_reference_backbone_is_one_of_the_studys():
+    config = copy.deepcopy(DEFAULT)
+    config["studies"]["medmnistc"] = {"datasets": ["synthetic"], "backbones": ["tiny-path", "tiny-generic"], "methods": ["zeroshot"]}
+    validated = plan.validate(config)["studies"]["medmnistc"]
+    assert len(validated["conditions"]) == 61  # the study's own default: its suite
+    config["studies"]["medmnistc"]["reference_backbone"] = "tiny-generic"
+    assert plan.validate(config)["studies"]["medmnistc"]["reference_backbone"] == "tiny-generic"
+    config["studies"]["medmnistc"]["reference_backbone"] = "tiny-untrained"
+    with pytest.raises(plan.ConfigError, match="studies.medmnistc.reference_backbone: 'tiny-untrained' is not one of the study's backbones"):
+        plan.validate(config)
+
+
 def test_unknown_condition_named():
     message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["clean", "blur-9"]))
     assert "studies.pathclip.conditions" in message and "blur-9" in message
@@ -114,7 +167,7 @@ def test_the_registries_declare_every_built_in_method_and_study():
         "knn": "frozen", "simpleshot": "frozen", "clip_adapter": "frozen", "tip_adapter": "frozen", "tip_adapter_f": "frozen",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
-    assert set(studies.registered()) == {"clipath", "pathclip", "pubmedvision"}
+    assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision"}
     # a module's declaration is its import's own SPEC, read without importing it
     from medtune.methods import linear_probe
 

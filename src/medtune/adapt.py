@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtune.conditions import AUGMENTED
+from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
 from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
 from medtune.heads import FitData, fit, load_head
@@ -48,7 +48,7 @@ def split_features(features_dir, samples: pd.DataFrame, split: str, condition: s
     rows = samples[samples["split"] == split].reset_index(drop=True)
     features = np.load(Path(features_dir) / f"{condition}.npy", mmap_mode="r")
     if len(features) != len(rows):
-        raise DatasetError(f"{features_dir}/clean.npy has {len(features)} rows, split {split!r} has {len(rows)}")
+        raise DatasetError(f"{features_dir}/{condition}.npy has {len(features)} rows, split {split!r} has {len(rows)}")
     return features, rows
 
 
@@ -94,8 +94,9 @@ def train_frozen(
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
     augmented = None
-    if method["train_conditions"] == AUGMENTED:
-        augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
+    condition = augmented_condition(method["train_conditions"])
+    if condition is not None:
+        augmented, _ = split_features(train_dir, table, "train", condition)
     val_x, val_y = np.array(val_features), val_rows["label"].to_numpy()
     classifier, scale = load_text(text)
     test_rows = table[table["split"] == "test"]
