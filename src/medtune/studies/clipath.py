@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
 from medtune.significance import ALPHA, compare, winners
@@ -204,7 +205,10 @@ def cost_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods:
 
 def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
     """Beyond the seeds: does adaptation buy or cost robustness? Accuracy of every method
-    (at each training fraction or shot count) under every condition of the CLIPath study."""
+    (at each training fraction or shot count) under every condition of the CLIPath study, what
+    it trained on (clean, or clean plus a suite's corruptions), and its mean over each suite's
+    conditions: a variant trained on one suite beside the same method trained clean shows how
+    far robustness carries over to corruptions it never saw (the other suite)."""
     m = select(metrics, study, conditions=study["conditions"]).query("metric == 'accuracy'")
     s = summarise(m, ["dataset", "backbone", "method", "fraction", "shots", "condition"])
     s["model"] = [
@@ -212,11 +216,27 @@ def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, me
         for meth, f, k in zip(s["method"], s["fraction"], s["shots"])
     ]
     numbers = s.pivot_table(index=["dataset", "backbone", "model"], columns="condition", values="mean", sort=False)
-    numbers = numbers[[c for c in study["conditions"] if c in numbers.columns]].reset_index()
+    conditions = [c for c in study["conditions"] if c in numbers.columns]
+    numbers = numbers[conditions]
+    for suite, names in SUITES.items():
+        present = [c for c in conditions if c in names]
+        if present:
+            numbers[f"mean {suite}"] = numbers[present].mean(axis=1)
+    numbers = numbers.reset_index()
+    trained = dict(zip(s["model"], zip(s["method"], s["fraction"], s["shots"])))
+    numbers.insert(3, "trained on", [_trained_on(methods, *trained[model]) for model in numbers["model"]])
     pretty = numbers.copy()
-    for col in numbers.columns[3:]:
+    for col in numbers.columns[4:]:
         pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "accuracy"))
     return numbers, pretty, None
+
+
+def _trained_on(methods: dict, method: str, fraction: float, shots: int) -> str:
+    """'clean', or the suite whose corruptions a variant also trained on; '–' without training."""
+    if fraction == 0 and shots == 0:
+        return "–"
+    on = methods.get(method.split("+")[0], {}).get("train_conditions", "clean")
+    return "pathclip" if on == "augmented" else on
 
 
 def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
