@@ -39,14 +39,16 @@ SMALL_CONFIG = {
         "tip_adapter_f": {"epochs": 2, "search_step": [20, 20]},
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
         "rfc_augmented": {"base": "rfc", "train_conditions": "augmented"},
+        # trained on the other suite: how it does on PathCLIP's blur it never saw (adapted_robustness)
+        "linear_probe_aug_medmnistc": {"base": "linear_probe", "train_conditions": "medmnistc"},
         "finetune_caption": {"base": "finetune", "text": "caption"},
         "finetune_label": {"base": "finetune", "text": "label"},
     },
     "studies": {
         "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "fractions": [5, 50], "shots": [2],
                     "methods": ["zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f",
-                                "coop", "rfc_augmented", "toy_method"],
-                    "conditions": ["clean", "blur-2"]},
+                                "coop", "rfc_augmented", "toy_method", "linear_probe_aug_medmnistc"],
+                    "conditions": ["clean", "blur-2", "motion_blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],
             "backbones": ["tiny"],
@@ -59,6 +61,12 @@ SMALL_CONFIG = {
             "backbones": ["tiny", "tiny-untrained"],
             "methods": ["zeroshot"],
             "conditions": ["clean", "blur-2", "hue--2", "markup-1"],
+        },
+        "medmnistc": {
+            "datasets": ["synth"],
+            "backbones": ["tiny", "tiny-untrained"],
+            "methods": ["zeroshot"],
+            "conditions": ["clean", "jpeg_compression-3", "hed_shift-4", "blur-2"],
         },
     },
 }

@@ -16,13 +16,14 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"], acc["shots"]))
-    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "toy_method")
+    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "toy_method",
+               "linear_probe_aug_medmnistc")
     trained = {(m, f, 0) for m in methods for f in (5.0, 50.0)} | {(m, 0.0, 2) for m in methods}
     assert rows == {("zeroshot", 0.0, 0)} | trained
-    # rows in the methods' declared order, the toy method (registered from tests/) last
+    # rows in the methods' declared order (a variant right after its base), the toy method (registered from tests/) last
     assert list(dict.fromkeys(acc["method"])) == [
-        "zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter", "tip_adapter_f",
-        "coop", "toy_method",
+        "zeroshot", "linear_probe", "linear_probe_aug_medmnistc", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter",
+        "tip_adapter_f", "coop", "toy_method",
     ]
     # within a method: the shot counts, then the fractions; the data usage says which
     md = (tables / "clipath_accuracy.md").read_text()
@@ -61,10 +62,23 @@ def test_tables_have_the_seed_shapes(small_run):
     assert clean["synth/tiny/ha@5"] > clean["synth/tiny-untrained/ha@5"]
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
     robust = pd.read_csv(tables / "adapted_robustness.csv")
-    assert list(robust.columns[-2:]) == ["clean", "blur-2"]
+    assert list(robust.columns[3:]) == ["trained on", "clean", "blur-2", "motion_blur-2", "mean pathclip", "mean medmnistc"]
     assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%"} <= set(robust["model"])
+    trained_on = dict(zip(robust["model"], robust["trained on"]))
+    assert trained_on["linear_probe_aug_medmnistc@50%"] == "medmnistc" and trained_on["rfc_augmented@50%"] == "pathclip"
+    assert trained_on["linear_probe@50%"] == "clean" and trained_on["linear_probe_aug_medmnistc@2-shot"] == "medmnistc"
+    assert trained_on["zeroshot"] == "–"
+    summary = pd.read_csv(tables / "medmnistc_summary.csv")
+    assert set(summary["backbone"]) == {"tiny", "tiny-untrained"} and list(summary.columns[5:]) == [
+        "clean", "jpeg_compression", "hed_shift", "mean_corrupted", "be", "rbe"
+    ]
+    assert summary.set_index("backbone").loc["tiny-untrained", "be"] == 1  # the default reference: the last backbone
+    invariance = pd.read_csv(tables / "embedding_invariance.csv")
+    assert list(invariance["condition"]) == ["jpeg_compression-3", "hed_shift-4", "blur-2", "mean pathclip", "mean medmnistc"]
+    assert invariance[["synth/tiny", "synth/tiny-untrained"]].stack().between(-1, 1).all()
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups",
+                   "pathclip_robustness", "corruption_gallery", "retrieval_examples", "medmnistc_gallery", "embedding_invariance"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -156,7 +170,8 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
-    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness", "pubmedvision_groups"})
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness",
+                                         "pubmedvision_groups", "embedding_invariance"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
@@ -180,7 +195,8 @@ def report(small_run):
 def test_report_embeds_every_table_and_figure(report):
     html = report.read_text(errors="replace")
     for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pubmedvision_groups.png",
-                 "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+                 "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md",
+                 "medmnistc_gallery.png", "embedding_invariance.png", "medmnistc_summary.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
 
@@ -198,5 +214,5 @@ def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tm
         capture_output=True, text=True, timeout=300,
     )
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
-    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "Tables", "Workflow"):
+    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Tables", "Workflow"):
         assert f">{category}<" in rendered, category
