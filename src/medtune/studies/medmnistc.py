@@ -190,7 +190,7 @@ def gallery(images: np.ndarray, index: int, path) -> None:
             ax.axis("off")
             ax.imshow(corrupted[row[c]][0].permute(1, 2, 0).numpy())
             if c == 0:
-                ax.set_title(corruption.replace("_", " "), fontsize=8, loc="left")
+                ax.set_title(corruption.replace("_", " ") + (": clean" if r == 0 else ""), fontsize=8, loc="left")
             elif r == 0:
                 ax.set_title(f"severity {c}", fontsize=8)
     fig.tight_layout()
