@@ -112,8 +112,7 @@ def test_train_conditions_take_a_suite():
     # augmented (PathCLIP's suite, its name from before suites) keeps its feature file
     assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc", "augmented-all"]
     assert plan.method_labels(config)["rfc_aug_medmnistc"] == {
-        "label": "CLIP + RFC (rfc_aug_medmnistc)", "order": config["methods"]["rfc"]["order"] + 0.5,
-        "base": "rfc", "train_conditions": "medmnistc",
+        "label": "CLIP + RFC (rfc_aug_medmnistc)", "order": config["methods"]["rfc"]["order"] + 0.5, "train_conditions": "medmnistc",
     }
     message = _bad(lambda c: c["methods"].update(rfc_x={"base": "rfc", "train_conditions": "medmnist"}))
     assert "methods.rfc_x.train_conditions" in message and "'medmnist'" in message

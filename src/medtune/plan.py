@@ -314,6 +314,6 @@ def figures(config: dict[str, Any]) -> list[str]:
 def method_labels(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """What tables and figures need of each method: its label, where it sorts, and what it trains on."""
     return {
-        name: {"label": m["label"], "order": m["order"], "base": m["base"], "train_conditions": m["train_conditions"]}
+        name: {"label": m["label"], "order": m["order"], "train_conditions": m["train_conditions"]}
         for name, m in config["methods"].items()
     }
