@@ -374,8 +374,8 @@ def test_bubbles_are_drawn_as_medmnistc_draws_them():
         drawn = keyed.bubbles(keys[:4], max_radius, max_count, 224, 224)
         y = apply(x, f"bubble-{level}", keys=keys[:4])
         expected = torch.stack([_tensor(_bubbles_reference(_pil(im), drawn, i)) for i, im in enumerate(x)])
-        differ = (y.to(torch.int16) - expected.to(torch.int16)).abs().amax(dim=1) > 1
-        assert float(differ.float().mean()) < 0.02, level  # only rim pixels of PIL's rasterised ellipses differ
+        differ = (y != expected).any(dim=1)
+        assert float(differ.float().mean()) < 0.005, level  # only rim pixels of PIL's rasterised ellipses differ
     # float images: a pixel is x, or x (1 - a) + a with a = 100/255 in a bubble, 130/255 on its ring
     xf = x.float() / 255
     alpha = ((apply(xf, "bubble-3", keys=keys[:4]) - xf) / (1 - xf)).flatten()

@@ -138,20 +138,19 @@ def bubble_alpha(keys: Sequence[int], max_radius: int, max_count: int, size, sca
     centres within r + 1/2 of c + 1/2. Where bubbles overlap, the later one's pixel wins, as in the layer."""
     height, width = size
     drawn = bubbles(keys, max_radius, max_count, round(height / scale), round(width / scale))
-    centre = (torch.tensor(drawn["centre"], dtype=torch.float32, device=device) + 0.5) * scale
-    inner = (torch.tensor(drawn["radius"], dtype=torch.float32, device=device) + 0.5) * scale
+    most = int(drawn["count"].max())  # slots no image of the batch uses are left out
+    centre = (torch.tensor(drawn["centre"][:, :most], dtype=torch.float32, device=device) + 0.5) * scale
+    inner = (torch.tensor(drawn["radius"][:, :most], dtype=torch.float32, device=device) + 0.5) * scale
     outer = inner + BUBBLE_BORDER * scale
-    counted = torch.arange(MAX_BUBBLES, device=device)[None] < torch.tensor(drawn["count"], device=device)[:, None]
-    outer = torch.where(counted, outer, -1.0)  # bubbles beyond the count cover nothing
-    dx, dy, flat = _window(centre, float(outer.max()), height, width)  # B x bubbles x n (x n)
+    counted = torch.arange(most, device=device)[None] < torch.tensor(drawn["count"], device=device)[:, None]
+    dx, dy, flat = _window(centre, float(outer[counted].max()), height, width)  # B x bubbles x n (x n)
     d2 = dx[..., None, :] ** 2 + dy[..., :, None] ** 2
     # code 2 (k + 1) + [inside the disc]: the largest code on a pixel is the last bubble over it
-    order = 2 * torch.arange(1, MAX_BUBBLES + 1, device=device, dtype=torch.uint8)[None, :, None, None]
-    codes = torch.where(d2 <= inner[..., None, None] ** 2, order + 1, order).masked_fill_(d2 > outer[..., None, None] ** 2, 0)
+    order = 2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8)[None, :, None, None]
+    codes = torch.where(d2 <= inner[..., None, None] ** 2, order + 1, order)
+    codes.masked_fill_((d2 > outer[..., None, None] ** 2) | ~counted[..., None, None], 0)  # bubbles beyond the count cover nothing
     code = _paint(codes, flat, height, width)[:, None]
     return (code & 1).float().mul_(BUBBLE_ALPHA - RING_ALPHA).add_(RING_ALPHA).mul_(code > 0)
-
-
 
 
 def hed_draws(keys: Sequence[int]) -> torch.Tensor:
