@@ -26,7 +26,8 @@ SMALL_CONFIG = {
         }
     },
     "backbones": {
-        "tiny": {"arch": "medtune-tiny", "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}},
+        # encoded in batches of 32, so a kill can land between batches (tests/test_faults.py)
+        "tiny": {"arch": "medtune-tiny", "encode_batch_size": 32, "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}},
         "tiny-untrained": {"arch": "medtune-tiny"},
     },
     "methods": {

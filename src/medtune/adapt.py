@@ -19,6 +19,7 @@ from medtune.data.store import DatasetError, read_samples
 from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
 from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
+from medtune.jobs import report
 from medtune.methods import zeroshot
 from medtune.records import write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
@@ -107,7 +108,8 @@ def train_frozen(
         text_encoder = {"backbone": _frozen_backbone(backbone, dev), "class_names": _class_words(table, prompts)}
     manifest = []
     with atomic_dir(out_dir) as tmp:
-        for (folder, subset), run in zip(tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress), runs):
+        bar = tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress)
+        for done, ((folder, subset), run) in enumerate(zip(bar, runs), start=1):
             picked = subset_positions(train_rows, subset)  # indexing by positions copies out of the memory map
             train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
             if augmented is not None:
@@ -140,6 +142,7 @@ def train_frozen(
             write_predictions(head, test_features, test_rows, tmp / folder / PREDICTIONS)
             files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
             manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
+            report(f"subset {folder} fitted and evaluated ({done}/{len(subsets)})")
         write_manifest(manifest, tmp)
 
 
@@ -188,7 +191,7 @@ def train_backbone(
     the test split (every condition) with its own encoder.
     """
     from medtune.data.store import load_dataset
-    from medtune.encode import class_prompts, encode_images, prompt_ensemble
+    from medtune.encode import class_prompts, encode_batch_size, encode_images, prompt_ensemble
     from medtune.methods import load
     from medtune.models import load_backbone
     from medtune.training import count_trainable, seed_everything
@@ -213,7 +216,8 @@ def train_backbone(
         backbone.model.load_state_dict(weights)
         backbone.model.eval()
         head = zeroshot.build_head(zeroshot.state(prompt_ensemble(backbone, per_class, dev), backbone.logit_scale))
-        features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev, progress=progress)
+        features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev,
+                                 encode_batch_size(backbone_spec), progress, f"the test split ({run['method'] + suffix})")
         frames.append(evaluate_features(head, features, test_rows, {**run, "method": run["method"] + suffix}))
         if not suffix:
             # the tuned model's own class-prompt classifier: evaluated like a zero-shot head

@@ -31,6 +31,7 @@ import torch
 from tqdm import tqdm
 
 from medtune.io import save_torch
+from medtune.jobs import report
 from medtune.models import Backbone
 from medtune.preprocess import normalize, resize_crop, to_device_batch
 from medtune.training import TrainingError, check_finite, load_resume_state
@@ -265,6 +266,7 @@ def train_contrastive(
         if scaler.is_enabled() and resume["scaler"]:
             scaler.load_state_dict(resume["scaler"])
         history, start_epoch, step = resume["history"], resume["epoch"] + 1, resume["step"]
+        report(f"resumed from the state saved after epoch {start_epoch}")
 
     lr = optimizer.param_groups[0]["lr"]
     for epoch in range(start_epoch, cfg.epochs):
@@ -310,6 +312,7 @@ def train_contrastive(
                 "plan": plan.as_dict(),
             }
             save_torch(state, state_path)
+            report(f"epoch {epoch + 1} state saved")
     model.eval()
     return history
 

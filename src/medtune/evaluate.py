@@ -16,6 +16,7 @@ import torch
 
 from medtune.heads import embed, load_head, predict
 from medtune.io import atomic_path
+from medtune.jobs import report
 from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
@@ -68,10 +69,9 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
     groups = test_samples["group"].astype(str).to_numpy()
     too_few = [k for k in RETRIEVAL_KS if k >= len(labels)]
     if too_few and hasattr(head, "embed"):
-        print(
-            f"medtune: the test split has {len(labels)} images; retrieval at K = {', '.join(map(str, too_few))} needs "
-            f"at least K + 1, so HA@K and P@K there are undefined (NaN in metrics.csv)",
-            flush=True,
+        report(
+            f"the test split has {len(labels)} images; retrieval at K = {', '.join(map(str, too_few))} needs "
+            f"at least K + 1, so HA@K and P@K there are undefined (NaN in metrics.csv)"
         )
     clean = embed(head, features["clean"]) if "clean" in features and hasattr(head, "embed") else None
     frames = []

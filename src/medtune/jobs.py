@@ -50,6 +50,12 @@ def run(main: Callable[[object], None], smk) -> None:
             raise SystemExit(1) from None
 
 
+def report(message: str) -> None:
+    """One plain progress line in the job's log (``medtune: ...``), flushed at once: a reader
+    (a user's ``tail -f``, a test waiting for a stage) sees how far the job got."""
+    print(f"medtune: {message}", flush=True)
+
+
 def _is_out_of_memory(err: BaseException) -> bool:
     torch = sys.modules.get("torch")  # not imported: not a CUDA out-of-memory error
     return torch is not None and isinstance(err, torch.cuda.OutOfMemoryError)
@@ -77,5 +83,6 @@ def oom_message(smk) -> str:
     elif "batch_size" in spec.get("pretrain", {}):
         where, size = "backbones.<name>.pretrain.batch_size", spec["pretrain"]["batch_size"]
     else:
-        where, size = "the encoding batch size", 256
+        size = int(spec.get("encode_batch_size", 256))  # encode.ENCODE_BATCH_SIZE; importing it would import torch
+        where = f"backbones.<name>.encode_batch_size (now {size})"
     return f"out of GPU memory in rule {rule} at batch size {size}; lower {where}"

@@ -15,6 +15,7 @@ import pandas as pd
 from scipy import stats
 
 from medtune.io import read_json, write_csv, write_text
+from medtune.jobs import report
 from medtune.records import read_runs
 
 PERCENT_METRICS = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
@@ -176,6 +177,7 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
     write_text(f"### {title}\n\n{body}\n{legend}", Path(folder) / f"{name}.md")
     caption = f"{title}. {' '.join(notes)}" if notes else title
     write_text(to_latex(pretty, bold, caption) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
+    report(f"table {name} written")
 
 
 def write_study_tables(
