@@ -50,9 +50,11 @@ def prompt_ensemble(backbone: Backbone, prompts: list[list[str]], device="cpu") 
 
 
 def image_batches(images: np.ndarray, indices: np.ndarray, batch_size: int) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    from medtune.data.store import read_rows
+
     for start in range(0, len(indices), batch_size):
         idx = indices[start : start + batch_size]
-        yield idx, images[idx]
+        yield idx, read_rows(images, idx)  # file reads: a batch in memory, not every page read so far
 
 
 @torch.inference_mode()
@@ -79,20 +81,26 @@ def encode_images(
     memory_format = torch.channels_last if use_amp else torch.contiguous_format  # faster convolutions on GPUs
     if use_amp:
         backbone.model.to(memory_format=memory_format)
-    out: dict[str, list[torch.Tensor]] = {c: [] for c in conditions}
+    # each condition's rows are written into one array as they come: no list of batches to
+    # concatenate (twice the memory) at PCam's 32,768 test images x 29 conditions
+    out: dict[str, np.ndarray] = {}
     batches = image_batches(images, np.asarray(indices), batch_size)
-    total = (len(indices) + batch_size - 1) // batch_size
+    total, done = (len(indices) + batch_size - 1) // batch_size, 0  # done: rows encoded so far
     bar = tqdm(batches, total=total, desc=f"encode {backbone.name}", disable=not progress, mininterval=5)
-    for done, (idx, batch) in enumerate(bar, start=1):
+    for batch_no, (idx, batch) in enumerate(bar, start=1):
         x = resize_crop(to_device_batch(batch, device), backbone.image_size)
         keys = torch.as_tensor(idx, device=device)
         for condition, xc in apply_many(x, conditions, keys=keys):
             with torch.autocast(device.type, enabled=use_amp):
                 feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std).contiguous(memory_format=memory_format))
-            out[condition].append(F.normalize(feats.float(), dim=-1).cpu())
+            rows = F.normalize(feats.float(), dim=-1).cpu().numpy()
+            if condition not in out:
+                out[condition] = np.empty((len(indices), rows.shape[1]), dtype=np.float32)
+            out[condition][done : done + len(rows)] = rows
+        done += len(idx)
         if log_as is not None and not progress:
-            report(f"encoded batch {done}/{total} of {log_as}")
-    return {c: torch.cat(v).numpy().astype(np.float32) for c, v in out.items()}
+            report(f"encoded batch {batch_no}/{total} of {log_as}")
+    return {c: out[c] for c in conditions}
 
 
 def encode_split(

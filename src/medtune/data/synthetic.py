@@ -15,6 +15,7 @@ the result is the same on every machine.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -22,6 +23,7 @@ from scipy import ndimage
 
 CLASSES = ("tumor", "stroma", "normal glands", "lymphocytes", "adipose tissue")
 GROUPS = ("colon", "lung", "lymph node")
+COLUMNS = ["index", "split", "label", "label_name", "caption", "group"]
 
 HEMATOXYLIN = np.array([0.30, 0.18, 0.50], dtype=np.float32)
 EOSIN = np.array([0.93, 0.50, 0.70], dtype=np.float32)
@@ -164,6 +166,15 @@ def caption_for(cls: str, group: str, rng: np.random.Generator, style: str) -> s
 
 def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
     """All images and the sample table, class-balanced within each split."""
+    chunks = list(generate_chunks(spec))
+    if not chunks:
+        return np.empty((0, spec.image_size, spec.image_size, 3), np.uint8), pd.DataFrame(columns=COLUMNS)
+    return np.concatenate([images for _, images in chunks]), pd.concat([rows for rows, _ in chunks], ignore_index=True)
+
+
+def generate_chunks(spec: SyntheticSpec, chunk_size: int = 1024) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """:func:`generate`'s sample rows and images, ``chunk_size`` at a time in index order,
+    so that a store larger than memory (PCam's size) is written chunk by chunk."""
     unknown = sorted(set(spec.classes) - set(CLASSES))
     if unknown:
         raise ValueError(f"unknown synthetic class(es) {unknown}; known: {list(CLASSES)}")
@@ -175,11 +186,13 @@ def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
         groups = root.integers(len(spec.groups), size=n)
         plan += [(split, int(label), int(g)) for label, g in zip(labels, groups)]
     children = np.random.SeedSequence(spec.seed).spawn(len(plan))
-    images = np.empty((len(plan), spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    rows = []
-    for i, ((split, label, g), child) in enumerate(zip(plan, children)):
-        rng = np.random.default_rng(child)
-        cls, group = spec.classes[label], spec.groups[g]
-        images[i] = render_image(cls, group, rng, spec.image_size)
-        rows.append((i, split, label, cls, caption_for(cls, group, rng, spec.caption_style), group))
-    return images, pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "caption", "group"])
+    for start in range(0, len(plan), chunk_size):
+        stop = min(start + chunk_size, len(plan))
+        images = np.empty((stop - start, spec.image_size, spec.image_size, 3), dtype=np.uint8)
+        rows = []
+        for i in range(start, stop):
+            (split, label, g), rng = plan[i], np.random.default_rng(children[i])
+            cls, group = spec.classes[label], spec.groups[g]
+            images[i - start] = render_image(cls, group, rng, spec.image_size)
+            rows.append((i, split, label, cls, caption_for(cls, group, rng, spec.caption_style), group))
+        yield pd.DataFrame(rows, columns=COLUMNS), images
