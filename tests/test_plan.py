@@ -215,6 +215,7 @@ def test_shots_beside_fractions_make_runs_of_their_own():
     assert len(runs) == 3 * (6 + 3)  # seeds x (fractions + shot counts)
     assert sorted(r.shots for r in runs if r.seed == 1 and r.shots) == [1, 4, 16]
     assert all((r.fraction is None) == (r.shots is not None) for r in runs)
+    assert plan.shots_for(plan.validate(both), "synthetic") == [1, 4, 16]  # what the subsample job writes
     # shots alone: no default fractions
     alone = copy.deepcopy(DEFAULT)
     del alone["studies"]["clipath"]["fractions"]
@@ -222,6 +223,7 @@ def test_shots_beside_fractions_make_runs_of_their_own():
     config = plan.validate(alone)
     assert config["studies"]["clipath"]["fractions"] == []
     assert {r.subset for r in plan.runs(config) if r.method == "rfc"} == {"shots2"}
+    assert plan.shots_for(config, "synthetic") == [2]
     # fractions alone: no shots
     assert plan.validate(DEFAULT)["studies"]["clipath"]["shots"] == []
 

@@ -295,6 +295,14 @@ def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
     return sorted(found, key=float)
 
 
+def shots_for(config: dict[str, Any], dataset: str) -> list[int]:
+    found: list[int] = []
+    for study in config["studies"].values():
+        if dataset in study["datasets"] and _trains(config, study):
+            found += [int(k) for k in study["shots"] if int(k) not in found]
+    return sorted(found)
+
+
 def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
     found: list[int] = []
     for study in config["studies"].values():
