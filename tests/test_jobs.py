@@ -63,3 +63,15 @@ def test_out_of_memory_while_encoding_names_the_backbone_key():
         "out of GPU memory in rule encode_images at batch size 64; lower backbones.<name>.encode_batch_size (now 64)"
     )
     assert "at batch size 256;" in oom_message(smk({"arch": "RN50"}))  # the default
+
+
+def test_a_job_logs_what_it_used(tmp_path):
+    """The usage line: the kernel's peak RSS (a 30 s benchmark sample can miss it), CPU and wall seconds."""
+    from medtune.jobs import read_usage
+
+    body = "    import numpy as np\n    np.ones(300 * 2**20 // 8).sum()  # 300 MB touched, then freed"
+    _run_job(tmp_path, 1, body, {})
+    usage = read_usage(tmp_path / "job.log")
+    assert usage["peak_rss_mb"] >= 300 and usage["cpu_s"] > 0
+    assert usage["wall_s"] is None or usage["wall_s"] >= usage["cpu_s"] * 0.5  # wall since the interpreter started
+    assert read_usage(tmp_path / "absent.log") is None
