@@ -279,3 +279,44 @@ def test_head_from_before_the_upstream_fix_is_refused():
              "logit_scale": 1.0}
     with pytest.raises(ValueError, match="hidden_divisors"):
         build_head(state)
+
+
+def test_functional_adam_is_torch_adam_bit_for_bit():
+    """RFC's optimiser skips torch.optim.Adam's class (which imports torch._dynamo), not its maths."""
+    from medtune.training import FunctionalAdam
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=gen), torch.randn(3, generator=gen)]
+    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 5, generator=gen)
+
+    def train(make_optimizer):
+        w, b = (t.clone().requires_grad_() for t in start)
+        optimizer = make_optimizer([w, b])
+        for step in range(25):
+            loss = ((x @ w.T + (b.sum() if step % 3 else 0) - y) ** 2).mean()  # b gets no gradient every 3rd step
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return w.detach(), b.detach()
+
+    ours = train(lambda p: FunctionalAdam(p, lr=0.05, weight_decay=0.01))
+    reference = train(lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01))
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)
+
+
+def test_an_rfc_fit_imports_neither_dynamo_nor_scikit_learn():
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np
+from medtune.heads import FitData, fit
+x = np.eye(8, dtype=np.float32)[np.arange(32) % 8]
+y = np.arange(32) % 2
+fit("rfc", FitData(x, y, x, y, np.eye(2, 8, dtype=np.float32), 10.0),
+    {"alphas": [0.5], "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "batch_size": 8, "hidden_widths": ["d/4"], "final_relu": True}, 0)
+print(sorted(m for m in ("torch._dynamo", "sklearn", "scipy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -12,7 +12,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from medtune.io import read_json, write_csv, write_text
 from medtune.jobs import report
@@ -45,6 +44,8 @@ def mean_ci(values: pd.Series) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     if len(v) == 1:
         return float(v[0]), float("nan"), 1
+    from scipy import stats  # a second and a half to import: not in collect_metrics, which never needs it
+
     half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
 

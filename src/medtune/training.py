@@ -49,6 +49,42 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
+class FunctionalAdam:
+    """``torch.optim.Adam`` (its defaults, L2 ``weight_decay``) as its own update function,
+    ``torch.optim.adam.adam``, without the optimizer class.
+
+    ``torch.optim.Optimizer`` imports ``torch._dynamo`` when it is built and at every
+    ``step`` (to mark the step as not compilable), 2-3 s of a job whose fits from cached
+    features take a second. The update is the same function on the same state, so the
+    parameters come out bit-identical (``tests/test_rfc.py`` checks it against
+    ``torch.optim.Adam``).
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = [p for p in params]
+        self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = [torch.tensor(0.0, dtype=torch.get_default_dtype()) for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        pick = lambda items: [items[i] for i in live]  # noqa: E731
+        adam(
+            pick(self.params), [self.params[i].grad for i in live], pick(self.exp_avgs), pick(self.exp_avg_sqs), [],
+            pick(self.steps), foreach=None, fused=None, has_complex=any(torch.is_complex(p) for p in self.params),
+            amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr, weight_decay=self.weight_decay,
+            eps=self.eps, maximize=False,
+        )
+
+
 class Stopwatch:
     def __init__(self) -> None:
         self.start = time.perf_counter()
