@@ -137,8 +137,9 @@ def _end_to_end(args, results: Path, workdir: Path, out: Path) -> list[Figure]:
     log("[4/5] embedded default end to end, from results/benchmarks and .snakemake/log")
     from medtune.bench.inputs import embedded_default
 
-    methods = embedded_default(args.repo.resolve())["methods"]
-    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats, methods=methods))
+    config = embedded_default(args.repo.resolve())
+    arch = next(iter(config["backbones"].values()))["arch"]  # the default's backbones are all medtune-tiny
+    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats, methods=config["methods"], arch=arch))
     write_json(figure.to_json(), out / "end_to_end.json")  # startup_share at its top level
     return [figure]
 
