@@ -242,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{os.getloadavg()[0]:.1f}", flush=True)
             workdir = workroot / label
             run = run_scale(repo, workdir, divisor, args.cores, resume_check=divisor == resume_at)
-            run.update(collect_scale(repo, workdir), load_average_after=os.getloadavg(), date=m["date"])
+            run.update(collect_scale(repo, workdir), load_average_after=os.getloadavg(), date=m["date"],
+                       bench_command="python -m medtune.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
             scales[label] = run
             write_json({**previous, "scales": scales}, path)  # each scale as soon as it is done
             if not args.keep:
@@ -251,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     else:
         retrieval = previous.get("retrieval", [])
     result = report(scales, retrieval)
-    result.update(machine=m, command="python -m medtune.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:]))
+    command = "python -m medtune.bench.scale " + " ".join(argv if argv is not None else sys.argv[1:])
+    result.update(machine=previous.get("machine", m) if args.report_only else m,
+                  command=previous.get("command", command) if args.report_only else command)
     write_json(result, path)
     text = "\n".join(summary_lines(result))
     print(text)

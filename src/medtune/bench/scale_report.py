@@ -163,8 +163,10 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 def summary_lines(result: dict[str, Any]) -> list[str]:
     scales = sorted(result["scales"].items(), key=lambda kv: kv[1]["images"])
     labels = [label for label, _ in scales]
-    lines = ["Scale rehearsal: " + "; ".join(
-        f"{label} = {run['images']:,} images ({', '.join(f'{k} {v:,}' for k, v in run['sizes'].items())})" for label, run in scales)]
+    def sizes(run):
+        return ", ".join(f"{split} {run['sizes'][split]:,}" for split in PCAM_SIZES if split in run["sizes"])
+
+    lines = ["Scale rehearsal: " + "; ".join(f"{label} = {run['images']:,} images ({sizes(run)})" for label, run in scales)]
     header = ["stage", "jobs", *(f"{label} wall s" for label in labels), *(f"{label} CPU s" for label in labels),
               "slope wall", "slope CPU", "limit", "peak RSS MB", "disk MB", "full size CPU s"]
     lines += ["", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
