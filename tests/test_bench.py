@@ -210,10 +210,12 @@ def test_scale_config_is_pcams_shape_and_valid():
     assert len(config["datasets"]["pcam-synthetic"]["classes"]) == 2
     assert len(plan.conditions_for(config, "pcam-synthetic", "tiny", "zeroshot")) == 29
     assert len([r for r in plan.runs(config) if r.method == "rfc"]) == 6 * 3
+    assert len([r for r in plan.runs(config) if r.method == "knn"]) == 6 * 3  # the "and kNN once it exists"
 
 
 def _fake_scale(images: int, seconds: dict[str, float], rss: float = 500.0) -> dict:
-    jobs = [{"stage": stage, "method": "zeroshot" if stage == "zeroshot" else None, "job": stage, "wall_s": s, "cpu_s": s,
+    method = {"zeroshot": "zeroshot", "train_frozen knn": "knn"}
+    jobs = [{"stage": stage, "method": method.get(stage), "job": stage, "wall_s": s, "cpu_s": s,
              "peak_rss_mb": rss, "benchmark_max_rss_mb": rss, "disk_mb": images / 1000} for stage, s in seconds.items()]
     return {"images": images, "sizes": {"train": images}, "jobs": jobs, "retrieval_methods": ["zeroshot"]}
 
@@ -222,7 +224,8 @@ def test_scale_goals_from_slopes_and_peaks():
     from medtune.bench import scale_report
 
     # encode grows linearly, zero-shot (retrieval) quadratically, tables not at all; 4x the images each step
-    scales = {label: _fake_scale(n, {"encode_images test": n / 100, "zeroshot": (n / 1000) ** 2, "tables": 3.0})
+    scales = {label: _fake_scale(n, {"encode_images test": n / 100, "zeroshot": (n / 1000) ** 2, "tables": 3.0,
+                                     "train_frozen knn": (n / 2000) ** 2})
               for label, n in (("1_16", 1000), ("1_4", 4000))}
     result = scale_report.report(scales, [{"n": 1024, "cpu_s": 1.0, "peak_rss_mb": 600, "rss_before_mb": 550, "nxn_float32_mb": 4.0},
                                           {"n": 4096, "cpu_s": 16.0, "peak_rss_mb": 620, "rss_before_mb": 550,
@@ -231,6 +234,8 @@ def test_scale_goals_from_slopes_and_peaks():
     assert stages["encode_images test"]["slope_cpu"] == pytest.approx(1.0)
     assert stages["zeroshot"]["slope_cpu"] == pytest.approx(2.0) and stages["zeroshot"]["slope_limit"] == 2.05
     assert stages["tables"]["slope_cpu"] == pytest.approx(0.0)
+    # kNN scores test x train: quadratic like retrieval, and judged by the same limit
+    assert stages["train_frozen knn"]["slope_cpu"] == pytest.approx(2.0) and stages["train_frozen knn"]["slope_limit"] == 2.05
     goals = result["goals"]
     assert goals["slopes"]["ok"] and goals["peak_rss"]["ok"] and goals["retrieval_slope"]["slope_cpu"] == pytest.approx(2.0)
     assert not goals["no_nxn_matrix"]["ok"]  # it grew by 70 MB, room for a 64 MB N x N matrix: not shown absent

@@ -3,11 +3,11 @@
 Runs the frozen-feature part of the real workflow, through Snakemake in a scratch folder, on a
 synthetic store of PCam's shape and size (262,144 train, 32,768 val and 32,768 test images of
 96 px, two classes; the embedded default's generator) with the tiny backbone (``medtune-tiny``,
-untrained: the cheapest), and the paper config's linear-probe and RFC settings:
+untrained: the cheapest), the paper config's linear-probe and RFC settings and kNN's defaults:
 
-    prepare -> subsample (6 fractions x 3 seeds) -> encode (train and val clean; test under the
-    29 PathCLIP conditions) -> zero-shot, linear probe, RFC at every fraction x seed ->
-    retrieval HA@5/HA@10 over all test images (zero-shot: every condition) -> tables, figures
+    prepare -> subsample (6 fractions x 3 seeds, one job) -> encode (train and val clean; test
+    under the 29 PathCLIP conditions) -> zero-shot, linear probe, RFC, kNN at every fraction x
+    seed -> retrieval HA@5/HA@10 over all test images (zero-shot: every condition) -> tables, figures
 
 and the same at smaller sizes (``--scales 16 4 1``: 1/16, 1/4 and full size) for cost against
 size. From Snakemake's benchmark files and each job's usage line (:mod:`medtune.jobs`) it
@@ -15,7 +15,7 @@ records per job and per stage the wall time, CPU time, peak RSS and the disk its
 (:mod:`.scale_report`), into ``results/bench/scale.json`` (a later run adds its scales to those
 already there), and checks the goals: every job's peak RSS <= 4 GB; no N x N similarity matrix
 (retrieval at N = 32,768 measured on its own); a log-log slope of cost against size <= 1.1 for
-every stage but those with retrieval (<= 2.05); a run killed mid-way (SIGKILL to Snakemake's
+every stage but those with retrieval or kNN (each test image against all training images: <= 2.05); a run killed mid-way (SIGKILL to Snakemake's
 process group) and resumed with ``--rerun-incomplete`` repeats no job that had finished.
 """
 
@@ -50,7 +50,8 @@ def scale_label(divisor: int) -> str:
 
 
 def scale_config(divisor: int, repo: Path = REPO) -> dict[str, Any]:
-    """The rehearsal's config at 1/``divisor`` of PCam's size; methods as the paper config sets them."""
+    """The rehearsal's config at 1/``divisor`` of PCam's size; the linear probe and RFC as the paper
+    config sets them, kNN (which the paper config does not run) with its defaults."""
     from medtune.data import synthetic
 
     paper = yaml.safe_load((repo / "config" / "paper" / "all.yaml").read_text())
@@ -73,7 +74,7 @@ def scale_config(divisor: int, repo: Path = REPO) -> dict[str, Any]:
         "backbones": {BACKBONE: {"arch": "medtune-tiny", "init_seed": 0}},
         "methods": {name: paper["methods"][name] for name in ("linear_probe", "rfc")},
         "studies": {
-            "clipath": {"datasets": [DATASET], "backbones": [BACKBONE], "methods": ["zeroshot", "linear_probe", "rfc"],
+            "clipath": {"datasets": [DATASET], "backbones": [BACKBONE], "methods": ["zeroshot", "linear_probe", "rfc", "knn"],
                         "fractions": FRACTIONS, "seeds": SEEDS, "conditions": ["clean"]},
             "pathclip": {"datasets": [DATASET], "backbones": [BACKBONE], "methods": ["zeroshot"], "conditions": ["pathclip"]},
         },

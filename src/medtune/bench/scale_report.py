@@ -18,6 +18,9 @@ from medtune.bench.scale import PCAM_SIZES, parse_jobs
 RSS_LIMIT_MB = 4000.0
 SLOPE_LIMIT, RETRIEVAL_SLOPE_LIMIT = 1.1, 2.05
 STAGE_WILDCARD = {"encode_images": "split", "train_frozen": "trained"}  # rules split into one stage per value
+# methods that score every test image against every training image: cost grows with test x train,
+# judged like retrieval (test x test)
+NEIGHBOUR_METHODS = ("knn",)
 FULL_IMAGES = sum(PCAM_SIZES.values())
 
 
@@ -104,8 +107,9 @@ def stage_table(scales: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     stages: dict[str, dict[str, Any]] = {}
     for label, run in sorted(scales.items(), key=lambda kv: kv[1]["images"]):
         for job in run["jobs"]:
-            stage = stages.setdefault(job["stage"], {"retrieval": False, "by_scale": {}})
+            stage = stages.setdefault(job["stage"], {"retrieval": False, "neighbours": False, "by_scale": {}})
             stage["retrieval"] |= job["method"] in run.get("retrieval_methods", [])
+            stage["neighbours"] |= job["method"] in NEIGHBOUR_METHODS
             cell = stage["by_scale"].setdefault(label, {"images": run["images"], "jobs": 0, "wall_s": 0.0, "cpu_s": 0.0,
                                                         "peak_rss_mb": 0.0, "disk_mb": 0.0})
             cell["jobs"] += 1
@@ -117,7 +121,7 @@ def stage_table(scales: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         cells = list(stage["by_scale"].values())
         stage["slope_wall"] = slope([(c["images"], c["wall_s"]) for c in cells])
         stage["slope_cpu"] = slope([(c["images"], c["cpu_s"]) for c in cells])
-        stage["slope_limit"] = RETRIEVAL_SLOPE_LIMIT if stage["retrieval"] else SLOPE_LIMIT
+        stage["slope_limit"] = RETRIEVAL_SLOPE_LIMIT if stage["retrieval"] or stage["neighbours"] else SLOPE_LIMIT
         largest = max(cells, key=lambda c: c["images"])
         measured = largest["images"] == FULL_IMAGES
         if measured or stage["slope_cpu"] is not None:  # else one size: nothing to extrapolate along
@@ -174,7 +178,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         cells = stage["by_scale"]
         largest = max(cells.values(), key=lambda c: c["images"])
         full = stage.get("at_full_size")
-        row = [name + (" (retrieval)" if stage["retrieval"] else ""), str(largest["jobs"]),
+        note = " (retrieval)" if stage["retrieval"] else " (test x train neighbours)" if stage.get("neighbours") else ""
+        row = [name + note, str(largest["jobs"]),
                *(_fmt(cells[label]["wall_s"]) if label in cells else "-" for label in labels),
                *(_fmt(cells[label]["cpu_s"]) if label in cells else "-" for label in labels),
                _fmt(stage["slope_wall"], 2), _fmt(stage["slope_cpu"], 2), f"{stage['slope_limit']:g}",
@@ -201,7 +206,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     if "slopes" in goals:
         g = goals["slopes"]
         over = ", ".join(f"{k} {v:.2f}" for k, v in g["over_limit"].items()) or "none over"
-        lines.append(f"cost against size, every stage <= {SLOPE_LIMIT} (with retrieval <= {RETRIEVAL_SLOPE_LIMIT}), "
+        lines.append(f"cost against size, every stage <= {SLOPE_LIMIT} (with retrieval or kNN <= {RETRIEVAL_SLOPE_LIMIT}), "
                      f"on {g['judged_on']}: {over} {verdict(g)}")
     else:
         lines.append("cost against size: one scale only, no slope (run two or more --scales)")
