@@ -93,12 +93,15 @@ def test_significance_table_pairs_every_method(small_run):
     methods = sorted(config["studies"]["clipath"]["methods"], key=lambda m: (declared[m]["order"], m))
     pairs = {(m, r) for i, r in enumerate(methods) for m in methods[i + 1:]}  # each later method against each earlier one
     assert set(zip(sig["method"], sig["reference"])) == pairs
-    per_fraction, per_pair = sig[sig["fraction"].notna()], sig[sig["fraction"].isna()]
-    assert len(per_fraction) == 2 * len(pairs) and len(per_pair) == len(pairs)
-    assert (per_fraction["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 4).all()  # 2 seeds x 2 fractions
+    usages = sig["fraction"].notna() | sig["shots"].notna()
+    per_usage, per_pair = sig[usages], sig[~usages]
+    # a row per pair at each fraction (5, 50) and shot count (2)
+    assert len(per_usage) == 3 * len(pairs) and len(per_pair) == len(pairs)
+    assert sorted(per_usage["shots"].dropna().unique()) == [2] and sorted(per_usage["fraction"].dropna().unique()) == [5, 50]
+    assert (per_usage["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 6).all()  # 2 seeds x (2 fractions + 1 shot count)
     # every run saved its predictions: a bootstrap interval around each difference
-    assert per_fraction[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
-    assert (per_fraction["boot_accuracy_low"] <= per_fraction["boot_accuracy_high"]).all()
+    assert per_usage[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
+    assert (per_usage["boot_accuracy_low"] <= per_usage["boot_accuracy_high"]).all()
     for column in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
         p, adjusted = sig[column].dropna(), sig[f"{column}_holm"].dropna()
         assert p.between(0, 1).all() and len(adjusted) == len(p) and (adjusted >= p - 1e-12).all()

@@ -13,7 +13,7 @@ import pandas as pd
 from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.significance import ALPHA, compare, winners
+from medtune.significance import ALPHA, compare, per_usage, winners
 from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
 
 SPEC = {
@@ -115,14 +115,14 @@ SIGNIFICANCE_NOTES = {
 
 
 def _mark_winners(numbers: pd.DataFrame, pretty: pd.DataFrame, comparisons: pd.DataFrame):
-    """† and ‡ beside the accuracy of the runs that significantly beat the references."""
-    by_fraction = numbers[numbers["shots"] == 0] if "shots" in numbers else numbers  # shot rows are not compared
-    won = winners(comparisons, by_fraction[["dataset", "backbone", "method", "fraction", "accuracy_mean"]])
-    found = won.set_index(["dataset", "backbone", "method", "fraction"])
-    keys = list(zip(numbers["dataset"], numbers["backbone"], numbers["method"], numbers["fraction"]))
-    shot_rows = numbers["shots"] > 0 if "shots" in numbers else pd.Series(False, index=numbers.index)
+    """† and ‡ beside the accuracy of the runs that significantly beat the references, at
+    their fraction or shot count."""
+    keys = ["dataset", "backbone", "method", "fraction", "shots"]
+    won = winners(comparisons, numbers[[*keys, "accuracy_mean"]])
+    found = won.set_index(keys)
+    rows = list(zip(*(numbers[k] for k in keys)))
     for column in ("beats_zeroshot", "beats_best_baseline"):
-        numbers[column] = [bool(found[column].get(k, False)) and not shot for k, shot in zip(keys, shot_rows)]
+        numbers[column] = [bool(found[column].get(k, False)) for k in rows]
     marks = ["".join(m for m, hit in zip(SIGNIFICANCE_NOTES, flags) if hit)
              for flags in zip(numbers["beats_zeroshot"], numbers["beats_best_baseline"])]
     pretty["accuracy"] = [f"{cell} {mark}" if mark else cell for cell, mark in zip(pretty["accuracy"], marks)]
@@ -155,12 +155,16 @@ def significance_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, 
     """Every pair of methods (one of them trained) on the clean test split: per data usage,
     the mean paired difference over seeds (95 % t-interval, t-test), the paired bootstrap
     over test images for accuracy and AUC; per pair, the signed-rank test over all
-    (seed, fraction) pairs. Shown p-values are Holm-corrected within their column."""
+    (seed, usage) pairs, a usage being a fraction or a shot count. Shown p-values are
+    Holm-corrected within their column."""
     numbers = compare(metrics, study, list(runs), methods)
-    per_pair = numbers["fraction"].isna()
+    per_pair = ~per_usage(numbers)
     pretty = numbers[["dataset", "backbone"]].copy()
     pretty["comparison"] = [f"{label(methods, m)} − {label(methods, r)}" for m, r in zip(numbers["method"], numbers["reference"])]
-    pretty["data usage"] = ["all (seed, usage) pairs" if whole else usage(f) for whole, f in zip(per_pair, numbers["fraction"])]
+    pretty["data usage"] = [
+        "all (seed, usage) pairs" if whole else usage(0 if pd.isna(f) else f, 0 if pd.isna(k) else k)
+        for whole, f, k in zip(per_pair, numbers["fraction"], numbers["shots"])
+    ]
     pretty["seeds"] = [f"{int(p)} pairs" if whole else f"{int(n)}" for whole, n, p in zip(per_pair, numbers["n_seeds"], numbers["n_pairs"])]
     pretty["Δ accuracy"] = [_signed(m, c, 100, 1) for m, c in zip(numbers["accuracy_diff"], numbers["accuracy_diff_ci95"])]
     pretty["p (t)"] = numbers["p_t_holm"].map(_p)
