@@ -188,7 +188,7 @@ def train_backbone(
     progress: bool = True,
 ) -> None:
     """Train inside the backbone for one run, then evaluate each model the method yields
-    (for fine-tuning: the kept model and its WiSE-FT mixes). Writes ``out_dir/``
+    (for fine-tuning: the kept model and its WiSE-FT mixes; for CLIP-LoRA: the merged model). Writes ``out_dir/``
     ``{weights.pt, head.pt, train.json, metrics.csv, predictions.npz, runs.json}`` (the
     predictions are the kept model's, not the mixes').
 
@@ -213,7 +213,14 @@ def train_backbone(
     clock = Stopwatch()
     pretrained, kept, info = module.tune(backbone, dataset.images, train_rows, val_rows, params, prompts, seed, dev, state_dir, progress)
     seconds = clock.seconds
-    trainable = count_trainable(backbone.model.parameters())
+    # what the method says it trained and saw (LoRA's matrices are merged away by now), else
+    # the parameters left trainable and every training image once per epoch
+    trainable = info.get("trainable_parameters")
+    if trainable is None:
+        trainable = count_trainable(backbone.model.parameters())
+    images_seen = info.get("images_seen")
+    if images_seen is None:
+        images_seen = len(train_rows) * params["epochs"]
 
     per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
     frames = []
@@ -230,7 +237,7 @@ def train_backbone(
             write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
     save_torch(kept, out_dir / "weights.pt")
     record = {**run, "n_train": len(train_rows), "chosen": info, "params": params}
-    record.update(cost_record(dev, seconds, trainable, len(train_rows) * params["epochs"]))
+    record.update(cost_record(dev, seconds, trainable, images_seen))
     write_json(record, out_dir / "train.json")
     write_csv(pd.concat(frames, ignore_index=True), out_dir / "metrics.csv")
     files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
