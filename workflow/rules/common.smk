@@ -155,14 +155,11 @@ def figure_study(wildcards):
 
 def figure_inputs(wildcards):
     """The files a figure declares (medtune.studies.FIGURE_INPUTS), for its study: images,
-    features and runs are those of the study's first dataset and backbone."""
+    features and runs are those of the study's first dataset and backbone (every run, those
+    trained inside the backbone included: their manifests list their own weights)."""
     _, figure, study = figure_study(wildcards)
     dataset, backbone = study["datasets"][0], study["backbones"][0]
-    runs = [
-        r for r in RUNS
-        if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]
-        and METHODS[r.method]["training"] in ("none", "frozen")
-    ]
+    runs = [r for r in RUNS if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]]
     available = {
         "metrics": f"{RESULTS}/metrics.csv",
         "costs": f"{RESULTS}/costs.csv",

@@ -57,8 +57,8 @@ SPEC = {
         "clipath_reliability": {
             "function": "reliability_figure",
             "inputs": ["metrics", "runs"],
-            "caption": "Reliability diagrams of the most accurate run of each zero-shot or frozen-backbone method on the "
-            "clean test split: accuracy of the images in each of 15 equal-width bins of top-class softmax "
+            "caption": "Reliability diagrams of the most accurate run (on a share of the training data) of each method "
+            "on the clean test split: accuracy of the images in each of 15 equal-width bins of top-class softmax "
             "confidence (bars) against the diagonal of perfect calibration; bar shading shows the bin's share of "
             "images. The title gives the expected calibration error over those bins (ECE, 15 bins).",
         },
@@ -311,7 +311,9 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     from medtune.heads import load_head, predict
     from medtune.records import read_runs
 
-    runs = read_runs(inputs["runs"])
+    # the heads of runs trained inside the backbone (their manifests list their own weights) read
+    # their own encoder's features, not the pretrained backbone's that this figure predicts from
+    runs = [r for r in read_runs(inputs["runs"]) if "weights" not in r["files"]]
     def key(method, seed, fraction, shots=None):
         number = lambda v, kind: None if v is None or pd.isna(v) else kind(v)
         return method, number(seed, int), number(fraction, float), number(shots, int)
@@ -341,7 +343,8 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
 
 
 def reliability_figure(inputs: dict, study: dict, methods: dict, path) -> None:
-    """Reliability diagram (15 bins) of the most accurate run of each method, clean test split."""
+    """Reliability diagram (15 bins) of the most accurate run of each method, clean test split, from
+    the predictions each run saved (a run trained inside the backbone: on its own re-encoded features)."""
     from matplotlib.colors import to_rgba
 
     from medtune.evaluate import read_predictions
