@@ -39,6 +39,7 @@ SMALL_CONFIG = {
         "tip_adapter": {"search_step": [20, 20]},
         "tip_adapter_f": {"epochs": 2, "search_step": [20, 20]},
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
+        "clip_lora": {"iterations_per_shot": 1, "max_iterations": 4, "batch_size": 16},
         "rfc_augmented": {"base": "rfc", "train_conditions": "augmented"},
         # trained on the other suite: how it does on PathCLIP's blur it never saw (adapted_robustness)
         "linear_probe_aug_medmnistc": {"base": "linear_probe", "train_conditions": "medmnistc"},
@@ -48,12 +49,12 @@ SMALL_CONFIG = {
     "studies": {
         "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "fractions": [5, 50], "shots": [2],
                     "methods": ["zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f",
-                                "coop", "rfc_augmented", "toy_method", "linear_probe_aug_medmnistc"],
+                                "coop", "rfc_augmented", "clip_lora", "toy_method", "linear_probe_aug_medmnistc"],
                     "conditions": ["clean", "blur-2", "motion_blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],
             "backbones": ["tiny"],
-            "methods": ["zeroshot", "finetune_caption", "finetune_label"],
+            "methods": ["zeroshot", "finetune_caption", "finetune_label", "clip_lora"],
             "fractions": [50],
             "seeds": [1],
         },

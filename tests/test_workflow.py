@@ -16,14 +16,14 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"], acc["shots"]))
-    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "toy_method",
-               "linear_probe_aug_medmnistc")
+    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "clip_lora",
+               "toy_method", "linear_probe_aug_medmnistc")
     trained = {(m, f, 0) for m in methods for f in (5.0, 50.0)} | {(m, 0.0, 2) for m in methods}
     assert rows == {("zeroshot", 0.0, 0)} | trained
     # rows in the methods' declared order (a variant right after its base), the toy method (registered from tests/) last
     assert list(dict.fromkeys(acc["method"])) == [
         "zeroshot", "linear_probe", "linear_probe_aug_medmnistc", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter",
-        "tip_adapter_f", "coop", "toy_method",
+        "tip_adapter_f", "coop", "clip_lora", "toy_method",
     ]
     # within a method: the shot counts, then the fractions; the data usage says which
     md = (tables / "clipath_accuracy.md").read_text()
@@ -41,12 +41,17 @@ def test_tables_have_the_seed_shapes(small_run):
     learned = trained.groupby("method")["trainable_parameters"].min()
     assert (learned[["knn", "simpleshot", "tip_adapter"]] == 0).all()
     assert (learned.drop(["knn", "simpleshot", "tip_adapter"]) > 0).all()
+    # CLIP-LoRA trains its rank-2 q, k, v updates of the tiny model's 2 + 2 attention layers (width 96 and 64),
+    # merged away by the time the run is evaluated
+    assert learned["clip_lora"] == 2 * 3 * (2 * 2 * 96) + 2 * 3 * (2 * 2 * 64)
+    lora = cost[cost["method"] == "clip_lora"].set_index(["fraction", "shots"])
+    assert lora.loc[(50.0, 0), "images_seen"] == 4 * 16 and lora.loc[(0.0, 2), "images_seen"] == 2 * 10  # 4 steps x 16; 2 x 10
     toy = cost[cost["method"] == "toy_method"]  # class means: faster than the clock's millisecond
     assert (toy["train_seconds_mean"] >= 0).all() and (toy["trainable_parameters"] == 5 * 64).all()
 
     topk = pd.read_csv(tables / "pubmedvision_topk.csv")
     assert topk["group"].iloc[0] == "all" and len(topk) == 1 + 3  # overall + three organ groups
-    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5"):
+    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5", "clip_lora"):
         assert {f"tiny/{model}/top1", f"tiny/{model}/top3"} <= set(topk.columns)
 
     zs = pd.read_csv(tables / "pathclip_zeroshot.csv")
@@ -63,11 +68,12 @@ def test_tables_have_the_seed_shapes(small_run):
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
     robust = pd.read_csv(tables / "adapted_robustness.csv")
     assert list(robust.columns[3:]) == ["trained on", "clean", "blur-2", "motion_blur-2", "mean pathclip", "mean medmnistc"]
-    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%"} <= set(robust["model"])
+    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%", "clip_lora@50%",
+            "clip_lora@2-shot"} <= set(robust["model"])
     trained_on = dict(zip(robust["model"], robust["trained on"]))
     assert trained_on["linear_probe_aug_medmnistc@50%"] == "medmnistc" and trained_on["rfc_augmented@50%"] == "pathclip"
     assert trained_on["linear_probe@50%"] == "clean" and trained_on["linear_probe_aug_medmnistc@2-shot"] == "medmnistc"
-    assert trained_on["zeroshot"] == "–"
+    assert trained_on["zeroshot"] == "–" and trained_on["clip_lora@50%"] == "clean"
     summary = pd.read_csv(tables / "medmnistc_summary.csv")
     assert set(summary["backbone"]) == {"tiny", "tiny-untrained"} and list(summary.columns[5:]) == [
         "clean", "jpeg_compression", "hed_shift", "mean_corrupted", "be", "rbe"
