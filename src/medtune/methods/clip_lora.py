@@ -163,18 +163,22 @@ class LoRAAttention(nn.Module):
         """``scale · B A`` of one target, d x d."""
         return self.scale * (self.lora_B[target] @ self.lora_A[target])
 
-    def _linear(self, x: torch.Tensor, target: str, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        out = F.linear(x, weight, bias)
-        if target in self.lora_A:
-            out = out + self.scale * F.linear(F.linear(self.lora_dropout(x), self.lora_A[target]), self.lora_B[target])
-        return out
+    def _update(self, x: torch.Tensor, target: str, out: torch.Tensor) -> torch.Tensor:
+        """``out`` plus the target's update of ``x`` (none for a target without one)."""
+        if target not in self.lora_A:
+            return out
+        return out + self.scale * F.linear(F.linear(self.lora_dropout(x), self.lora_A[target]), self.lora_B[target])
 
     def project(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """q, k and v (each N x L x d), with the updates."""
         base, d = self.base, self.base.embed_dim
         w, b = base.in_proj_weight, base.in_proj_bias
-        part = lambda i: (w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d])
-        return tuple(self._linear(x, t, *part(i)) for i, (t, x) in enumerate(zip(PROJECTIONS, (query, key, value))))
+        if query is key and key is value:  # self-attention (open_clip's): one packed product, as nn.MultiheadAttention
+            plain = F.linear(query, w, b).chunk(3, dim=-1)
+        else:
+            plain = [F.linear(x, w[i * d : (i + 1) * d], None if b is None else b[i * d : (i + 1) * d])
+                     for i, x in enumerate((query, key, value))]
+        return tuple(self._update(x, t, out) for t, x, out in zip(PROJECTIONS, (query, key, value), plain))
 
     def forward(
         self,
@@ -208,7 +212,7 @@ class LoRAAttention(nn.Module):
         dropout = base.dropout if base.training else 0.0  # the attention's own dropout, as nn.MultiheadAttention's
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal)
         x = x.transpose(1, 2).reshape(n, length, d)
-        out = self._linear(x, "o", base.out_proj.weight, base.out_proj.bias)
+        out = self._update(x, "o", F.linear(x, base.out_proj.weight, base.out_proj.bias))
         return (out if base.batch_first else out.transpose(0, 1)), None
 
 
