@@ -184,6 +184,25 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
+def test_adding_a_fraction_retrains_no_finished_backbone_run(small_run):
+    """The one subsample job rewrites every subset when a fraction is added; the finished
+    fine-tuning runs (pubmedvision, 50 %) keep theirs, whose contents did not change."""
+    config = copy.deepcopy(SMALL_CONFIG)
+    config["studies"]["clipath"]["fractions"] = [5, 10, 50]
+    (small_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        plan = snakemake(small_run, "-n").stdout
+    finally:
+        write_config(small_run, SMALL_CONFIG)
+    counts = job_counts(plan)
+    assert counts["subsample"] == 1
+    # the backbone-trained runs planned are the new 10 % ones (CLIP-LoRA's), none of 5 % or 50 %
+    tuned = [line for line in plan.splitlines() if "tuned=" in line]
+    assert len(tuned) == counts.get("train_backbone", 0) and all("subset=frac10," in line or line.endswith("subset=frac10") for line in tuned)
+    # every clipath method trained on features refits its seeds, which now hold a 10 % run
+    assert counts["train_frozen"] > 0
+
+
 def test_bad_config_stops_with_one_line(tmp_path):
     config = copy.deepcopy(SMALL_CONFIG)
     config["methods"]["rfc"]["alphas"] = [2.0]

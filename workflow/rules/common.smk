@@ -70,6 +70,15 @@ def subset_file(run):
     return f"{RESULTS}/subsets/{run.dataset}/seed{run.seed}/{run.subset}.csv"
 
 
+def subset_input(run):
+    """A run's subset as a training rule's input. The subsample job rewrites every subset of its
+    dataset when a fraction, shot count or seed is added anywhere, with the same contents for the
+    existing ones (each is a prefix of its seed's fixed permutation), so their new mtimes must not
+    rerun finished training: the input is ``ancient``, and what does change a subset (the
+    dataset's samples, its class_balance) reaches the training rules as an input or a param."""
+    return ancient(subset_file(run))
+
+
 def encode_inputs(wildcards):
     return {**dataset_files(wildcards.dataset), "weights": backbone_weights(wildcards.backbone)}
 
@@ -98,7 +107,7 @@ def trained_inputs(wildcards):
         "train": feats("train"),
         "val": feats("val"),
         "text": text_features(wildcards.backbone, wildcards.dataset),
-        "subsets": [subset_file(r) for r in seed_runs(wildcards)],
+        "subsets": [subset_input(r) for r in seed_runs(wildcards)],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
         "weights": backbone_weights(wildcards.backbone) if METHODS[wildcards.trained]["needs_text_encoder"] else [],
@@ -119,7 +128,7 @@ def tuned_inputs(wildcards):
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),
-        "subset": subset_file(backbone_run(wildcards)),
+        "subset": subset_input(backbone_run(wildcards)),
     }
 
 
