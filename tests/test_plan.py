@@ -75,7 +75,10 @@ def test_all_conditions_expand_to_the_29_of_the_benchmark():
     config = plan.validate(DEFAULT)
     conditions = config["studies"]["pathclip"]["conditions"]
     assert len(conditions) == 29 and conditions[0] == "clean"
-    assert plan.conditions_for(config, "synthetic", "tiny-untrained") == conditions
+    # the untrained backbone is evaluated by the pathclip and the medmnistc study: under both suites
+    medmnistc = config["studies"]["medmnistc"]["conditions"]
+    assert len(medmnistc) == 61 and not set(medmnistc) & set(conditions) - {"clean"}
+    assert set(plan.conditions_for(config, "synthetic", "tiny-untrained")) == set(conditions) | set(medmnistc)
 
 
 def _with_conditions(conditions):
@@ -146,7 +149,8 @@ def test_a_variant_takes_its_base_then_the_bases_entry_then_its_own_keys():
     assert variant["label"] == "CLIP + RFC (rfc_fast)" and rfc["order"] < variant["order"] < config["methods"]["coop"]["order"]
     augmented = config["methods"]["rfc_augmented"]
     assert augmented["train_conditions"] == "augmented" and augmented["label"] == "CLIP + RFC + corruption aug."
-    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented"]
+    # rfc_augmented trains with PathCLIP's suite, linear_probe_aug_medmnistc with MedMNIST-C's
+    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc"]
 
 
 def test_a_variant_is_validated_against_its_base_parameters():
@@ -191,7 +195,7 @@ def test_tables_and_figures_come_from_the_study_declarations():
     config = plan.validate(DEFAULT)
     assert plan.tables(config) == [
         "clipath_accuracy", "clipath_cost", "adapted_robustness", "clipath_significance", "pubmedvision_topk",
-        "pathclip_zeroshot", "pathclip_retrieval",
+        "pathclip_zeroshot", "pathclip_retrieval", "medmnistc_summary", "embedding_invariance",
     ]
     clean_only = copy.deepcopy(DEFAULT)
     clean_only["studies"]["clipath"]["conditions"] = ["clean"]
