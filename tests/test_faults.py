@@ -61,7 +61,8 @@ class Stage:
 
 # every frozen-feature method of the small config's CLIPath study: one job per seed fits all
 # its subsets (fractions and shot counts) through the shared loop of medtune.adapt.train_frozen
-FROZEN_METHODS = tuple(m for m in SMALL_CONFIG["studies"]["clipath"]["methods"] if m != "zeroshot")
+_METHODS = plan.validate(copy.deepcopy(SMALL_CONFIG))["methods"]
+FROZEN_METHODS = tuple(m for m in SMALL_CONFIG["studies"]["clipath"]["methods"] if _METHODS[m]["training"] == "frozen")
 FROZEN_RUNS = tuple(f"results/runs/synth/{method}/tiny/seed{seed}" for method in FROZEN_METHODS for seed in SMALL_CONFIG["seeds"])
 # the tables job writes them in this order; the kill must land before the last one
 LAST_TABLE = plan.tables(plan.validate(copy.deepcopy(SMALL_CONFIG)))[-1]
