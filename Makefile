@@ -29,6 +29,12 @@ test: setup
 bench: setup
 	$(BIN)/python -m medtune.bench $(BENCH_ARGS)
 
+# Scale rehearsal at PCam's size (not part of `make bench` or `make test`): results/bench/scale.{json,md};
+# e.g. SCALE_ARGS="--scales 16 4" for 1/16 and 1/4 only (hours at full size on 2 cores)
+.PHONY: bench-scale
+bench-scale: setup
+	$(BIN)/python -m medtune.bench.scale $(SCALE_ARGS)
+
 report: run
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html
 

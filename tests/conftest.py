@@ -28,7 +28,8 @@ SMALL_CONFIG = {
         }
     },
     "backbones": {
-        "tiny": {"arch": "medtune-tiny", "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}},
+        # encoded in batches of 32, so a kill can land between batches (tests/test_faults.py)
+        "tiny": {"arch": "medtune-tiny", "encode_batch_size": 32, "pretrain": {"dataset": "synth", "epochs": 2, "batch_size": 64}},
         "tiny-untrained": {"arch": "medtune-tiny"},
     },
     "methods": {
@@ -40,19 +41,22 @@ SMALL_CONFIG = {
         "tip_adapter": {"search_step": [20, 20]},
         "tip_adapter_f": {"epochs": 2, "search_step": [20, 20]},
         "finetune": {"epochs": 2, "batch_size": 32, "lr": 1e-4, "wise_alphas": [0.5]},
+        "clip_lora": {"iterations_per_shot": 1, "max_iterations": 4, "batch_size": 16},
         "rfc_augmented": {"base": "rfc", "train_conditions": "augmented"},
+        # trained on the other suite: how it does on PathCLIP's blur it never saw (adapted_robustness)
+        "linear_probe_aug_medmnistc": {"base": "linear_probe", "train_conditions": "medmnistc"},
         "finetune_caption": {"base": "finetune", "text": "caption"},
         "finetune_label": {"base": "finetune", "text": "label"},
     },
     "studies": {
         "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "fractions": [5, 50], "shots": [2],
                     "methods": ["zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f",
-                                "coop", "rfc_augmented", "toy_method"],
-                    "conditions": ["clean", "blur-2"]},
+                                "coop", "rfc_augmented", "clip_lora", "toy_method", "linear_probe_aug_medmnistc"],
+                    "conditions": ["clean", "blur-2", "motion_blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],
             "backbones": ["tiny"],
-            "methods": ["zeroshot", "finetune_caption", "finetune_label"],
+            "methods": ["zeroshot", "finetune_caption", "finetune_label", "clip_lora"],
             "fractions": [50],
             "seeds": [1],
         },
@@ -61,6 +65,12 @@ SMALL_CONFIG = {
             "backbones": ["tiny", "tiny-untrained"],
             "methods": ["zeroshot"],
             "conditions": ["clean", "blur-2", "hue--2", "markup-1"],
+        },
+        "medmnistc": {
+            "datasets": ["synth"],
+            "backbones": ["tiny", "tiny-untrained"],
+            "methods": ["zeroshot"],
+            "conditions": ["clean", "jpeg_compression-3", "hed_shift-4", "blur-2"],
         },
     },
 }

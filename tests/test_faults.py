@@ -1,106 +1,274 @@
-"""Injected faults on the small workflow: SIGKILL mid-encode, mid-training and mid-table
-writing, each followed by a rerun; the final metrics must equal an uninterrupted run's in
-another folder (which also checks determinism across folders). And Snakemake's lock refuses
-a second invocation on the same results folder."""
+"""Injected faults on the small workflow: SIGKILL mid-encoding, mid-fit, mid-fine-tuning and
+mid-table writing, each followed by a rerun; the final metrics must equal an uninterrupted
+run's in another folder (which also checks determinism across folders). And Snakemake's
+lock refuses a second invocation on the same results folder.
 
+A kill is aimed at a job's own progress, the plain ``medtune: ...`` lines it writes to its
+log (``progress: false`` in the small config), never at a duration: the logs are polled until
+a job has done some work and its output is not there yet; then the whole run is frozen
+(SIGSTOP, until every process of it has stopped), checked again and killed.
+"""
+
+from __future__ import annotations
+
+import copy
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import REPO, SMALL_CONFIG, snakemake, write_config
+from medtune import plan
+
+FINETUNE_EPOCHS = SMALL_CONFIG["methods"]["finetune"]["epochs"]
 
 
-def start(workdir: Path) -> subprocess.Popen:
+def start(workdir: Path, *targets: str) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir)]
-    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", "--rerun-incomplete"]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd += ["--configfile", str(workdir / "config.yaml"), "--cores", "2", "--rerun-incomplete", *targets]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, env=env)
 
 
-def kill_when(process: subprocess.Popen, ready, timeout: float = 1800) -> bool:
-    """SIGKILL the whole process group once ``ready()`` is true; False if the run ended first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        if ready():
+def mid_encoding(log: str) -> bool:
+    """At least one batch encoded, and not the last."""
+    done = re.findall(r"medtune: encoded batch (\d+)/(\d+)", log)
+    return bool(done) and int(done[-1][0]) < int(done[-1][1])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Where to kill: the jobs whose logs match ``logs``, once ``progressed(log text)`` and
+    before the job's ``output`` (a path under results/, from the log's path under
+    results/logs/) exists."""
+
+    name: str
+    targets: tuple[str, ...]  # what the run builds; empty: everything
+    logs: str
+    progressed: Callable[[str], bool]
+    output: Callable[[Path], Path]
+
+
+# every frozen-feature method of the small config's CLIPath study: one job per seed fits all
+# its subsets (fractions and shot counts) through the shared loop of medtune.adapt.train_frozen
+_METHODS = plan.validate(copy.deepcopy(SMALL_CONFIG))["methods"]
+FROZEN_METHODS = tuple(m for m in SMALL_CONFIG["studies"]["clipath"]["methods"] if _METHODS[m]["training"] == "frozen")
+FROZEN_RUNS = tuple(f"results/runs/synth/{method}/tiny/seed{seed}" for method in FROZEN_METHODS for seed in SMALL_CONFIG["seeds"])
+# the tables job writes them in this order; the kill must land before the last one
+LAST_TABLE = plan.tables(plan.validate(copy.deepcopy(SMALL_CONFIG)))[-1]
+STAGES = (
+    # every encode job; train, val and test of the tiny backbone have several batches each
+    # (logs/encode_images/{backbone}/{dataset}/{split}.log -> features/{backbone}/{dataset}/{split})
+    Stage("encoding", tuple(f"results/features/tiny/synth/{s}" for s in ("train", "val", "test")),
+          "encode_images/*/*/*.log", mid_encoding, lambda rel: "features" / rel.relative_to("encode_images").with_suffix("")),
+    # a frozen fit with its first subset fitted, evaluated and saved, the others under way
+    # (logs/train/{dataset}/{method}/{backbone}/seed{seed}.log -> runs/{dataset}/{method}/{backbone}/seed{seed})
+    Stage("frozen fit", FROZEN_RUNS, "train/*/*/*/seed*.log",
+          lambda log: re.search(r"medtune: subset \S+ fitted and evaluated", log) is not None,
+          lambda rel: "runs" / rel.relative_to("train").with_suffix("")),
+    # fine-tuning with at least one epoch's resume state on disk
+    # (logs/train/{dataset}/{method}/{backbone}/seed{seed}/{subset}.log -> runs/.../{subset}/metrics.csv)
+    Stage("fine-tuning", (), "train/*/finetune_*/*/seed*/*.log",
+          lambda log: re.search(r"medtune: epoch \d+ state saved", log) is not None,
+          lambda rel: "runs" / rel.relative_to("train").with_suffix("") / "metrics.csv"),
+    # the tables job with its first table written, the last one not yet
+    Stage("table writing", (), "tables.log",
+          lambda log: "medtune: table " in log, lambda rel: Path(f"tables/{LAST_TABLE}.tex")),
+)
+
+
+@dataclass
+class Kill:
+    stage: str
+    log: Path  # under results/logs
+    text: str  # the job's log when it was killed
+    output_after_kill: bool
+
+
+def group_states(pgid: int) -> dict[int, str]:
+    """``{pid: state}`` (``/proc/<pid>/stat``: R, S, D, T, Z, ...) of every process in a group."""
+    states = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # ended meanwhile
+            continue
+        state, _ppid, pgrp = text[text.rindex(")") + 2 :].split()[:3]
+        if int(pgrp) == pgid:
+            states[int(stat.parent.name)] = state
+    return states
+
+
+def freeze(pgid: int) -> None:
+    """SIGSTOP a process group and return once every process in it has stopped (a process
+    finishes the system call it is in first): from then on, nothing of it changes a file."""
+    os.killpg(pgid, signal.SIGSTOP)
+    deadline = time.monotonic() + 600  # a failure guard only
+    while any(state not in "TtZX" for state in group_states(pgid).values()):
+        assert time.monotonic() < deadline, f"process group {pgid} did not stop"
+        time.sleep(0.001)
+
+
+def ready(results: Path, stage: Stage) -> tuple[Path, str] | None:
+    """A job of ``stage`` that has progressed and has not written its output: its log (relative
+    to results/logs) and the log's text."""
+    for log in sorted((results / "logs").glob(stage.logs)):
+        rel = log.relative_to(results / "logs")
+        try:
+            text = log.read_text()
+        except OSError:
+            continue
+        if stage.progressed(text) and not (results / stage.output(rel)).exists():
+            return rel, text
+    return None
+
+
+def kill_on_progress(workdir: Path, stage: Stage, deadline_s: float = 3600) -> Kill | None:
+    """Run the workflow and SIGKILL its whole process group as soon as a job of ``stage`` has
+    progressed and has not written its output; None if the run ended first.
+
+    When the logs say a job is there, the run is frozen (SIGSTOP) and the logs and outputs are
+    checked again: only if the job is still there is the run killed, else it continues. So the
+    kill lands mid-work however loaded the machine is, and ``Kill.text`` is the log it landed on.
+    """
+    results = workdir / "results"
+    process = start(workdir, *stage.targets)
+    deadline = time.monotonic() + deadline_s  # a failure guard only
+    try:
+        while time.monotonic() < deadline:
+            if ready(results, stage) is not None:
+                freeze(process.pid)
+                found = ready(results, stage)
+                if found is not None:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                    rel, text = found
+                    return Kill(stage.name, rel, text, (results / stage.output(rel)).exists())
+                os.killpg(process.pid, signal.SIGCONT)  # it finished meanwhile: go on
+            if process.poll() is not None:
+                return None
+            time.sleep(0.02)
+        raise AssertionError(f"no {stage.name} job progressed within {deadline_s} s")
+    finally:
+        if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
-            return True
-        time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
-    raise AssertionError("the condition to kill on never came")
-
-
-def running(workdir: Path, pattern: str):
-    """True once a job whose log matches ``pattern`` has started (its log file exists)."""
-    return lambda: any((workdir / "results" / "logs").glob(pattern))
 
 
 @pytest.fixture(scope="module")
-def killed_three_times(tmp_path_factory):
+def killed_four_times(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("faults")
     write_config(workdir, SMALL_CONFIG)
-    kills = []
-    for stage in ("encode_images/*/*/*.log", "train/*/rfc/*/*.log", "tables.log"):
-        process = start(workdir)
-        kills.append(kill_when(process, running(workdir, stage)))
+    kills, resume_states = [], []
+    for stage in STAGES:
+        kill = kill_on_progress(workdir, stage)
+        kills.append(kill)
+        if kill is not None:  # shown with pytest -s: where each kill landed
+            print(f"killed during {stage.name}: {kill.log}: {kill.text.strip().splitlines()[-1]}")
+        if kill is not None and stage.name == "fine-tuning":
+            state_dir = workdir / "results/resume" / kill.log.with_suffix("").relative_to("train")
+            resume_states.append((state_dir / "resume_state.pt").is_file())
         snakemake(workdir, "--unlock")
     snakemake(workdir, "--rerun-incomplete")
-    return workdir, kills
+    return workdir, kills, resume_states
 
 
-def test_every_kill_landed(killed_three_times):
-    _, kills = killed_three_times
-    assert kills == [True, True, True]
+def test_every_kill_landed_mid_work(killed_four_times):
+    _, kills, resume_states = killed_four_times
+    assert [k.stage for k in kills if k is not None] == [s.name for s in STAGES]
+    assert [k.output_after_kill for k in kills] == [False] * len(STAGES)
+    assert mid_encoding(kills[0].text)
+    assert resume_states == [True]  # fine-tuning was killed with an epoch's state saved
 
 
-def test_resumed_run_equals_uninterrupted_run(killed_three_times, small_run):
-    workdir, _ = killed_three_times
+def test_killed_fine_tuning_resumed_from_its_saved_state(killed_four_times):
+    """The rerun's log says it resumed after the last epoch the killed attempt saved, and it
+    trains only the epochs after that one: fine-tuning did not start again from scratch."""
+    workdir, kills, _ = killed_four_times
+    kill = kills[2]
+    saved = [int(e) for e in re.findall(r"medtune: epoch (\d+) state saved", kill.text)]
+    resumed = re.findall(r"medtune: resumed from the state saved after epoch (\d+)", kill.text)
+    last = saved[-1]
+    assert saved == list(range(int(resumed[0]) + 1 if resumed else 1, last + 1))
+    rerun = (workdir / "results/logs" / kill.log).read_text()
+    assert re.findall(r"medtune: resumed from the state saved after epoch (\d+)", rerun) == [str(last)]
+    assert [int(e) for e in re.findall(r"medtune: epoch (\d+) state saved", rerun)] == list(range(last + 1, FINETUNE_EPOCHS + 1))
+    assert not (workdir / "results/resume" / kill.log.with_suffix("").relative_to("train")).exists()  # finished: cleared
+
+
+def test_resumed_run_equals_uninterrupted_run(killed_four_times, small_run):
+    workdir, _, _ = killed_four_times
     ours = pd.read_csv(workdir / "results" / "metrics.csv")
     theirs = pd.read_csv(small_run / "results" / "metrics.csv")
     pd.testing.assert_frame_equal(ours, theirs)  # bit-identical: same config, same seeds, CPU
     for table in ("clipath_accuracy.csv", "pathclip_retrieval.csv", "pubmedvision_topk.csv"):
         assert (workdir / "results/tables" / table).read_bytes() == (small_run / "results/tables" / table).read_bytes()
+    for tuned in ("finetune_caption", "finetune_label"):
+        weights = f"runs/synth/{tuned}/tiny/seed1/frac50/weights.pt"
+        ours_w = torch.load(workdir / "results" / weights, weights_only=True)
+        theirs_w = torch.load(small_run / "results" / weights, weights_only=True)
+        assert ours_w.keys() == theirs_w.keys()
+        assert all(torch.equal(ours_w[k], theirs_w[k]) for k in ours_w)
 
 
-def test_subsets_and_features_identical_across_folders(killed_three_times, small_run):
-    workdir, _ = killed_three_times
+def test_subsets_and_features_identical_across_folders(killed_four_times, small_run):
+    workdir, _, _ = killed_four_times
     for relative in ("subsets/synth/seed1/frac5.csv", "subsets/synth/seed2/frac50.csv"):
         assert (workdir / "results" / relative).read_bytes() == (small_run / "results" / relative).read_bytes()
     for relative in ("features/tiny/synth/train/clean.npy", "features/tiny/synth/test/blur-2.npy"):
         assert np.array_equal(np.load(workdir / "results" / relative), np.load(small_run / "results" / relative))
 
 
-def test_no_partial_outputs_left(killed_three_times):
-    workdir, _ = killed_three_times
+def test_no_partial_outputs_left(killed_four_times):
+    workdir, _, _ = killed_four_times
     leftovers = [
         p for p in (workdir / "results").rglob("*")
         if (p.name.endswith(".part") or p.name.startswith(".")) and p.name != ".snakemake_timestamp"  # Snakemake's own
     ]
     assert leftovers == []
+    assert not (workdir / "results/resume").exists() or not any((workdir / "results/resume").rglob("*.pt"))
 
 
-def test_second_invocation_is_refused_by_the_lock(tmp_path):
+def test_second_invocation_is_refused_by_the_lock(tmp_path, small_run):
+    """While a first run holds the folder's lock, a second is refused for the lock, and the
+    first ends with intact outputs. The first is frozen (SIGSTOP) once it holds the lock and
+    has started a job, so on a busy machine it cannot finish before the second one checks;
+    the second asks for ``--rerun-incomplete``, else Snakemake refuses it earlier for the
+    first run's started (incomplete) jobs, before it ever looks at the lock."""
     write_config(tmp_path, SMALL_CONFIG)
-    first = start(tmp_path)
+    target = "results/backbones/tiny/weights.pt"
+    first = start(tmp_path, target)
     try:
-        deadline = time.monotonic() + 120
-        while not list((tmp_path / ".snakemake" / "locks").glob("*")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        # Snakemake checks for incomplete files before it checks the lock: once the first run
-        # has started a job, a plain second run would be refused for those files instead.
-        # --rerun-incomplete skips that check, so only the lock can refuse it.
-        second = snakemake(tmp_path, "--rerun-incomplete", check=False)
+        deadline = time.monotonic() + 600  # a failure guard only
+        while not (list((tmp_path / ".snakemake" / "locks").glob("*")) and list((tmp_path / "results" / "logs").rglob("*.log"))):
+            assert first.poll() is None, "the first run ended before it started a job"
+            assert time.monotonic() < deadline, "the first run never started a job"
+            time.sleep(0.02)
+        freeze(first.pid)
+        second = snakemake(tmp_path, "--rerun-incomplete", target, check=False)
+        assert first.poll() is None  # alive (stopped) all along
+        os.killpg(first.pid, signal.SIGCONT)
         assert second.returncode != 0
         assert "Directory cannot be locked" in second.stdout + second.stderr
-        assert first.poll() is None  # the first run was not disturbed
+        assert first.wait(timeout=1800) == 0
     finally:
-        os.killpg(first.pid, signal.SIGKILL)
-        first.wait()
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGCONT)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+    ours = torch.load(tmp_path / target, weights_only=True)
+    theirs = torch.load(small_run / target, weights_only=True)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    for data in ("images.npy", "samples.csv"):
+        assert (tmp_path / "results/data/synth" / data).read_bytes() == (small_run / "results/data/synth" / data).read_bytes()
+    assert not list((tmp_path / "results").rglob("*.part"))

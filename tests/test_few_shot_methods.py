@@ -261,3 +261,23 @@ def test_heads_save_as_plain_tensors_and_reload(tmp_path, method, params):
     reloaded = load_head(tmp_path / "head.pt")  # weights_only=True
     np.testing.assert_allclose(predict(reloaded, data.val_features), predict(build_head(state), data.val_features), rtol=1e-6)
     assert predict(reloaded, data.val_features).shape == (30, 3)
+
+
+@pytest.mark.parametrize("method", ["knn", "simpleshot", "clip_adapter", "tip_adapter", "tip_adapter_f"])
+def test_a_fit_imports_neither_dynamo_nor_scikit_learn(method):
+    """Start-up: the methods' modules and fits import neither scikit-learn nor scipy, and step
+    without torch.optim's optimizer classes, which import torch._dynamo (seconds a job)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, numpy as np
+from medtune.heads import FitData, fit
+x = np.eye(8, dtype=np.float32)[np.arange(32) % 8]
+y = np.arange(32) % 2
+fit({method!r}, FitData(x, y, x, y, np.eye(2, 8, dtype=np.float32), 10.0),
+    {{"epochs": 2, "batch_size": 8, "search_step": [4, 4], "k": 3}}, 0)
+print(sorted(m for m in ("torch._dynamo", "sklearn", "scipy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

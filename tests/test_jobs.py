@@ -1,6 +1,7 @@
 """The wrapper every workflow script runs through: light jobs stay light."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -21,7 +22,12 @@ def main(smk):
 jobs.run(main, Smk())
 """
     return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                          env={"PATH": "/usr/bin:/bin", **env}).stdout
+                          env={"PATH": "/usr/bin:/bin", **_source_path(), **env}).stdout
+
+
+def _source_path() -> dict:
+    """The sources under test (a worktree's ``PYTHONPATH=src``), not whichever medtune is installed."""
+    return {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 
 
 def test_a_job_without_torch_does_not_import_it(tmp_path):
@@ -33,3 +39,39 @@ def test_a_job_without_torch_does_not_import_it(tmp_path):
 def test_torch_gets_the_granted_threads(tmp_path):
     body = "    import torch\n    print(torch.get_num_threads(), file=sys.__stdout__)"
     assert _run_job(tmp_path, 1, body, {"OMP_NUM_THREADS": "2"}).strip() == "1"
+
+
+def test_a_progress_line_is_in_the_log_at_once(tmp_path):
+    """``jobs.report`` lines are what tests/test_faults.py and a user's ``tail -f`` wait on: they
+    must be in the log file while the job is still running, not when it exits."""
+    body = (
+        "    jobs.report('encoded batch 1/7 of the train split')\n"
+        "    print(open(smk.log[0]).read(), end='', file=sys.__stdout__)"
+    )
+    assert _run_job(tmp_path, 1, body, {}) == "medtune: encoded batch 1/7 of the train split\n"
+
+
+def test_out_of_memory_while_encoding_names_the_backbone_key():
+    from types import SimpleNamespace
+
+    from medtune.jobs import oom_message
+
+    def smk(spec):
+        return SimpleNamespace(rule="encode_images", params=SimpleNamespace(spec=spec))
+
+    assert oom_message(smk({"arch": "RN50", "encode_batch_size": 64})) == (
+        "out of GPU memory in rule encode_images at batch size 64; lower backbones.<name>.encode_batch_size (now 64)"
+    )
+    assert "at batch size 256;" in oom_message(smk({"arch": "RN50"}))  # the default
+
+
+def test_a_job_logs_what_it_used(tmp_path):
+    """The usage line: the kernel's peak RSS (a 30 s benchmark sample can miss it), CPU and wall seconds."""
+    from medtune.jobs import read_usage
+
+    body = "    import numpy as np\n    np.ones(300 * 2**20 // 8).sum()  # 300 MB touched, then freed"
+    _run_job(tmp_path, 1, body, {})
+    usage = read_usage(tmp_path / "job.log")
+    assert usage["peak_rss_mb"] >= 300 and usage["cpu_s"] > 0
+    assert usage["wall_s"] is None or usage["wall_s"] >= usage["cpu_s"] * 0.5  # wall since the interpreter started
+    assert read_usage(tmp_path / "absent.log") is None

@@ -106,3 +106,51 @@ def test_ece_of_logits_is_that_of_their_softmax_in_both_bin_counts():
     by_hand = (abs(1 - conf[3]) + abs(1 - conf[1]) + 2 * abs(0.5 - (conf[0] + conf[2]) / 2)) / 4
     assert m["ece5"] == pytest.approx(by_hand)
     assert m["ece15"] == pytest.approx(expected_calibration_error(labels, probs, 15))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5])
+def test_metrics_match_scikit_learn(n_classes):
+    """The numpy metrics against scikit-learn's, on scores with many ties and classes never predicted."""
+    skm = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 400)
+    labels[:n_classes] = np.arange(n_classes)  # every class present
+    # coarse scores: many exact ties; class 0 is never the argmax when there are more than two
+    logits = rng.integers(0, 4, (400, n_classes)).astype(float) + labels[:, None] * (np.arange(n_classes) == labels[:, None])
+    if n_classes > 2:
+        logits[:, 0] -= 10
+    m = classification_metrics(labels, logits)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    preds = probs.argmax(1)
+    average = "binary" if n_classes == 2 else "macro"
+    every = np.arange(n_classes)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(labels, preds))
+    assert m["precision"] == pytest.approx(skm.precision_score(labels, preds, average=average, labels=every, zero_division=0))
+    assert m["recall"] == pytest.approx(skm.recall_score(labels, preds, average=average, labels=every, zero_division=0))
+    assert m["f1"] == pytest.approx(skm.f1_score(labels, preds, average=average, labels=every, zero_division=0))
+    reference = (skm.roc_auc_score(labels, probs[:, 1]) if n_classes == 2
+                 else skm.roc_auc_score(labels, probs, multi_class="ovr", average="macro"))
+    assert m["auc"] == pytest.approx(reference, abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(labels, preds), abs=1e-15)
+
+
+def test_balanced_accuracy_leaves_out_a_class_only_predicted_as_scikit_learn_does():
+    """A test split without one class (predicted all the same) averages recall over the classes it has."""
+    skm = pytest.importorskip("sklearn.metrics")
+    labels = np.array([0, 0, 0, 2, 2])
+    logits = np.eye(3)[[0, 1, 0, 2, 1]] * 3.0  # class 1 is predicted twice but never the label
+    expected = (2 / 3 + 1 / 2) / 2
+    with pytest.warns(UserWarning, match="y_pred contains classes not in y_true"):
+        assert skm.balanced_accuracy_score(labels, logits.argmax(1)) == pytest.approx(expected)
+    assert classification_metrics(labels, logits)["balanced_accuracy"] == pytest.approx(expected, abs=1e-15)
+
+
+def test_evaluating_imports_no_scikit_learn():
+    """sklearn.metrics costs seconds of every evaluating job; only the linear probe needs sklearn."""
+    import subprocess
+    import sys
+
+    code = "import sys, medtune.metrics, medtune.evaluate; print('sklearn' in sys.modules, 'scipy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]

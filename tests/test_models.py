@@ -308,3 +308,23 @@ def test_quick_gelu_mismatch_is_silent_in_the_model_itself(tmp_path):
     images, tokens = random_images(quick), quick.tokenizer(TEXTS)
     assert torch.equal(features(quick, images, tokens)[0], features(right, images, tokens)[0])
     assert not torch.allclose(features(quick, images, tokens)[0], features(wrong, images, tokens)[0])
+
+
+def test_open_clip_leaves_out_the_towers_a_model_does_not_use():
+    """open_clip imports transformers and timm whenever installed; medtune-tiny needs neither, an
+    hf-hub id whose config is not at hand may need both, and then gets them."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("transformers")
+    code = """
+import sys
+from medtune.models import load_backbone, optional_imports, registered_open_clip
+load_backbone("tiny", {"arch": "medtune-tiny"})
+plain = sorted(m for m in ("transformers", "timm") if m in sys.modules)
+registered_open_clip("hf-hub:medtune/not-in-any-cache")
+print(plain, "transformers" in sys.modules, sorted(optional_imports("medtune-tiny")),
+      sorted(optional_imports("coca_roberta-ViT-B-32")), sorted(optional_imports("ViT-B-16-SigLIP")))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[] True [] ['transformers'] ['timm', 'transformers']"

@@ -75,7 +75,62 @@ def test_all_conditions_expand_to_the_29_of_the_benchmark():
     config = plan.validate(DEFAULT)
     conditions = config["studies"]["pathclip"]["conditions"]
     assert len(conditions) == 29 and conditions[0] == "clean"
-    assert plan.conditions_for(config, "synthetic", "tiny-untrained") == conditions
+    # the untrained backbone is evaluated by the pathclip and the medmnistc study: under both suites
+    medmnistc = config["studies"]["medmnistc"]["conditions"]
+    assert len(medmnistc) == 61 and not set(medmnistc) & set(conditions) - {"clean"}
+    assert set(plan.conditions_for(config, "synthetic", "tiny-untrained")) == set(conditions) | set(medmnistc)
+
+
+def _with_conditions(conditions):
+    config = copy.deepcopy(DEFAULT)
+    config["studies"]["pathclip"]["conditions"] = conditions
+    return plan.validate(config)["studies"]["pathclip"]["conditions"]
+
+
+def test_a_suite_name_expands_to_clean_and_its_conditions():
+    pathclip = _with_conditions(["pathclip"])
+    medmnistc = _with_conditions(["medmnistc"])
+    assert len(pathclip) == 1 + 7 * 4 and len(medmnistc) == 1 + 12 * 5
+    assert medmnistc[:3] == ["clean", "pixelate-1", "pixelate-2"] and medmnistc[-1] == "hed_shift-5"
+    # all: every suite, clean once, names unique across suites
+    assert _with_conditions(["all"]) == pathclip + medmnistc[1:]
+    assert len(set(pathclip) & set(medmnistc)) == 1
+    # mixed with single conditions: in order, each once
+    assert _with_conditions(["blur-2", "medmnistc", "pixelate-3", "markup-1"]) == ["blur-2", *medmnistc, "markup-1"]
+
+
+def test_an_unknown_condition_or_suite_is_named():
+    message = _bad(lambda c: c["studies"]["pathclip"].update(conditions=["medmnist"]))
+    assert "studies.pathclip.conditions" in message and "'medmnist'" in message and "pathclip, medmnistc, all" in message
+    assert "'pixelate-6'" in _bad(lambda c: c["studies"]["pathclip"].update(conditions=["pixelate-6"]))
+
+
+def test_train_conditions_take_a_suite():
+    config = copy.deepcopy(DEFAULT)
+    config["methods"]["rfc_aug_medmnistc"] = {"base": "rfc", "train_conditions": "medmnistc"}
+    config["methods"]["linear_probe_aug_all"] = {"base": "linear_probe", "train_conditions": "all"}
+    config["studies"]["clipath"]["methods"] += ["rfc_aug_medmnistc", "linear_probe_aug_all"]
+    config = plan.validate(config)
+    assert config["methods"]["rfc_aug_medmnistc"]["train_conditions"] == "medmnistc"
+    # augmented (PathCLIP's suite, its name from before suites) keeps its feature file
+    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc", "augmented-all"]
+    assert plan.method_labels(config)["rfc_aug_medmnistc"] == {
+        "label": "CLIP + RFC (rfc_aug_medmnistc)", "order": config["methods"]["rfc"]["order"] + 0.5, "train_conditions": "medmnistc",
+    }
+    message = _bad(lambda c: c["methods"].update(rfc_x={"base": "rfc", "train_conditions": "medmnist"}))
+    assert "methods.rfc_x.train_conditions" in message and "'medmnist'" in message
+
+
+def test_the_reference_backbone_is_one_of_the_studys():
+    config = copy.deepcopy(DEFAULT)
+    config["studies"]["medmnistc"] = {"datasets": ["synthetic"], "backbones": ["tiny-path", "tiny-generic"], "methods": ["zeroshot"]}
+    validated = plan.validate(config)["studies"]["medmnistc"]
+    assert len(validated["conditions"]) == 61  # the study's own default: its suite
+    config["studies"]["medmnistc"]["reference_backbone"] = "tiny-generic"
+    assert plan.validate(config)["studies"]["medmnistc"]["reference_backbone"] == "tiny-generic"
+    config["studies"]["medmnistc"]["reference_backbone"] = "tiny-untrained"
+    with pytest.raises(plan.ConfigError, match="studies.medmnistc.reference_backbone: 'tiny-untrained' is not one of the study's backbones"):
+        plan.validate(config)
 
 
 def test_unknown_condition_named():
@@ -94,7 +149,8 @@ def test_a_variant_takes_its_base_then_the_bases_entry_then_its_own_keys():
     assert variant["label"] == "CLIP + RFC (rfc_fast)" and rfc["order"] < variant["order"] < config["methods"]["coop"]["order"]
     augmented = config["methods"]["rfc_augmented"]
     assert augmented["train_conditions"] == "augmented" and augmented["label"] == "CLIP + RFC + corruption aug."
-    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented"]
+    # rfc_augmented trains with PathCLIP's suite, linear_probe_aug_medmnistc with MedMNIST-C's
+    assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc"]
 
 
 def test_a_variant_is_validated_against_its_base_parameters():
@@ -112,9 +168,10 @@ def test_the_registries_declare_every_built_in_method_and_study():
     assert {n: m.training for n, m in registered.items()} == {
         "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none",
         "knn": "frozen", "simpleshot": "frozen", "clip_adapter": "frozen", "tip_adapter": "frozen", "tip_adapter_f": "frozen",
+        "clip_lora": "backbone",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
-    assert set(studies.registered()) == {"clipath", "pathclip", "pubmedvision"}
+    assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision"}
     # a module's declaration is its import's own SPEC, read without importing it
     from medtune.methods import linear_probe
 
@@ -138,7 +195,7 @@ def test_tables_and_figures_come_from_the_study_declarations():
     config = plan.validate(DEFAULT)
     assert plan.tables(config) == [
         "clipath_accuracy", "clipath_cost", "adapted_robustness", "clipath_significance", "pubmedvision_topk",
-        "pathclip_zeroshot", "pathclip_retrieval",
+        "pathclip_zeroshot", "pathclip_retrieval", "medmnistc_summary", "embedding_invariance",
     ]
     clean_only = copy.deepcopy(DEFAULT)
     clean_only["studies"]["clipath"]["conditions"] = ["clean"]
@@ -163,6 +220,7 @@ def test_shots_beside_fractions_make_runs_of_their_own():
     assert len(runs) == 3 * (6 + 3)  # seeds x (fractions + shot counts)
     assert sorted(r.shots for r in runs if r.seed == 1 and r.shots) == [1, 4, 16]
     assert all((r.fraction is None) == (r.shots is not None) for r in runs)
+    assert plan.shots_for(plan.validate(both), "synthetic") == [1, 4, 16]  # what the subsample job writes
     # shots alone: no default fractions
     alone = copy.deepcopy(DEFAULT)
     del alone["studies"]["clipath"]["fractions"]
@@ -170,6 +228,7 @@ def test_shots_beside_fractions_make_runs_of_their_own():
     config = plan.validate(alone)
     assert config["studies"]["clipath"]["fractions"] == []
     assert {r.subset for r in plan.runs(config) if r.method == "rfc"} == {"shots2"}
+    assert plan.shots_for(config, "synthetic") == [2]
     # fractions alone: no shots
     assert plan.validate(DEFAULT)["studies"]["clipath"]["shots"] == []
 

@@ -279,3 +279,107 @@ def test_head_from_before_the_upstream_fix_is_refused():
              "logit_scale": 1.0}
     with pytest.raises(ValueError, match="hidden_divisors"):
         build_head(state)
+
+
+def test_functional_adam_is_torch_adam_bit_for_bit():
+    """RFC's optimiser skips torch.optim.Adam's class (which imports torch._dynamo), not its maths."""
+    from medtune.training import FunctionalAdam
+
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=gen), torch.randn(3, generator=gen)]
+    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 5, generator=gen)
+
+    def train(make_optimizer):
+        w, b = (t.clone().requires_grad_() for t in start)
+        optimizer = make_optimizer([w, b])
+        for step in range(25):
+            loss = ((x @ w.T + (b.sum() if step % 3 else 0) - y) ** 2).mean()  # b gets no gradient every 3rd step
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return w.detach(), b.detach()
+
+    ours = train(lambda p: FunctionalAdam(p, lr=0.05, weight_decay=0.01))
+    reference = train(lambda p: torch.optim.Adam(p, lr=0.05, weight_decay=0.01))
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)
+
+
+def test_an_rfc_fit_imports_neither_dynamo_nor_scikit_learn():
+    import subprocess
+    import sys
+
+    code = """
+import sys, numpy as np
+from medtune.heads import FitData, fit
+x = np.eye(8, dtype=np.float32)[np.arange(32) % 8]
+y = np.arange(32) % 2
+fit("rfc", FitData(x, y, x, y, np.eye(2, 8, dtype=np.float32), 10.0),
+    {"alphas": [0.5], "lr": 1e-3, "weight_decay": 0.0, "epochs": 1, "batch_size": 8, "hidden_widths": ["d/4"], "final_relu": True}, 0)
+print(sorted(m for m in ("torch._dynamo", "sklearn", "scipy") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def _train_steps(make_optimizer, set_lr=None, steps=25, after_step=None):
+    gen = torch.Generator().manual_seed(0)
+    start = [torch.randn(5, 3, generator=gen), torch.randn(3, generator=gen)]
+    x, y = torch.randn(16, 3, generator=gen), torch.randn(16, 5, generator=gen)
+    w, b = (t.clone().requires_grad_() for t in start)
+    optimizer = make_optimizer([w, b])
+    for step in range(steps):
+        if set_lr:
+            set_lr(optimizer, step)
+        loss = ((x @ w.T + (b.sum() if step % 3 else 0) - y) ** 2).mean()  # b gets no gradient every 3rd step
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if after_step:
+            after_step(optimizer)
+    return w.detach(), b.detach()
+
+
+def test_functional_sgd_is_torch_sgd_bit_for_bit_with_the_lr_changed_between_steps():
+    """CLIP-Adapter's optimiser (Dassl's SGD, its lr set every epoch) without the class."""
+    from medtune.training import FunctionalSGD
+
+    def every_fifth(lr):
+        return 0.1 * (0.5 ** (lr // 5))
+
+    def set_group_lr(optimizer, step):
+        for group in optimizer.param_groups:
+            group["lr"] = every_fifth(step)
+
+    def set_lr(optimizer, step):
+        optimizer.lr = every_fifth(step)
+
+    ours = _train_steps(lambda p: FunctionalSGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4), set_lr)
+    reference = _train_steps(lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=5e-4), set_group_lr)
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)
+
+
+def test_functional_adamw_under_cosine_lrs_is_torch_adamw_with_cosine_annealing_bit_for_bit():
+    """Tip-Adapter-F's optimiser and schedule (AdamW, CosineAnnealingLR stepped every step) without the classes."""
+    from medtune.training import FunctionalAdam, cosine_lrs
+
+    steps = 40  # past T_max: the schedule's rising half and its special step are covered too
+    lrs = cosine_lrs(1e-2, 15, steps)
+    ours = _train_steps(lambda p: FunctionalAdam(p, lr=1e-2, eps=1e-4, weight_decay=0.01, decoupled=True),
+                        lambda optimizer, step: setattr(optimizer, "lr", lrs[step]), steps)
+    seen, schedulers = [], []
+
+    def reference_optimizer(params):
+        optimizer = torch.optim.AdamW(params, lr=1e-2, eps=1e-4, weight_decay=0.01)
+        schedulers.append(torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, 15))
+        return optimizer
+
+    def reference_schedule(optimizer):
+        seen.append(optimizer.param_groups[0]["lr"])  # the lr the step just used
+        schedulers[0].step()
+
+    reference = _train_steps(reference_optimizer, steps=steps, after_step=reference_schedule)
+    assert seen == lrs
+    for a, b in zip(ours, reference):
+        assert torch.equal(a, b)

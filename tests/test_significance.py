@@ -174,3 +174,85 @@ def test_compare_bootstraps_saved_predictions_and_marks_winners(tmp_path):
     assert won.loc["rfc", "beats_zeroshot"] and won.loc["rfc", "beats_best_baseline"]
     assert won.loc["rfc", "best_baseline"] == "linear_probe" and won.loc["linear_probe", "best_baseline"] == "rfc"
     assert not won.loc["linear_probe", "beats_best_baseline"]
+
+
+def shot_rows(values):
+    """values: {(method, seed, fraction, shots): (accuracy, auc)}, with a shots column"""
+    rows = []
+    for (method, seed, fraction, shots), (acc, auc) in values.items():
+        for metric, value in (("accuracy", acc), ("auc", auc)):
+            rows.append(("d", method, "b", seed, fraction, shots, "clean", "all", metric, value))
+    return pd.DataFrame(rows, columns=[*COLUMNS[:5], "shots", *COLUMNS[5:]])
+
+
+def test_shot_runs_pair_per_shot_count_beside_the_fractions(tmp_path):
+    # linear_probe and rfc over 3 seeds at 10 % and at 2 and 8 shots; rfc - linear_probe by hand
+    sig.bootstrap_runs.cache_clear()
+    lp = {(s, u): 0.6 + 0.01 * s + (0.1 if u == ("f", 10.0) else 0.0) for s in (1, 2, 3) for u in (("k", 2), ("k", 8), ("f", 10.0))}
+    diff = {("k", 2): [0.05, 0.07, 0.06], ("k", 8): [-0.02, 0.01, -0.03], ("f", 10.0): [0.10, 0.12, 0.08]}
+    values = {("zeroshot", np.nan, np.nan, np.nan): (0.5, 0.5)}
+    for (s, (kind, n)), acc in lp.items():
+        fraction, shots = (n, np.nan) if kind == "f" else (np.nan, n)
+        values[("linear_probe", s, fraction, shots)] = (acc, 0.8)
+        values[("rfc", s, fraction, shots)] = (acc + diff[(kind, n)][s - 1], 0.8 + diff[(kind, n)][s - 1] / 2)
+    table = sig.compare(shot_rows(values), STUDY, methods=ORDER)
+    pair = table[(table["method"] == "rfc") & (table["reference"] == "linear_probe")]
+    usage_rows = pair[sig.per_usage(pair)]
+    # one row per shot count (shots first, ascending), then per fraction, then the pair's signed-rank row
+    assert usage_rows["shots"].tolist()[:2] == [2, 8] and usage_rows["fraction"].isna().tolist() == [True, True, False]
+    assert usage_rows["fraction"].tolist()[2] == 10.0 and np.isnan(usage_rows["shots"].tolist()[2])
+    for (kind, n), d in diff.items():
+        row = usage_rows[(usage_rows["shots"] == n) if kind == "k" else (usage_rows["fraction"] == n)].iloc[0]
+        d = np.array(d)
+        assert row["n_seeds"] == 3
+        assert row["accuracy_diff"] == pytest.approx(d.mean())
+        assert row["accuracy_diff_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * d.std(ddof=1) / np.sqrt(3))
+        assert row["p_t"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue)
+        assert row["auc_diff"] == pytest.approx(d.mean() / 2)
+    # the signed-rank test runs over all 9 (seed, usage) pairs, shots included
+    whole = pair[~sig.per_usage(pair)].iloc[0]
+    every = np.concatenate(list(diff.values()))
+    assert whole["n_pairs"] == 9 and whole["p_wilcoxon"] == pytest.approx(stats.wilcoxon(every).pvalue)
+    # zero-shot's one run pairs with every shot run too
+    zs = table[(table["method"] == "rfc") & (table["reference"] == "zeroshot") & (table["shots"] == 2)].iloc[0]
+    assert zs["accuracy_diff"] == pytest.approx(np.mean([lp[(s, ("k", 2))] + diff[("k", 2)][s - 1] - 0.5 for s in (1, 2, 3)]))
+    # Holm counts the shot rows' tests with the fractions': 3 pairs x 3 usages
+    assert table["p_t"].notna().sum() == 9 and table["p_t_holm"].to_numpy() == pytest.approx(sig.holm(table["p_t"]), nan_ok=True)
+
+
+def test_shot_runs_are_bootstrapped_and_marked_per_shot_count(tmp_path):
+    sig.bootstrap_runs.cache_clear()
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 2, 200)
+    values, runs = {}, []
+
+    def add(method, seed, fraction, shots, strength):
+        logits = rng.normal(size=(200, 2)) + strength * np.eye(2)[labels]
+        m = classification_metrics(labels, logits)
+        values[(method, seed, fraction, shots)] = (m["accuracy"], m["auc"])
+        path = save_predictions(tmp_path / f"{method}-{seed}-{fraction}-{shots}.npz", logits, labels)
+        none = lambda v, kind: None if np.isnan(v) else kind(v)
+        runs.append({"dataset": "d", "backbone": "b", "method": method, "seed": none(seed, int), "fraction": none(fraction, float),
+                     "shots": none(shots, int), "files": {"predictions": path}})
+
+    add("zeroshot", np.nan, np.nan, np.nan, 0.0)
+    for seed in (1, 2, 3):
+        add("linear_probe", seed, 10.0, np.nan, 4.0)  # at 10 % linear_probe is the stronger
+        add("rfc", seed, 10.0, np.nan, 1.0)
+        add("linear_probe", seed, np.nan, 4, 1.0)  # at 4 shots rfc is
+        add("rfc", seed, np.nan, 4, 4.0)
+    table = sig.compare(shot_rows(values), STUDY, runs, ORDER, n_resamples=200)
+    at4 = table[(table["method"] == "rfc") & (table["reference"] == "linear_probe") & (table["shots"] == 4)].iloc[0]
+    assert 0 < at4["boot_accuracy_low"] < at4["accuracy_diff"] < at4["boot_accuracy_high"] and at4["p_boot_accuracy"] < 1e-4
+    assert table.loc[sig.per_usage(table), "p_boot_accuracy"].notna().all()  # every usage of every pair found its predictions
+    mean = lambda m, f, k: np.mean([values[(m, s, f, k)][0] for s in (1, 2, 3)])
+    accuracy = pd.DataFrame(
+        [("d", "b", "zeroshot", 0.0, 0, values[("zeroshot", np.nan, np.nan, np.nan)][0])]
+        + [("d", "b", m, 10.0, 0, mean(m, 10.0, np.nan)) for m in ("linear_probe", "rfc")]
+        + [("d", "b", m, 0.0, 4, mean(m, np.nan, 4)) for m in ("linear_probe", "rfc")],
+        columns=["dataset", "backbone", "method", "fraction", "shots", "accuracy_mean"],
+    )
+    won = sig.winners(table, accuracy).set_index(["method", "fraction", "shots"])
+    assert won.loc[("rfc", 0.0, 4), "beats_best_baseline"] and won.loc[("rfc", 0.0, 4), "beats_zeroshot"]
+    assert not won.loc[("rfc", 10.0, 0), "beats_best_baseline"] and won.loc[("linear_probe", 10.0, 0), "beats_best_baseline"]
+    assert not won.loc[("linear_probe", 0.0, 4), "beats_best_baseline"]

@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medtune.subsets import per_class_count, shot_subsets, stratified_subsets
+from medtune.subsets import per_class_count, seed_subsets, shot_subsets, stratified_subsets
 
 FRACTIONS = [0.1, 0.5, 1, 5, 10, 50]
 
@@ -141,3 +141,16 @@ def test_a_class_with_fewer_images_than_shots_gives_all_it_has():
 def test_shots_must_be_positive(train):
     with pytest.raises(ValueError, match="shots 0"):
         shot_subsets(train, [0], seed=0)
+
+
+@pytest.mark.parametrize("balance", ["proportional", "equal"])
+def test_one_job_per_dataset_writes_what_each_subset_alone_would(train, balance):
+    """The subsample job draws every fraction and shot count of a seed at once
+    (seed_subsets): each must be the subset the per-subset call gives alone."""
+    fractions, shots = ["0.1", "1", "50"], [1, 4, 16]
+    together = seed_subsets(train, 5, fractions, shots, balance)
+    assert list(together) == ["frac0.1", "frac1", "frac50", "shots1", "shots4", "shots16"]
+    for f in fractions:
+        pd.testing.assert_frame_equal(together[f"frac{f}"], stratified_subsets(train, [float(f)], 5, balance)[float(f)])
+    for k in shots:
+        pd.testing.assert_frame_equal(together[f"shots{k}"], shot_subsets(train, [k], 5)[k])

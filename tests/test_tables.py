@@ -111,6 +111,15 @@ def test_shot_runs_are_rows_of_their_own(metrics, tmp_path):
     assert "| 16-shot " in (tmp_path / "clipath_accuracy.md").read_text()
     cost = pd.read_csv(tmp_path / "clipath_cost.csv").set_index("shots")
     assert cost.loc[16, "train_seconds_mean"] == pytest.approx(0.25) and cost.loc[16, "accuracy_mean"] == pytest.approx(0.72)
+    # the shot runs pair per shot count in the significance table, and carry its markers
+    sig = pd.read_csv(tmp_path / "clipath_significance.csv")
+    at16 = sig[sig["shots"] == 16].iloc[0]
+    assert np.isnan(at16["fraction"]) and at16["n_seeds"] == 3 and at16["accuracy_diff"] == pytest.approx(0.22)
+    assert at16["p_t"] == pytest.approx(stats.ttest_1samp([0.20, 0.22, 0.24], 0).pvalue)
+    whole = sig[sig["fraction"].isna() & sig["shots"].isna()].iloc[0]
+    assert whole["n_pairs"] == 9  # 3 seeds x (1 %, 10 %, 16 shots)
+    assert "| 16-shot " in (tmp_path / "clipath_significance.md").read_text()
+    assert table.loc[1, "beats_zeroshot"] and "| 72.0 ± 5.0 †" in (tmp_path / "clipath_accuracy.md").read_text()
 
 
 def test_an_undefined_metric_is_a_dash_not_a_crash(metrics, tmp_path):

@@ -18,13 +18,14 @@ def test_tables_have_the_seed_shapes(small_run):
     tables = small_run / "results" / "tables"
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"], acc["shots"]))
-    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "toy_method")
+    methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "clip_lora",
+               "toy_method", "linear_probe_aug_medmnistc")
     trained = {(m, f, 0) for m in methods for f in (5.0, 50.0)} | {(m, 0.0, 2) for m in methods}
     assert rows == {("zeroshot", 0.0, 0)} | trained
-    # rows in the methods' declared order, the toy method (registered from tests/) last
+    # rows in the methods' declared order (a variant right after its base), the toy method (registered from tests/) last
     assert list(dict.fromkeys(acc["method"])) == [
-        "zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter", "tip_adapter_f",
-        "coop", "toy_method",
+        "zeroshot", "linear_probe", "linear_probe_aug_medmnistc", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter",
+        "tip_adapter_f", "coop", "clip_lora", "toy_method",
     ]
     # within a method: the shot counts, then the fractions; the data usage says which
     md = (tables / "clipath_accuracy.md").read_text()
@@ -42,12 +43,17 @@ def test_tables_have_the_seed_shapes(small_run):
     learned = trained.groupby("method")["trainable_parameters"].min()
     assert (learned[["knn", "simpleshot", "tip_adapter"]] == 0).all()
     assert (learned.drop(["knn", "simpleshot", "tip_adapter"]) > 0).all()
+    # CLIP-LoRA trains its rank-2 q, k, v updates of the tiny model's 2 + 2 attention layers (width 96 and 64),
+    # merged away by the time the run is evaluated
+    assert learned["clip_lora"] == 2 * 3 * (2 * 2 * 96) + 2 * 3 * (2 * 2 * 64)
+    lora = cost[cost["method"] == "clip_lora"].set_index(["fraction", "shots"])
+    assert lora.loc[(50.0, 0), "images_seen"] == 4 * 16 and lora.loc[(0.0, 2), "images_seen"] == 2 * 10  # 4 steps x 16; 2 x 10
     toy = cost[cost["method"] == "toy_method"]  # class means: faster than the clock's millisecond
     assert (toy["train_seconds_mean"] >= 0).all() and (toy["trainable_parameters"] == N_CLASSES * 64).all()
 
     topk = pd.read_csv(tables / "pubmedvision_topk.csv")
     assert topk["group"].iloc[0] == "all" and len(topk) == 1 + 3  # overall + three organ groups
-    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5"):
+    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5", "clip_lora"):
         assert {f"tiny/{model}/top1", f"tiny/{model}/top3"} <= set(topk.columns)
 
     zs = pd.read_csv(tables / "pathclip_zeroshot.csv")
@@ -63,10 +69,24 @@ def test_tables_have_the_seed_shapes(small_run):
     assert clean["synth/tiny/ha@5"] > clean["synth/tiny-untrained/ha@5"]
     assert (tables / "clipath_accuracy.md").read_text().startswith("### CLIPath")
     robust = pd.read_csv(tables / "adapted_robustness.csv")
-    assert list(robust.columns[-2:]) == ["clean", "blur-2"]
-    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%"} <= set(robust["model"])
+    assert list(robust.columns[3:]) == ["trained on", "clean", "blur-2", "motion_blur-2", "mean pathclip", "mean medmnistc"]
+    assert {"rfc@5%", "rfc@50%", "coop@50%", "rfc_augmented@50%", "zeroshot", "knn@2-shot", "tip_adapter_f@50%", "clip_lora@50%",
+            "clip_lora@2-shot"} <= set(robust["model"])
+    trained_on = dict(zip(robust["model"], robust["trained on"]))
+    assert trained_on["linear_probe_aug_medmnistc@50%"] == "medmnistc" and trained_on["rfc_augmented@50%"] == "pathclip"
+    assert trained_on["linear_probe@50%"] == "clean" and trained_on["linear_probe_aug_medmnistc@2-shot"] == "medmnistc"
+    assert trained_on["zeroshot"] == "–" and trained_on["clip_lora@50%"] == "clean"
+    summary = pd.read_csv(tables / "medmnistc_summary.csv")
+    assert set(summary["backbone"]) == {"tiny", "tiny-untrained"} and list(summary.columns[5:]) == [
+        "clean", "jpeg_compression", "hed_shift", "mean_corrupted", "be", "rbe"
+    ]
+    assert summary.set_index("backbone").loc["tiny-untrained", "be"] == 1  # the default reference: the last backbone
+    invariance = pd.read_csv(tables / "embedding_invariance.csv")
+    assert list(invariance["condition"]) == ["jpeg_compression-3", "hed_shift-4", "blur-2", "mean pathclip", "mean medmnistc"]
+    assert invariance[["synth/tiny", "synth/tiny-untrained"]].stack().between(-1, 1).all()
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups", "pathclip_robustness", "corruption_gallery", "retrieval_examples"):
+    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups",
+                   "pathclip_robustness", "corruption_gallery", "retrieval_examples", "medmnistc_gallery", "embedding_invariance"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -81,12 +101,15 @@ def test_significance_table_pairs_every_method(small_run):
     methods = sorted(config["studies"]["clipath"]["methods"], key=lambda m: (declared[m]["order"], m))
     pairs = {(m, r) for i, r in enumerate(methods) for m in methods[i + 1:]}  # each later method against each earlier one
     assert set(zip(sig["method"], sig["reference"])) == pairs
-    per_fraction, per_pair = sig[sig["fraction"].notna()], sig[sig["fraction"].isna()]
-    assert len(per_fraction) == 2 * len(pairs) and len(per_pair) == len(pairs)
-    assert (per_fraction["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 4).all()  # 2 seeds x 2 fractions
+    usages = sig["fraction"].notna() | sig["shots"].notna()
+    per_usage, per_pair = sig[usages], sig[~usages]
+    # a row per pair at each fraction (5, 50) and shot count (2)
+    assert len(per_usage) == 3 * len(pairs) and len(per_pair) == len(pairs)
+    assert sorted(per_usage["shots"].dropna().unique()) == [2] and sorted(per_usage["fraction"].dropna().unique()) == [5, 50]
+    assert (per_usage["n_seeds"] == 2).all() and (per_pair["n_pairs"] == 6).all()  # 2 seeds x (2 fractions + 1 shot count)
     # every run saved its predictions: a bootstrap interval around each difference
-    assert per_fraction[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
-    assert (per_fraction["boot_accuracy_low"] <= per_fraction["boot_accuracy_high"]).all()
+    assert per_usage[["boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_auc"]].notna().all().all()
+    assert (per_usage["boot_accuracy_low"] <= per_usage["boot_accuracy_high"]).all()
     for column in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
         p, adjusted = sig[column].dropna(), sig[f"{column}_holm"].dropna()
         assert p.between(0, 1).all() and len(adjusted) == len(p) and (adjusted >= p - 1e-12).all()
@@ -158,8 +181,28 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
-    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness", "pubmedvision_groups"})
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness",
+                                         "pubmedvision_groups", "embedding_invariance"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
+
+
+def test_adding_a_fraction_retrains_no_finished_backbone_run(small_run):
+    """The one subsample job rewrites every subset when a fraction is added; the finished
+    fine-tuning runs (pubmedvision, 50 %) keep theirs, whose contents did not change."""
+    config = copy.deepcopy(SMALL_CONFIG)
+    config["studies"]["clipath"]["fractions"] = [5, 10, 50]
+    (small_run / "config.yaml").write_text(yaml.safe_dump(config))
+    try:
+        plan = snakemake(small_run, "-n").stdout
+    finally:
+        write_config(small_run, SMALL_CONFIG)
+    counts = job_counts(plan)
+    assert counts["subsample"] == 1
+    # the backbone-trained runs planned are the new 10 % ones (CLIP-LoRA's), none of 5 % or 50 %
+    tuned = [line for line in plan.splitlines() if "tuned=" in line]
+    assert len(tuned) == counts.get("train_backbone", 0) and all("subset=frac10," in line or line.endswith("subset=frac10") for line in tuned)
+    # every clipath method trained on features refits its seeds, which now hold a 10 % run
+    assert counts["train_frozen"] > 0
 
 
 def test_bad_config_stops_with_one_line(tmp_path):
@@ -182,7 +225,8 @@ def report(small_run):
 def test_report_embeds_every_table_and_figure(report):
     html = report.read_text(errors="replace")
     for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pubmedvision_groups.png",
-                 "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md"):
+                 "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md",
+                 "medmnistc_gallery.png", "embedding_invariance.png", "medmnistc_summary.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
 
@@ -200,5 +244,5 @@ def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tm
         capture_output=True, text=True, timeout=300,
     )
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
-    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "Tables", "Workflow"):
+    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Tables", "Workflow"):
         assert f">{category}<" in rendered, category

@@ -14,14 +14,19 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from medtune.conditions import AUGMENTED
+from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
 from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
 from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
+from medtune.jobs import report
 from medtune.methods import zeroshot
 from medtune.records import write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
+
+
+# what evaluation and the frozen fits read of samples.csv (not the captions: most of its bytes)
+EVAL_COLUMNS = ["index", "split", "label", "label_name", "group"]
 
 
 def load_text(path) -> tuple[np.ndarray, float]:
@@ -35,7 +40,7 @@ def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir) -> Non
     classifier, scale = load_text(text)
     out_dir = Path(out_dir)
     save_torch({**zeroshot.state(classifier, scale), "run": run}, out_dir / "head.pt")
-    table = read_samples(samples)
+    table = read_samples(samples, columns=EVAL_COLUMNS)
     test_rows = table[table["split"] == "test"]
     write_csv(evaluate_run(out_dir / "head.pt", test_dir, test_rows, conditions, run), out_dir / "metrics.csv")
     clean = {"clean": np.load(Path(test_dir) / "clean.npy", mmap_mode="r")}
@@ -48,7 +53,7 @@ def split_features(features_dir, samples: pd.DataFrame, split: str, condition: s
     rows = samples[samples["split"] == split].reset_index(drop=True)
     features = np.load(Path(features_dir) / f"{condition}.npy", mmap_mode="r")
     if len(features) != len(rows):
-        raise DatasetError(f"{features_dir}/clean.npy has {len(features)} rows, split {split!r} has {len(rows)}")
+        raise DatasetError(f"{features_dir}/{condition}.npy has {len(features)} rows, split {split!r} has {len(rows)}")
     return features, rows
 
 
@@ -90,12 +95,13 @@ def train_frozen(
     (``backbone``: name, spec, weights); the others need features alone.
     """
     params, seed = method["params"], runs[0]["seed"]
-    table = read_samples(samples)
+    table = read_samples(samples, columns=EVAL_COLUMNS)
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
     augmented = None
-    if method["train_conditions"] == AUGMENTED:
-        augmented, _ = split_features(train_dir, table, "train", AUGMENTED)
+    condition = augmented_condition(method["train_conditions"])
+    if condition is not None:
+        augmented, _ = split_features(train_dir, table, "train", condition)
     val_x, val_y = np.array(val_features), val_rows["label"].to_numpy()
     classifier, scale = load_text(text)
     test_rows = table[table["split"] == "test"]
@@ -104,25 +110,27 @@ def train_frozen(
     text_encoder = {}
     if method["needs_text_encoder"]:
         text_encoder = {"backbone": _frozen_backbone(backbone, dev), "class_names": _class_words(table, prompts)}
+
+    def fit_data(picked: np.ndarray) -> FitData:
+        # indexing by positions copies out of the memory map
+        train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
+        if augmented is not None:
+            # each training image twice: clean, and under its own corruption
+            train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
+        return FitData(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
+                       class_text=classifier, logit_scale=scale, **text_encoder)
+
+    positions = {folder: subset_positions(train_rows, subset) for folder, subset in subsets.items()}
+    # A job's first fit pays its one-off costs (the method's imports, torch's first kernels and
+    # allocations): an untimed fit of the smallest subset first (the fewest images, fraction or
+    # shots), so that every train.json's wall time is the method's own cost at its subset.
+    fit(method["module"], fit_data(min(positions.values(), key=len)), params, seed)
     manifest = []
     with atomic_dir(out_dir) as tmp:
-        for (folder, subset), run in zip(tqdm(subsets.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress), runs):
-            picked = subset_positions(train_rows, subset)  # indexing by positions copies out of the memory map
-            train_x, train_y = train_features[picked], train_rows["label"].to_numpy()[picked]
-            if augmented is not None:
-                # each training image twice: clean, and under its own corruption
-                train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
-            data = FitData(
-                train_features=train_x,
-                train_labels=train_y,
-                val_features=val_x,
-                val_labels=val_y,
-                class_text=classifier,
-                logit_scale=scale,
-                **text_encoder,
-            )
+        bar = tqdm(positions.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress)
+        for done, ((folder, picked), run) in enumerate(zip(bar, runs), start=1):
             clock = Stopwatch()
-            state, info = fit(method["module"], data, params, seed)
+            state, info = fit(method["module"], fit_data(picked), params, seed)
             seconds = clock.seconds
             # what the method says it trained, else every tensor of its head but the class text
             # (kNN and Tip-Adapter keep training features they never train)
@@ -139,6 +147,7 @@ def train_frozen(
             write_predictions(head, test_features, test_rows, tmp / folder / PREDICTIONS)
             files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
             manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
+            report(f"subset {folder} fitted and evaluated ({done}/{len(subsets)})")
         write_manifest(manifest, tmp)
 
 
@@ -179,7 +188,7 @@ def train_backbone(
     progress: bool = True,
 ) -> None:
     """Train inside the backbone for one run, then evaluate each model the method yields
-    (for fine-tuning: the kept model and its WiSE-FT mixes). Writes ``out_dir/``
+    (for fine-tuning: the kept model and its WiSE-FT mixes; for CLIP-LoRA: the merged model). Writes ``out_dir/``
     ``{weights.pt, head.pt, train.json, metrics.csv, predictions.npz, runs.json}`` (the
     predictions are the kept model's, not the mixes').
 
@@ -187,7 +196,7 @@ def train_backbone(
     the test split (every condition) with its own encoder.
     """
     from medtune.data.store import load_dataset
-    from medtune.encode import class_prompts, encode_images, prompt_ensemble
+    from medtune.encode import class_prompts, encode_batch_size, encode_images, prompt_ensemble
     from medtune.methods import load
     from medtune.models import load_backbone
     from medtune.training import count_trainable, seed_everything
@@ -204,7 +213,14 @@ def train_backbone(
     clock = Stopwatch()
     pretrained, kept, info = module.tune(backbone, dataset.images, train_rows, val_rows, params, prompts, seed, dev, state_dir, progress)
     seconds = clock.seconds
-    trainable = count_trainable(backbone.model.parameters())
+    # what the method says it trained and saw (LoRA's matrices are merged away by now), else
+    # the parameters left trainable and every training image once per epoch
+    trainable = info.get("trainable_parameters")
+    if trainable is None:
+        trainable = count_trainable(backbone.model.parameters())
+    images_seen = info.get("images_seen")
+    if images_seen is None:
+        images_seen = len(train_rows) * params["epochs"]
 
     per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
     frames = []
@@ -212,7 +228,8 @@ def train_backbone(
         backbone.model.load_state_dict(weights)
         backbone.model.eval()
         head = zeroshot.build_head(zeroshot.state(prompt_ensemble(backbone, per_class, dev), backbone.logit_scale))
-        features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev, progress=progress)
+        features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev,
+                                 encode_batch_size(backbone_spec), progress, f"the test split ({run['method'] + suffix})")
         frames.append(evaluate_features(head, features, test_rows, {**run, "method": run["method"] + suffix}))
         if not suffix:
             # the tuned model's own class-prompt classifier: evaluated like a zero-shot head
@@ -220,7 +237,7 @@ def train_backbone(
             write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
     save_torch(kept, out_dir / "weights.pt")
     record = {**run, "n_train": len(train_rows), "chosen": info, "params": params}
-    record.update(cost_record(dev, seconds, trainable, len(train_rows) * params["epochs"]))
+    record.update(cost_record(dev, seconds, trainable, images_seen))
     write_json(record, out_dir / "train.json")
     write_csv(pd.concat(frames, ignore_index=True), out_dir / "metrics.csv")
     files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from medtune.data.store import read_rows
 from medtune.io import save_torch
+from medtune.jobs import report
 from medtune.models import Backbone
 from medtune.preprocess import normalize, resize_crop, to_device_batch
 from medtune.training import TrainingError, check_finite, load_resume_state
@@ -265,6 +267,7 @@ def train_contrastive(
         if scaler.is_enabled() and resume["scaler"]:
             scaler.load_state_dict(resume["scaler"])
         history, start_epoch, step = resume["history"], resume["epoch"] + 1, resume["step"]
+        report(f"resumed from the state saved after epoch {start_epoch}")
 
     lr = optimizer.param_groups[0]["lr"]
     for epoch in range(start_epoch, cfg.epochs):
@@ -277,7 +280,7 @@ def train_contrastive(
         bar = tqdm(range(plan.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress, mininterval=5)
         for b in bar:
             sel = order[b * plan.batch_size : (b + 1) * plan.batch_size]
-            x = resize_crop(to_device_batch(images[np.sort(indices[sel])], device), backbone.image_size)
+            x = resize_crop(to_device_batch(read_rows(images, np.sort(indices[sel])), device), backbone.image_size)
             # images were fetched in sorted order for memmap locality; match the texts
             tokens = vocab_tokens[text_ids[sel[np.argsort(indices[sel], kind="stable")]]].to(device)
             if cfg.augment:
@@ -310,6 +313,7 @@ def train_contrastive(
                 "plan": plan.as_dict(),
             }
             save_torch(state, state_path)
+            report(f"epoch {epoch + 1} state saved")
     model.eval()
     return history
 
@@ -326,7 +330,7 @@ def contrastive_loss(backbone: Backbone, images, indices, texts, device, batch_s
         sel = np.arange(start, min(start + batch_size, len(indices)))
         if len(sel) < 2:
             break
-        x = resize_crop(to_device_batch(images[np.asarray(indices)[sel]], device), backbone.image_size)
+        x = resize_crop(to_device_batch(read_rows(images, np.asarray(indices)[sel]), device), backbone.image_size)
         total += contrastive_loss_on(backbone, x, tokens_all[sel].to(device), loss_fn).item() * len(sel)
         count += len(sel)
     return total / max(count, 1)

@@ -1,4 +1,7 @@
-"""Image corruptions for the PathCLIP robustness benchmark.
+"""Image corruptions for the robustness benchmarks: PathCLIP's here, MedMNIST-C's in ``corrupt_medmnistc.py``.
+
+:func:`apply` and :func:`apply_many` take any condition of any suite
+(:mod:`medtune.conditions`); the rest of this module is the ``pathclip`` suite.
 
 PathCLIP reports zero-shot accuracy and retrieval under 7 corruptions at 4
 severities each, plus the clean images: 29 conditions, named
@@ -38,19 +41,24 @@ import torch
 import torchvision.transforms.v2.functional as TF
 
 from medtune.conditions import (  # noqa: F401  (re-exported: the corruption's parameters)
+    ALL_CONDITIONS,
     BLUR_SIGMAS,
     COLOUR_FACTORS,
     CONDITIONS,
     CORRUPTIONS,
     HUE_SHIFTS,
     MARKUP_STROKES,
+    MEDMNISTC_SEVERITIES,
     PARAMETERS,
     RESOLUTION_SCALES,
     AUGMENTED,
     SEVERITY_LABEL,
+    SUITES,
     augmentation_for,
+    augmentation_pool,
     parse_condition,
 )
+from medtune.corrupt_medmnistc import Batch as _MedmnistcBatch
 
 # Ink colours in RGB [0, 1]: the marker pens pathologists circle regions with.
 INKS = ((0.10, 0.55, 0.25), (0.10, 0.20, 0.70), (0.08, 0.08, 0.10))
@@ -62,9 +70,10 @@ _MARKUP_SALT = 20240517  # keeps markup streams apart from any other use of the 
 
 
 def apply(images: torch.Tensor, condition: str, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
-    """Corrupt a batch by condition name; ``keys`` seed markup per image (default ``arange(B)``).
+    """Corrupt a batch by condition name; ``keys`` seed the random elements per image (default ``arange(B)``).
 
-    ``augmented`` gives each image the corruption :func:`augmentation_for` picks by its key.
+    ``augmented`` (``augmented-{suite}``) gives each image the corruption of PathCLIP's suite
+    (of that suite) that :func:`augmentation_for` picks by its key.
     """
     return _Batch(images, keys).apply(condition)
 
@@ -79,7 +88,8 @@ def apply_many(
     strokes are the first n of level n + 1). A batch is corrupted under all 29
     conditions in evaluation, so this is the hot path.
     """
-    batch = _Batch(images, keys)
+    conditions = list(conditions)
+    batch = _Batch(images, keys, conditions)
     for condition in conditions:
         yield condition, batch.apply(condition)
 
@@ -87,24 +97,40 @@ def apply_many(
 class _Batch:
     """One batch under any number of conditions, keeping what several levels need."""
 
-    def __init__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None) -> None:
+    def __init__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None, conditions: Sequence[str] = ()) -> None:
         _check(images)
         self.images, self.keys = images, keys
+        self.conditions = conditions  # what is coming: the medmnistc levels that share work are made together
         self._hue_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._strokes: _Strokes | None = None
+        self._medmnistc: _MedmnistcBatch | None = None
+        if any(augmentation_pool(c) is None and parse_condition(c)[0] in MEDMNISTC_SEVERITIES for c in conditions):
+            self._medmnistc_batch()  # now: its JPEG starts in the background
 
     def apply(self, condition: str) -> torch.Tensor:
-        if condition == AUGMENTED:
-            return augment(self.images, self.keys)
+        pool = augmentation_pool(condition)
+        if pool is not None:
+            return augment(self.images, self.keys, pool)
         corruption, level = parse_condition(condition)
         if corruption == "clean":
             return self.images
+        if corruption in MEDMNISTC_SEVERITIES:
+            return self._medmnistc_batch(condition).apply(corruption, level)
         param = PARAMETERS[corruption][level]
         if corruption == "hue":
             return self.hue(param)
         if corruption == "markup":
             return self.markup(int(param))
         return _FUNCTIONS[corruption](self.images, param)
+
+    def _medmnistc_batch(self, condition: str | None = None) -> _MedmnistcBatch:
+        if self._medmnistc is None:
+            wanted: dict[str, set[int]] = {}
+            for name in [*self.conditions, *([condition] if condition else [])]:
+                if augmentation_pool(name) is None and (parsed := parse_condition(name))[0] in MEDMNISTC_SEVERITIES:
+                    wanted.setdefault(parsed[0], set()).add(parsed[1])
+            self._medmnistc = _MedmnistcBatch(self.images, _keys(self.keys, len(self.images)), wanted)
+        return self._medmnistc
 
     def hue(self, factor: float) -> torch.Tensor:
         shift = (factor - 1) / 4
@@ -126,10 +152,13 @@ class _Batch:
         return self._strokes.draw(self.images, strokes)
 
 
-def augment(images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+def augment(
+    images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None = None, pool: tuple[str, ...] | None = None
+) -> torch.Tensor:
+    """Each image under the condition of ``pool`` (default: PathCLIP's 28) its key picks."""
     keys = torch.arange(len(images)) if keys is None else torch.as_tensor(keys)
     out = images.clone()
-    picked = [augmentation_for(k) for k in keys.tolist()]
+    picked = [augmentation_for(k, pool) for k in keys.tolist()]
     for condition in sorted(set(picked)):
         rows = torch.tensor([i for i, c in enumerate(picked) if c == condition], device=images.device)
         out[rows] = apply(images[rows], condition, keys[rows.cpu()])

@@ -1,5 +1,9 @@
 """Metrics of one run under every test condition, as tidy rows for ``results/metrics.csv``,
-and the run's clean-test predictions (``predictions.npz``) for paired statistics."""
+and the run's clean-test predictions (``predictions.npz``) for paired statistics.
+
+Heads with an embedding (zero-shot: the backbone's own feature; RFC: the adapted one) also
+get ``cosine_to_clean`` under each corrupted condition: how far corruption moves an image's
+embedding (THUNDER's invariance), whatever it does to the class decision."""
 
 from __future__ import annotations
 
@@ -8,9 +12,11 @@ from typing import Iterable, Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 
 from medtune.heads import embed, load_head, predict
 from medtune.io import atomic_path
+from medtune.jobs import report
 from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
@@ -37,6 +43,14 @@ def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.nda
     return pd.concat([overall, per_group_top_k(labels, logits, groups)], ignore_index=True)
 
 
+def cosine_to_clean(clean, corrupted) -> float:
+    """THUNDER's embedding invariance: the mean over images of the cosine similarity between an
+    image's clean and corrupted embedding (N x D each)."""
+    import torch.nn.functional as F
+
+    return float(F.cosine_similarity(torch.as_tensor(clean), torch.as_tensor(corrupted), dim=1).mean())
+
+
 def evaluate_run(
     head_path: str | Path,
     features_dir: str | Path,
@@ -55,16 +69,18 @@ def evaluate_features(head, features: Mapping[str, np.ndarray], test_samples: pd
     groups = test_samples["group"].astype(str).to_numpy()
     too_few = [k for k in RETRIEVAL_KS if k >= len(labels)]
     if too_few and hasattr(head, "embed"):
-        print(
-            f"medtune: the test split has {len(labels)} images; retrieval at K = {', '.join(map(str, too_few))} needs "
-            f"at least K + 1, so HA@K and P@K there are undefined (NaN in metrics.csv)",
-            flush=True,
+        report(
+            f"the test split has {len(labels)} images; retrieval at K = {', '.join(map(str, too_few))} needs "
+            f"at least K + 1, so HA@K and P@K there are undefined (NaN in metrics.csv)"
         )
+    clean = embed(head, features["clean"]) if "clean" in features and hasattr(head, "embed") else None
     frames = []
     for condition, array in features.items():
         if len(array) != len(labels):
             raise ValueError(f"features of condition {condition!r} have {len(array)} rows, the test split {len(labels)}")
         rows = evaluate_head(head, array, labels, groups)
+        if clean is not None and condition != "clean":
+            rows.loc[len(rows)] = ("all", "cosine_to_clean", cosine_to_clean(clean, embed(head, array)))
         rows.insert(0, "condition", condition)
         frames.append(rows)
     out = pd.concat(frames, ignore_index=True)

@@ -2,17 +2,25 @@
 
 It sends the job's output to its Snakemake log, sets the thread count Snakemake
 granted, and turns the errors medtune raises on bad input into one line naming
-the culprit (on stderr and in the log) instead of a traceback.
+the culprit (on stderr and in the log) instead of a traceback. When the work ends,
+it logs one line (:data:`USAGE_PREFIX`) of what the job used, as the kernel counts it: wall and CPU
+seconds since the process started, and the peak resident memory. Snakemake's
+benchmark files sample memory every 30 s once a job has run for 30 s, so they can
+miss a short peak; this line cannot.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import resource
 import sys
-from typing import Callable
+import time
+from typing import Any, Callable
 
 KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+USAGE_PREFIX = "medtune usage: "
 
 
 def run(main: Callable[[object], None], smk) -> None:
@@ -39,7 +47,8 @@ def run(main: Callable[[object], None], smk) -> None:
                     print(f"medtune: GPU job on device {device}")
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(threads)
-            main(smk)
+            with _usage_line():
+                main(smk)
         except KNOWN_ERRORS as err:
             message = oom_message(smk) if _is_out_of_memory(err) else f"{type(err).__name__}: {err}".splitlines()[0]
             import traceback
@@ -48,6 +57,53 @@ def run(main: Callable[[object], None], smk) -> None:
             print(f"medtune error: {message}", file=sys.__stderr__)
             print(f"medtune error: {message}")
             raise SystemExit(1) from None
+
+
+def report(message: str) -> None:
+    """One plain progress line in the job's log (``medtune: ...``), flushed at once: a reader
+    (a user's ``tail -f``, a test waiting for a stage) sees how far the job got."""
+    print(f"medtune: {message}", flush=True)
+
+
+@contextlib.contextmanager
+def _usage_line():
+    try:
+        yield
+    finally:
+        print(USAGE_PREFIX + json.dumps(usage()), flush=True)
+
+
+def usage() -> dict[str, Any]:
+    """This process's wall seconds since it started, CPU seconds and peak RSS (MB), its
+    children's included (the CPU time of those waited for, the largest child's peak)."""
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+    age = _process_age()
+    return {
+        "wall_s": None if age is None else round(age, 3),
+        "cpu_s": round(cpu, 3),
+        "peak_rss_mb": round(me.ru_maxrss / 1024, 1),  # kB on Linux
+        "children_peak_rss_mb": round(children.ru_maxrss / 1024, 1),
+    }
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (interpreter start and imports included)."""
+    try:
+        import psutil  # a dependency of Snakemake's
+    except ImportError:
+        return None
+    return time.time() - psutil.Process().create_time()
+
+
+def read_usage(log_path) -> dict[str, Any] | None:
+    """The usage line a job wrote last in its log (see :func:`usage`); None when there is none."""
+    found = None
+    with contextlib.suppress(OSError), open(log_path, errors="replace") as fh:
+        for line in fh:
+            if line.startswith(USAGE_PREFIX):
+                found = line
+    return json.loads(found[len(USAGE_PREFIX):]) if found else None
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -77,5 +133,6 @@ def oom_message(smk) -> str:
     elif "batch_size" in spec.get("pretrain", {}):
         where, size = "backbones.<name>.pretrain.batch_size", spec["pretrain"]["batch_size"]
     else:
-        where, size = "the encoding batch size", 256
+        size = int(spec.get("encode_batch_size", 256))  # encode.ENCODE_BATCH_SIZE; importing it would import torch
+        where = f"backbones.<name>.encode_batch_size (now {size})"
     return f"out of GPU memory in rule {rule} at batch size {size}; lower {where}"

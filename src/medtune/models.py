@@ -19,11 +19,14 @@ open_clip's own factory like every other model.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
+import json
 import pickle
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Iterator
 
 import torch
@@ -53,18 +56,84 @@ class Backbone:
         return float(self.model.logit_scale.exp().item())
 
 
-@functools.cache
-def registered_open_clip():
+# open_clip imports transformers and timm whenever they are installed (seconds of every job
+# that builds a model), though only some architectures use them: a Hugging Face text tower
+# or tokenizer (text_cfg hf_model_name / hf_tokenizer_name, e.g. BiomedCLIP) and a timm image
+# tower (vision_cfg timm_model_name). Both imports are optional in open_clip (try/except).
+OPTIONAL_IMPORTS = ("transformers", "timm")
+_open_clip: ModuleType | None = None
+_blocked: frozenset[str] = frozenset()
+
+
+def registered_open_clip(arch: str | None = None) -> ModuleType:
     """The ``open_clip`` module with medtune's model configs (``model_configs/``) registered.
 
     Use it instead of ``import open_clip`` wherever a model is built by architecture name, so
-    that ``medtune-tiny`` resolves; the registration runs once per process.
+    that ``medtune-tiny`` resolves; the registration runs once per process. The first call
+    imports open_clip without the :data:`OPTIONAL_IMPORTS` that ``arch`` does not need (None:
+    none); a later call for an architecture that needs one imports open_clip again with it.
     """
-    # add_model_config appends a search path and rescans every config; once per process is enough
-    import open_clip
-
+    global _open_clip, _blocked
+    needed = optional_imports(arch) if arch else set()
+    if _open_clip is not None and not needed & _blocked:
+        return _open_clip
+    if _open_clip is not None:  # an earlier model of this process did without a tower this one needs
+        for name in [m for m in sys.modules if m == "open_clip" or m.startswith("open_clip.")]:
+            del sys.modules[name]
+    if "open_clip" in sys.modules:  # imported before medtune asked: with whatever is installed
+        blocked = frozenset()
+    else:
+        blocked = frozenset(n for n in OPTIONAL_IMPORTS if n not in needed and n not in sys.modules)
+    with _imports_refused(blocked):
+        import open_clip
+    # add_model_config appends a search path and rescans every config; once per import is enough
     open_clip.add_model_config(MODEL_CONFIG_DIR)
+    _open_clip, _blocked = open_clip, blocked
     return open_clip
+
+
+def optional_imports(arch: str) -> set[str]:
+    """Which of :data:`OPTIONAL_IMPORTS` open_clip needs to build ``arch``, from its model config
+    (medtune's or open_clip's JSON, an ``hf-hub:`` repo's in the local hub cache, a ``local-dir:``'s);
+    all of them when the config cannot be read before the model is built."""
+    config = _model_config(arch)
+    if config is None:
+        return set(OPTIONAL_IMPORTS)
+    text, vision = config.get("text_cfg") or {}, config.get("vision_cfg") or {}
+    needed = {"transformers"} if text.get("hf_model_name") or text.get("hf_tokenizer_name") else set()
+    return needed | ({"timm"} if vision.get("timm_model_name") else set())
+
+
+def _model_config(arch: str) -> dict[str, Any] | None:
+    try:
+        if arch.startswith("hf-hub:"):
+            from huggingface_hub import try_to_load_from_cache
+
+            path = try_to_load_from_cache(arch[len("hf-hub:"):].split("@")[0], "open_clip_config.json")
+            return json.loads(Path(path).read_text())["model_cfg"] if isinstance(path, str) else None
+        if arch.startswith("local-dir:"):
+            return json.loads((Path(arch[len("local-dir:"):]) / "open_clip_config.json").read_text())["model_cfg"]
+        spec = importlib.util.find_spec("open_clip")
+        folders = [MODEL_CONFIG_DIR] + [Path(p) / "model_configs" for p in (spec.submodule_search_locations or [])] if spec else []
+        for folder in folders:
+            if (folder / f"{arch}.json").is_file():
+                return json.loads((folder / f"{arch}.json").read_text())
+    except (OSError, ValueError, KeyError, ImportError):
+        pass
+    return None
+
+
+@contextmanager
+def _imports_refused(names: frozenset[str]) -> Iterator[None]:
+    """``import name`` raises ImportError inside the block (a None entry in sys.modules)."""
+    for name in names:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        for name in names:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 def known_architectures() -> list[str]:
@@ -86,6 +155,7 @@ def load_backbone(name: str, spec: dict[str, Any], weights: str | Path | None = 
     replaces ``spec['checkpoint']``; for ``hf_clip`` it goes on top of the converted model.
     """
     arch = spec["arch"]
+    registered_open_clip(arch)  # open_clip with the optional towers this architecture needs
     check_architecture(arch)
     source = spec.get("checkpoint")
     for path in (source, weights):

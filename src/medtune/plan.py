@@ -18,7 +18,7 @@ import yaml
 
 from medtune import methods as method_registry
 from medtune import studies as study_registry
-from medtune.conditions import AUGMENTED, CONDITIONS, parse_condition
+from medtune.conditions import ALL, SUITES, TRAIN_CONDITIONS, augmented_condition, expand_conditions, parse_condition
 from medtune.registry import RegistryError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
@@ -27,7 +27,10 @@ DEFAULT_TEMPLATES = ["a histopathology image of {c}."]
 # keys of a config method entry that are not hyperparameters
 ENTRY_KEYS = {
     "base": {"type": "string", "description": "the registered method this entry configures (default: the entry's name)"},
-    "train_conditions": {"enum": ["clean", AUGMENTED], "description": "augmented: train on clean + corruption-augmented features"},
+    "train_conditions": {
+        "enum": list(TRAIN_CONDITIONS),
+        "description": "a suite (pathclip, medmnistc, all; augmented = pathclip): train on clean + that suite's corruption-augmented features",
+    },
     "label": {"type": "string", "description": "how tables and figures name it"},
 }
 
@@ -141,8 +144,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
         study.setdefault("shots", [])
         study.setdefault("seeds", config["seeds"])
         study.setdefault("conditions", list(study_registry.registered()[study_name].conditions))
-        if study["conditions"] == ["all"]:
-            study["conditions"] = list(CONDITIONS)
+        study["conditions"] = expand_conditions(study["conditions"])
     for dataset in config["datasets"].values():
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
@@ -216,6 +218,9 @@ def _check_references(config: dict[str, Any]) -> None:
                 raise ConfigError(f"config key studies.{study_name}.backbones: unknown backbone {name!r}")
         for condition in study["conditions"]:
             _check_condition(condition, f"studies.{study_name}.conditions")
+        reference = study.get("reference_backbone")
+        if reference is not None and reference not in study["backbones"]:
+            raise ConfigError(f"config key studies.{study_name}.reference_backbone: {reference!r} is not one of the study's backbones")
     for name, spec in backbones.items():
         pretrain = spec.get("pretrain")
         if pretrain and pretrain["dataset"] not in datasets:
@@ -228,7 +233,7 @@ def _check_condition(condition: str, key: str) -> None:
     try:
         parse_condition(condition)
     except ValueError as err:
-        raise ConfigError(f"config key {key}: {err}") from None
+        raise ConfigError(f"config key {key}: {err}, or a suite ({', '.join([*SUITES, ALL])})") from None
 
 
 def runs(config: dict[str, Any]) -> list[Run]:
@@ -260,12 +265,15 @@ def _trains(config: dict[str, Any], study: dict[str, Any]) -> bool:
 
 
 def train_conditions(config: dict[str, Any], dataset: str, backbone: str) -> list[str]:
-    """Conditions of the train split: clean, plus the augmented set if a study trains on it."""
+    """Conditions of the train split: clean, plus each suite's augmented set a study trains on."""
+    found = ["clean"]
     for study in config["studies"].values():
         if dataset in study["datasets"] and backbone in study["backbones"]:
-            if any(config["methods"][m]["train_conditions"] == AUGMENTED for m in study["methods"]):
-                return ["clean", AUGMENTED]
-    return ["clean"]
+            for method in study["methods"]:
+                augmented = augmented_condition(config["methods"][method]["train_conditions"])
+                if augmented and augmented not in found:
+                    found.append(augmented)
+    return found
 
 
 def conditions_for(config: dict[str, Any], dataset: str, backbone: str, method: str | None = None) -> list[str]:
@@ -287,6 +295,14 @@ def fractions_for(config: dict[str, Any], dataset: str) -> list[str]:
     return sorted(found, key=float)
 
 
+def shots_for(config: dict[str, Any], dataset: str) -> list[int]:
+    found: list[int] = []
+    for study in config["studies"].values():
+        if dataset in study["datasets"] and _trains(config, study):
+            found += [int(k) for k in study["shots"] if int(k) not in found]
+    return sorted(found)
+
+
 def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
     found: list[int] = []
     for study in config["studies"].values():
@@ -304,5 +320,8 @@ def figures(config: dict[str, Any]) -> list[str]:
 
 
 def method_labels(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """What tables and figures need of each method: its label and where it sorts."""
-    return {name: {"label": m["label"], "order": m["order"]} for name, m in config["methods"].items()}
+    """What tables and figures need of each method: its label, where it sorts, and what it trains on."""
+    return {
+        name: {"label": m["label"], "order": m["order"], "train_conditions": m["train_conditions"]}
+        for name, m in config["methods"].items()
+    }

@@ -67,9 +67,12 @@ def _neighbour_hits(features: torch.Tensor, labels: torch.Tensor, k: int, chunk_
     hits = []
     for start in range(0, n, chunk_size):
         stop = min(start + chunk_size, n)
-        sims = feats[start:stop] @ feats.T
-        # |rounded| <= 2**32 (plus rounding), times n < 2**30 still fits in int64.
-        key = torch.round(sims * _GRID).long() * n + tie_break
+        sims = feats[start:stop] @ feats.T  # chunk x n: 134 MB at chunk 512, n = 32,768
+        # |rounded| <= 2**32 (plus rounding), times n < 2**30 still fits in int64. In place:
+        # one chunk x n float64 and one int64 array at a time.
+        key = sims.mul_(_GRID).round_().long()
+        del sims
+        key.mul_(n).add_(tie_break)
         rows = torch.arange(stop - start, device=feats.device)
         key[rows, rows + start] = lowest  # the query is not its own candidate
         nearest = key.topk(k, dim=1).indices

@@ -2,20 +2,22 @@
 
 Every trained method is compared with every other method of a study on identical
 subsets and seeds (the same seed draws the same training subset for every method), so
-differences are paired. Three views of each comparison:
+differences are paired. A run's data usage is a share of the training data (``fraction``)
+or k images per class (``shots``); runs pair on seed and usage. Three views of each
+comparison:
 
-- over training seeds, per fraction: the mean paired difference with its 95 % t-interval,
-  and the paired t-test's p-value (from the per-run rows of ``metrics.csv``);
-- over test images, per fraction: a paired bootstrap (the same resampled images for both
-  methods and every seed, the difference averaged over seeds) of the accuracy and AUC
-  differences, from each run's ``predictions.npz``; a percentile interval, and a two-sided
-  p-value from the bootstrap standard error (see :func:`bootstrap_difference`);
+- over training seeds, per fraction or shot count: the mean paired difference with its
+  95 % t-interval, and the paired t-test's p-value (from the per-run rows of ``metrics.csv``);
+- over test images, per fraction or shot count: a paired bootstrap (the same resampled
+  images for both methods and every seed, the difference averaged over seeds) of the
+  accuracy and AUC differences, from each run's ``predictions.npz``; a percentile interval,
+  and a two-sided p-value from the bootstrap standard error (see :func:`bootstrap_difference`);
 - over everything, per pair of methods: Wilcoxon's signed-rank test (SciPy) on the
-  accuracy differences of all (seed, fraction) pairs.
+  accuracy differences of all (seed, usage) pairs.
 
-A method without training data (zero-shot) has one run, paired with every (seed,
-fraction) of the other method. p-values are Holm-corrected within each test's column of
-a table (:func:`holm`).
+A method without training data (zero-shot) has one run, paired with every (seed, usage)
+of the other method. p-values are Holm-corrected within each test's column of a table
+(:func:`holm`).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ N_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
 _CHUNK = 100  # resamples drawn at once: bounds memory at CHUNK x test images
+USAGE = ["fraction", "shots"]  # a run's data usage: one of them is set, the other NaN (both NaN: no training data)
 COMPARISON_COLUMNS = [
-    "dataset", "backbone", "method", "reference", "fraction", "n_seeds",
+    "dataset", "backbone", "method", "reference", "fraction", "shots", "n_seeds",
     "accuracy_diff", "accuracy_diff_ci95", "p_t", "p_t_holm", "auc_diff", "auc_diff_ci95",
     "boot_accuracy_low", "boot_accuracy_high", "p_boot_accuracy", "p_boot_accuracy_holm",
     "boot_auc_low", "boot_auc_high", "p_boot_auc", "p_boot_auc_holm",
@@ -176,13 +179,19 @@ def bootstrap_difference(a: list[tuple], b: list[tuple]) -> tuple[float, float, 
 # ---- the comparisons of a study --------------------------------------------------------
 
 
-def _key(method: str, seed, fraction) -> tuple:
-    return (method, None if pd.isna(seed) else int(seed), None if pd.isna(fraction) else float(fraction))
+def _number(value, kind):
+    return None if value is None or pd.isna(value) else kind(value)
+
+
+def _key(method: str, seed, fraction, shots=None) -> tuple:
+    return (method, _number(seed, int), _number(fraction, float), _number(shots, int))
 
 
 def clean_values(metrics: pd.DataFrame, study: dict) -> pd.DataFrame:
     """Clean-test accuracy and AUC of every run of the study: one row per run, ``fraction``
-    NaN for methods without training data."""
+    NaN for runs on k images per class (``shots``), both NaN for methods without training data."""
+    if "shots" not in metrics:
+        metrics = metrics.assign(shots=np.nan)
     m = metrics[
         metrics["dataset"].isin(study["datasets"])
         & metrics["backbone"].isin(study["backbones"])
@@ -190,20 +199,20 @@ def clean_values(metrics: pd.DataFrame, study: dict) -> pd.DataFrame:
         & (metrics["condition"] == "clean")
         & (metrics["group"] == "all")
         & metrics["metric"].isin(["accuracy", "auc"])
-        # runs on k images per class are compared per fraction nowhere yet: left out
-        & (metrics["shots"].isna() if "shots" in metrics else True)
     ]
-    keys = ["dataset", "backbone", "method", "seed", "fraction"]
-    # pivoting drops NaN keys: a run without training data has seed and fraction NaN
-    m = m.assign(seed=m["seed"].fillna(-1), fraction=m["fraction"].fillna(-1))
+    keys = ["dataset", "backbone", "method", "seed", *USAGE]
+    # pivoting drops NaN keys: a run without training data has seed, fraction and shots NaN
+    unset = {k: -1 for k in ("seed", *USAGE)}
+    m = m.assign(**{k: pd.to_numeric(m[k]).fillna(-1) for k in unset})
     wide = m.pivot_table(index=keys, columns="metric", values="value", sort=False).reset_index()
-    wide = wide.reindex(columns=[*keys, "accuracy", "auc"]).replace({"seed": {-1: np.nan}, "fraction": {-1: np.nan}})
+    wide = wide.reindex(columns=[*keys, "accuracy", "auc"]).replace({k: {-1: np.nan} for k in unset})
     return wide.dropna(subset=["accuracy"])
 
 
 def _pairs(values: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
-    """Rows (seed, fraction, accuracy and AUC of a and of b) paired on seed and fraction;
-    a method without training data pairs with every run of the other."""
+    """Rows (seed, usage, accuracy and AUC of a and of b) paired on seed and data usage
+    (fraction or shot count); a method without training data pairs with every run of the
+    other. Shot counts first, then fractions, each ascending (the accuracy table's order)."""
     ra, rb = values[values["method"] == a], values[values["method"] == b]
     untrained_a, untrained_b = ra["seed"].isna().all(), rb["seed"].isna().all()
     if untrained_a and untrained_b:
@@ -213,24 +222,28 @@ def _pairs(values: pd.DataFrame, a: str, b: str) -> pd.DataFrame:
     elif untrained_a:
         paired = rb.assign(_j=0).merge(ra.assign(_j=0)[["_j", "accuracy", "auc"]], on="_j", suffixes=("_b", "_a"))
     else:
-        paired = ra.merge(rb[["seed", "fraction", "accuracy", "auc"]], on=["seed", "fraction"], suffixes=("_a", "_b"))
-    return paired.sort_values(["fraction", "seed"]).reset_index(drop=True)
+        on = ["seed", *USAGE]
+        # NaN keys (the usage a run does not have) pair as -1, never by pandas' NaN matching
+        fill = lambda r: r.assign(**{k: r[k].fillna(-1) for k in USAGE})
+        paired = fill(ra).merge(fill(rb)[[*on, "accuracy", "auc"]], on=on, suffixes=("_a", "_b"))
+        paired = paired.replace({k: {-1: np.nan} for k in USAGE})
+    return paired.sort_values(["shots", "fraction", "seed"], na_position="last").reset_index(drop=True)
 
 
 def compare(metrics: pd.DataFrame, study: dict, runs: list[dict[str, Any]] = (), methods: dict | None = None,
             n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> pd.DataFrame:
     """Every pair of methods (one of them trained) of the study, per dataset and backbone:
-    rows per fraction, then one row per pair with ``fraction`` NaN holding the signed-rank
-    test over all its (seed, fraction) pairs. ``method`` is compared with ``reference``
+    rows per data usage (``fraction`` or ``shots`` set), then one row per pair with both NaN
+    holding the signed-rank test over all its (seed, usage) pairs. ``method`` is compared with ``reference``
     (the earlier of the two in the methods' declared ``order``, as tables list them);
     differences are ``method - reference``.
     ``runs`` (manifest entries, :func:`medtune.records.read_runs`) give the predictions
     to bootstrap; without them the bootstrap columns are NaN."""
     values = clean_values(metrics, study)
     predictions = {
-        (r["dataset"], r["backbone"], *_key(r["method"], r["seed"], r["fraction"])): r["files"]["predictions"]
+        (r["dataset"], r["backbone"], *_key(r["method"], r["seed"], r["fraction"], r.get("shots"))): r["files"]["predictions"]
         for r in runs
-        if "predictions" in r.get("files", {}) and r.get("shots") is None and r["dataset"] in study["datasets"]
+        if "predictions" in r.get("files", {}) and r["dataset"] in study["datasets"]
         and r["backbone"] in study["backbones"] and r["method"] in study["methods"]
     }
     methods = methods or {}
@@ -244,25 +257,32 @@ def compare(metrics: pd.DataFrame, study: dict, runs: list[dict[str, Any]] = (),
             paired = _pairs(group, method, reference)
             if paired.empty:
                 continue
-            for fraction, at in paired.groupby("fraction", sort=True, dropna=False):
-                rows.append(_fraction_row(dataset, backbone, method, reference, fraction, at, predictions, boot))
+            for (fraction, shots), at in paired.groupby(USAGE, sort=False, dropna=False):
+                rows.append(_usage_row(dataset, backbone, method, reference, fraction, shots, at, predictions, boot))
             d = (paired["accuracy_a"] - paired["accuracy_b"]).to_numpy()
             rows.append({"dataset": dataset, "backbone": backbone, "method": method, "reference": reference,
-                         "fraction": np.nan, "n_pairs": len(d), "accuracy_diff": float(d.mean()), "p_wilcoxon": signed_rank(d)})
+                         "fraction": np.nan, "shots": np.nan, "n_pairs": len(d), "accuracy_diff": float(d.mean()),
+                         "p_wilcoxon": signed_rank(d)})
     table = pd.DataFrame(rows).reindex(columns=COMPARISON_COLUMNS)
     for test in ("p_t", "p_boot_accuracy", "p_boot_auc", "p_wilcoxon"):
         table[f"{test}_holm"] = holm(table[test])
     return table
 
 
-def _fraction_row(dataset, backbone, method, reference, fraction, at: pd.DataFrame, predictions: dict, boot: dict) -> dict:
+def per_usage(comparisons: pd.DataFrame) -> pd.Series:
+    """Which rows of :func:`compare`'s table are of one fraction or shot count (the others
+    hold a pair's signed-rank test over all its runs)."""
+    return comparisons["fraction"].notna() | comparisons["shots"].notna()
+
+
+def _usage_row(dataset, backbone, method, reference, fraction, shots, at: pd.DataFrame, predictions: dict, boot: dict) -> dict:
     acc, acc_ci, p_t = paired_t((at["accuracy_a"] - at["accuracy_b"]).to_numpy())
     auc, auc_ci, _ = paired_t((at["auc_a"] - at["auc_b"]).to_numpy())
-    row = {"dataset": dataset, "backbone": backbone, "method": method, "reference": reference, "fraction": fraction,
+    row = {"dataset": dataset, "backbone": backbone, "method": method, "reference": reference, "fraction": fraction, "shots": shots,
            "n_seeds": len(at), "accuracy_diff": acc, "accuracy_diff_ci95": acc_ci, "p_t": p_t, "auc_diff": auc, "auc_diff_ci95": auc_ci}
     files = []
     for seed in at["seed"]:
-        pair = [predictions.get((dataset, backbone, *_key(m, seed, fraction))) or predictions.get((dataset, backbone, m, None, None))
+        pair = [predictions.get((dataset, backbone, *_key(m, seed, fraction, shots))) or predictions.get((dataset, backbone, *_key(m, None, None)))
                 for m in (method, reference)]
         if None in pair:
             return row  # a run without saved predictions (a WiSE-FT mix): no bootstrap
@@ -276,35 +296,43 @@ def _fraction_row(dataset, backbone, method, reference, fraction, at: pd.DataFra
 
 
 def winners(comparisons: pd.DataFrame, accuracy: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
-    """Which trained method beats, at which fraction, the methods without training data
-    (``beats_zeroshot``) and the most accurate other trained method (``beats_best_baseline``).
+    """Which trained method beats, at which data usage (fraction or shot count), the methods
+    without training data (``beats_zeroshot``) and the most accurate other trained method at
+    that usage (``beats_best_baseline``).
 
-    ``accuracy``: mean clean accuracy per dataset, backbone, method, fraction (0 for
-    methods without training data). "Beats" means a positive difference that every test
-    made at that fraction finds significant after Holm's correction: the t-test over seeds
-    (with two or more seeds that vary) and the bootstrap over test images (where both
-    runs saved predictions); with neither, nothing is claimed.
+    ``accuracy``: mean clean accuracy per dataset, backbone, method, fraction and shots (0
+    where one does not apply, as :func:`medtune.tables.fill_unused_labels` sets them: both 0
+    for methods without training data; a frame without ``shots`` has fraction runs only).
+    "Beats" means a positive difference that every test made at that usage finds
+    significant after Holm's correction: the t-test over seeds (with two or more seeds that
+    vary) and the bootstrap over test images (where both runs saved predictions); with
+    neither, nothing is claimed.
     """
-    per_fraction = comparisons[comparisons["fraction"].notna()]
+    usage_of = lambda fraction, shots: (0.0 if pd.isna(fraction) else float(fraction), 0 if pd.isna(shots) else int(shots))
     significant = {}
-    for r in per_fraction.itertuples():
+    for r in comparisons[per_usage(comparisons)].itertuples():
         tests = [p for p in (r.p_t_holm, r.p_boot_accuracy_holm) if not np.isnan(p)]
         ok = bool(tests) and all(p < alpha for p in tests)
-        key = (r.dataset, r.backbone, r.fraction)
+        key = (r.dataset, r.backbone, *usage_of(r.fraction, r.shots))
         significant[(*key, r.method, r.reference)] = ok and r.accuracy_diff > 0
         significant[(*key, r.reference, r.method)] = ok and r.accuracy_diff < 0
+    if "shots" not in accuracy:
+        accuracy = accuracy.assign(shots=0)
+    accuracy = accuracy.assign(fraction=accuracy["fraction"].fillna(0.0), shots=accuracy["shots"].fillna(0).astype(int))
     rows = []
-    untrained = set(accuracy.loc[accuracy["fraction"] == 0, "method"])
-    for (dataset, backbone, fraction), at in accuracy[accuracy["fraction"] > 0].groupby(["dataset", "backbone", "fraction"]):
+    trained = (accuracy["fraction"] > 0) | (accuracy["shots"] > 0)
+    untrained = set(accuracy.loc[~trained, "method"])
+    for (dataset, backbone, fraction, shots), at in accuracy[trained].groupby(["dataset", "backbone", "fraction", "shots"]):
         refs = accuracy[(accuracy["dataset"] == dataset) & (accuracy["backbone"] == backbone) & accuracy["method"].isin(untrained)]
         for method in at["method"]:
-            key = (dataset, backbone, fraction, method)
+            key = (dataset, backbone, *usage_of(fraction, shots), method)
             others = at[at["method"] != method].dropna(subset=["accuracy_mean"])
             best = others.loc[others["accuracy_mean"].idxmax(), "method"] if len(others) else None
             rows.append({
-                "dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction,
+                "dataset": dataset, "backbone": backbone, "method": method, "fraction": fraction, "shots": shots,
                 "beats_zeroshot": bool(len(refs)) and all(significant.get((*key, ref), False) for ref in refs["method"]),
                 "best_baseline": best,
                 "beats_best_baseline": best is not None and significant.get((*key, best), False),
             })
-    return pd.DataFrame(rows, columns=["dataset", "backbone", "method", "fraction", "beats_zeroshot", "best_baseline", "beats_best_baseline"])
+    columns = ["dataset", "backbone", "method", "fraction", "shots", "beats_zeroshot", "best_baseline", "beats_best_baseline"]
+    return pd.DataFrame(rows, columns=columns)

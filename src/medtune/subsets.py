@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 BALANCES = ("proportional", "equal")
+SUBSET_COLUMNS = ["index", "split", "label", "label_name"]  # what subsampling reads of samples.csv
 
 
 def class_permutations(labels: pd.Series, seed: int) -> dict[int, np.ndarray]:
@@ -93,6 +94,17 @@ def shot_subsets(train: pd.DataFrame, shots: list[int], seed: int) -> dict[int, 
     for k in shots:
         picked = np.concatenate([perm[: int(k)] for perm in perms.values()])
         out[k] = pd.DataFrame({"index": np.sort(picked)}).merge(train[["index", "label"]], on="index")
+    return out
+
+
+def seed_subsets(
+    train: pd.DataFrame, seed: int, fractions: list[str], shots: list[int], balance: str = "proportional"
+) -> dict[str, pd.DataFrame]:
+    """Every training subset of one seed by its name (``frac{fraction}``, fractions spelled as
+    in paths, and ``shots{k}``), exactly as :func:`stratified_subsets` and :func:`shot_subsets`
+    draw them one by one: what the subsample job writes for each seed."""
+    out = {f"frac{f}": rows for f, rows in zip(fractions, stratified_subsets(train, [float(f) for f in fractions], seed, balance).values())}
+    out.update({f"shots{k}": rows for k, rows in shot_subsets(train, [int(k) for k in shots], seed).items()})
     return out
 
 

@@ -12,9 +12,9 @@ from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from medtune.io import read_json, write_csv, write_text
+from medtune.jobs import report
 from medtune.records import read_runs
 
 PERCENT_METRICS = {"accuracy", "balanced_accuracy", "precision", "recall", "f1", "top1", "top3", "ha@5", "ha@10", "p@5", "p@10"}
@@ -44,6 +44,8 @@ def mean_ci(values: pd.Series) -> tuple[float, float, int]:
         return float("nan"), float("nan"), 0
     if len(v) == 1:
         return float(v[0]), float("nan"), 1
+    from scipy import stats  # a second and a half to import: not in collect_metrics, which never needs it
+
     half = stats.t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     return float(v.mean()), float(half), len(v)
 
@@ -176,6 +178,7 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
     write_text(f"### {title}\n\n{body}\n{legend}", Path(folder) / f"{name}.md")
     caption = f"{title}. {' '.join(notes)}" if notes else title
     write_text(to_latex(pretty, bold, caption) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
+    report(f"table {name} written")
 
 
 def write_study_tables(

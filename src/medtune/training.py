@@ -3,6 +3,7 @@ and the cost record each run writes to ``train.json``."""
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import resource
@@ -47,6 +48,91 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
+class FunctionalAdam:
+    """``torch.optim.Adam`` (its defaults, L2 ``weight_decay``), or ``torch.optim.AdamW`` with
+    ``decoupled=True``, as its own update function, ``torch.optim.adam.adam``, without the
+    optimizer class.
+
+    ``torch.optim.Optimizer`` imports ``torch._dynamo`` when it is built and at every
+    ``step`` (to mark the step as not compilable), 2-3 s of a job whose fits from cached
+    features take a second. The update is the same function on the same state, so the
+    parameters come out bit-identical (``tests/test_rfc.py`` checks it against
+    ``torch.optim.Adam`` and ``torch.optim.AdamW``). ``lr`` may be changed between steps.
+    """
+
+    def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
+                 decoupled: bool = False) -> None:
+        self.params = [p for p in params]
+        self.lr, self.weight_decay, self.betas, self.eps, self.decoupled = lr, weight_decay, betas, eps, decoupled
+        self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
+        self.steps = [torch.tensor(0.0, dtype=torch.get_default_dtype()) for _ in self.params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.adam import adam
+
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        pick = lambda items: [items[i] for i in live]  # noqa: E731
+        adam(
+            pick(self.params), [self.params[i].grad for i in live], pick(self.exp_avgs), pick(self.exp_avg_sqs), [],
+            pick(self.steps), foreach=None, fused=None, has_complex=any(torch.is_complex(p) for p in self.params),
+            decoupled_weight_decay=self.decoupled, amsgrad=False, beta1=self.betas[0], beta2=self.betas[1], lr=self.lr,
+            weight_decay=self.weight_decay, eps=self.eps, maximize=False,
+        )
+
+
+class FunctionalSGD:
+    """``torch.optim.SGD`` (momentum without dampening or Nesterov, L2 ``weight_decay``) as its
+    own update function, ``torch.optim.sgd.sgd``, without the optimizer class that imports
+    ``torch._dynamo`` (see :class:`FunctionalAdam`); bit-identical to it
+    (``tests/test_rfc.py``). ``lr`` may be changed between steps."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.buffers: list[torch.Tensor | None] = [None] * len(self.params)  # created at a parameter's first step
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        from torch.optim.sgd import sgd
+
+        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        buffers = [self.buffers[i] for i in live]
+        sgd(
+            [self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=None, fused=None,
+            weight_decay=self.weight_decay, momentum=self.momentum, lr=self.lr, dampening=0.0, nesterov=False,
+            maximize=False,
+        )
+        if self.momentum != 0:
+            for i, buffer in zip(live, buffers):  # sgd() fills in the buffers it created
+                self.buffers[i] = buffer
+
+
+def cosine_lrs(base_lr: float, t_max: int, steps: int) -> list[float]:
+    """The learning rate of each of ``steps`` optimiser steps under
+    ``torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t_max)`` (``eta_min`` 0) stepped
+    after every optimiser step, computed as it computes them (its recursive form, so equal to
+    the float), without an optimizer object to attach it to (see :class:`FunctionalAdam`)."""
+    lrs, lr = [], float(base_lr)
+    for epoch in range(steps):
+        if epoch > 0:
+            if (epoch - 1 - t_max) % (2 * t_max) == 0:
+                lr = lr + base_lr * (1 - math.cos(math.pi / t_max)) / 2
+            else:
+                lr = (1 + math.cos(math.pi * epoch / t_max)) / (1 + math.cos(math.pi * (epoch - 1) / t_max)) * lr
+        lrs.append(lr)
+    return lrs
 
 
 class Stopwatch:

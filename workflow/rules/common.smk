@@ -70,6 +70,15 @@ def subset_file(run):
     return f"{RESULTS}/subsets/{run.dataset}/seed{run.seed}/{run.subset}.csv"
 
 
+def subset_input(run):
+    """A run's subset as a training rule's input. The subsample job rewrites every subset of its
+    dataset when a fraction, shot count or seed is added anywhere, with the same contents for the
+    existing ones (each is a prefix of its seed's fixed permutation), so their new mtimes must not
+    rerun finished training: the input is ``ancient``, and what does change a subset (the
+    dataset's samples, its class_balance) reaches the training rules as an input or a param."""
+    return ancient(subset_file(run))
+
+
 def encode_inputs(wildcards):
     return {**dataset_files(wildcards.dataset), "weights": backbone_weights(wildcards.backbone)}
 
@@ -98,7 +107,7 @@ def trained_inputs(wildcards):
         "train": feats("train"),
         "val": feats("val"),
         "text": text_features(wildcards.backbone, wildcards.dataset),
-        "subsets": [subset_file(r) for r in seed_runs(wildcards)],
+        "subsets": [subset_input(r) for r in seed_runs(wildcards)],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
         "weights": backbone_weights(wildcards.backbone) if METHODS[wildcards.trained]["needs_text_encoder"] else [],
@@ -119,7 +128,7 @@ def tuned_inputs(wildcards):
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),
-        "subset": subset_file(backbone_run(wildcards)),
+        "subset": subset_input(backbone_run(wildcards)),
     }
 
 
@@ -155,14 +164,11 @@ def figure_study(wildcards):
 
 def figure_inputs(wildcards):
     """The files a figure declares (medtune.studies.FIGURE_INPUTS), for its study: images,
-    features and runs are those of the study's first dataset and backbone."""
+    features and runs are those of the study's first dataset and backbone (every run, those
+    trained inside the backbone included: their manifests list their own weights)."""
     _, figure, study = figure_study(wildcards)
     dataset, backbone = study["datasets"][0], study["backbones"][0]
-    runs = [
-        r for r in RUNS
-        if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]
-        and METHODS[r.method]["training"] in ("none", "frozen")
-    ]
+    runs = [r for r in RUNS if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]]
     available = {
         "metrics": f"{RESULTS}/metrics.csv",
         "costs": f"{RESULTS}/costs.csv",

@@ -15,6 +15,8 @@ rule collect_metrics:
         costs=f"{RESULTS}/costs.csv",
     log:
         f"{RESULTS}/logs/collect_metrics.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/collect_metrics.tsv"
     conda:
         "../../envs/medtune.yaml"
     script:
@@ -36,6 +38,8 @@ rule tables:
         folder=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/tables.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/tables.tsv"
     conda:
         "../../envs/medtune.yaml"
     script:
@@ -58,6 +62,8 @@ rule figure:
         caption=lambda wc: figure_study(wc)[1].caption,
     log:
         f"{RESULTS}/logs/figures/{{figure}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures/{{figure}}.tsv"
     conda:
         "../../envs/medtune.yaml"
     script:

@@ -19,6 +19,7 @@ rule train_frozen:
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subsets are ancient inputs
         device=config["device"],
         progress=config["progress"],
     log:
@@ -53,6 +54,7 @@ rule train_backbone:
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.tuned),
+        class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subset is an ancient input
         device=config["device"],
         progress=config["progress"],
         # resumable state lives outside the outputs so a killed job can continue

@@ -10,8 +10,8 @@ and prints each as ``name: measured (target ...) PASS/MISS``:
    alone. All paths run the same methods, hyperparameters (the validated ``config/config.yaml``),
    subsets and seeds on a small synthetic dataset, and all are timed here; nothing is extrapolated.
 2. **corrupted-evaluation throughput** (:mod:`.corrupt_throughput`) —
-   :func:`medtune.encode.encode_images` over every condition of
-   :data:`medtune.conditions.CONDITIONS` (corrupt + encode on the device from the uint8 store,
+   :func:`medtune.encode.encode_images` over every condition of every suite,
+   :data:`medtune.conditions.ALL_CONDITIONS` (corrupt + encode on the device from the uint8 store,
    batched) as a fraction of the bare encoder's forward rate on the same, already prepared batches.
 3. **DAG build** (:mod:`.dag`) — ``snakemake -n`` on the full paper config, and a no-op ``-n``
    on the embedded default after a completed run.

@@ -14,7 +14,7 @@ import medtune.bench
 from medtune.bench.figure import Figure
 from medtune.bench.inputs import REPO
 from medtune.bench.summary import write_json, write_summary
-from medtune.conditions import CONDITIONS
+from medtune.conditions import ALL_CONDITIONS
 
 FIGURES = ("encode", "corrupt", "dag", "end_to_end", "scaling")
 METHODS = ("rfc", "linear_probe", "coop")
@@ -110,12 +110,12 @@ def _encode_once(args, repo: Path, models, device, settings: dict[str, Any], out
 def _corrupt(args, models, device, settings: dict[str, Any], out: Path) -> list[Figure]:
     from medtune.bench.corrupt_throughput import bench_corrupt_throughput, corrupt_figure
 
-    log(f"[2/5] corrupted evaluation: {args.n_test} images x {len(CONDITIONS)} conditions")
+    log(f"[2/5] corrupted evaluation: {args.n_test} images x {len(ALL_CONDITIONS)} conditions")
     backbone, images, samples = models
     test_idx = np.array(samples.loc[samples["split"] == "test", "index"])
-    figure = corrupt_figure(bench_corrupt_throughput(backbone, images, test_idx, list(CONDITIONS), device, args.batch_size))
+    figure = corrupt_figure(bench_corrupt_throughput(backbone, images, test_idx, list(ALL_CONDITIONS), device, args.batch_size))
     write_json(figure.to_json(), out / "corrupt_throughput.json")
-    settings["summary"] += f"; figure 2: {args.n_test} images x {len(CONDITIONS)} conditions"
+    settings["summary"] += f"; figure 2: {args.n_test} images x {len(ALL_CONDITIONS)} conditions"
     return [figure]
 
 
@@ -137,8 +137,9 @@ def _end_to_end(args, results: Path, workdir: Path, out: Path) -> list[Figure]:
     log("[4/5] embedded default end to end, from results/benchmarks and .snakemake/log")
     from medtune.bench.inputs import embedded_default
 
-    methods = embedded_default(args.repo.resolve())["methods"]
-    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats, methods=methods))
+    config = embedded_default(args.repo.resolve())
+    arch = next(iter(config["backbones"].values()))["arch"]  # the default's backbones are all medtune-tiny
+    figure = end_to_end_figure(bench_end_to_end(results, workdir, args.import_repeats, methods=config["methods"], arch=arch))
     write_json(figure.to_json(), out / "end_to_end.json")  # startup_share at its top level
     return [figure]
 

@@ -29,11 +29,11 @@ def bench_corrupt_throughput(
     """
     import torch
 
-    from medtune.conditions import CONDITIONS
+    from medtune.conditions import ALL_CONDITIONS
     from medtune.encode import encode_images
     from medtune.preprocess import normalize, resize_crop, to_device_batch
 
-    conditions = list(conditions or CONDITIONS)
+    conditions = list(conditions or ALL_CONDITIONS)
     device = torch.device(device)
     indices = np.asarray(indices)
     n = len(indices) * len(conditions)

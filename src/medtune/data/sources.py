@@ -124,12 +124,21 @@ def size_and_seed(spec: Mapping[str, Any]) -> dict[str, int]:
 
 
 def prepare_synthetic(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
-    # kept here rather than in synthetic.py while that module is rewritten elsewhere
+    import pandas as pd
+
     from medtune.data import synthetic
-    from medtune.data.store import write_dataset
+    from medtune.data.store import image_writer, write_samples
 
     kwargs = {k: spec[k] for k in ("image_size", "seed", "caption_style") if k in spec}
     if "classes" in spec:
         kwargs["classes"] = tuple(spec["classes"])
-    images, samples = synthetic.generate(synthetic.SyntheticSpec(sizes=spec["sizes"], **kwargs))
-    write_dataset(images, samples, out_dir)
+    synthetic_spec = synthetic.SyntheticSpec(sizes=spec["sizes"], **kwargs)
+    total, size = sum(synthetic_spec.sizes.values()), synthetic_spec.image_size
+    # chunk by chunk into the store: PCam's size (327,680 images at 96 px) is 9 GB of pixels
+    rows = []
+    with image_writer(out_dir, (total, size, size, 3)) as out:
+        for chunk_rows, images in synthetic.generate_chunks(synthetic_spec):
+            start = int(chunk_rows["index"].iloc[0])
+            out[start : start + len(images)] = images
+            rows.append(chunk_rows)
+    write_samples(pd.concat(rows, ignore_index=True), total, out_dir)

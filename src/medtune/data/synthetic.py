@@ -28,6 +28,7 @@ test images unchanged.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -381,16 +382,30 @@ def render_images(names: list[str], organs: list[str], centres: np.ndarray, size
 def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
     """All images (uint8 N x S x S x 3) and the sample table, class-balanced within each split."""
     rows = sample_plan(spec)
+    images = np.empty((len(rows), spec.image_size, spec.image_size, 3), dtype=np.uint8)
+    for chunk_rows, chunk in generate_chunks(spec):
+        start = int(chunk_rows["index"].iloc[0])
+        images[start : start + len(chunk)] = chunk
+    return images, rows
+
+
+def generate_chunks(spec: SyntheticSpec, chunk_size: int = 1024) -> Iterator[tuple[pd.DataFrame, np.ndarray]]:
+    """:func:`generate`'s sample rows and images about ``chunk_size`` at a time, in index order,
+    so that a store larger than memory (PCam's size) is written chunk by chunk. The images are
+    the same whatever ``chunk_size``: each split is drawn in :data:`CHUNK`-image streams of its own."""
+    rows = sample_plan(spec)
     size = spec.image_size
-    images = np.empty((len(rows), size, size, 3), dtype=np.uint8)
     centre_index = {c.name: i for i, c in enumerate(CENTRES)}
+    per_yield = max(CHUNK, chunk_size - chunk_size % CHUNK)
     for split in spec.sizes:
-        part = rows[rows["split"] == split]
-        first = int(part["index"].iloc[0]) if len(part) else 0  # a split's rows are consecutive
+        part = rows[rows["split"] == split]  # a split's rows are consecutive
         names, organs = part["label_name"].tolist(), part["group"].tolist()
         centres = np.array([centre_index[c] for c in part["centre"]])
-        for k, start in enumerate(range(0, len(part), CHUNK)):
-            stop = min(start + CHUNK, len(part))
-            rng = _stream(spec.seed, split, 1 + k)
-            images[first + start : first + stop] = render_images(names[start:stop], organs[start:stop], centres[start:stop], size, rng)
-    return images, rows
+        for first in range(0, len(part), per_yield):
+            last = min(first + per_yield, len(part))
+            images = np.empty((last - first, size, size, 3), dtype=np.uint8)
+            for start in range(first, last, CHUNK):
+                stop = min(start + CHUNK, last)
+                rng = _stream(spec.seed, split, 1 + start // CHUNK)
+                images[start - first : stop - first] = render_images(names[start:stop], organs[start:stop], centres[start:stop], size, rng)
+            yield part.iloc[first:last].reset_index(drop=True), images

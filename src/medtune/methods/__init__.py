@@ -13,7 +13,9 @@ A method module declares, as a literal at its top, ::
 
 and the functions its kind needs: ``fit(data, params, seed)`` and ``build_head(state)``
 for frozen methods (see :mod:`medtune.heads`), ``tune(...)`` and ``mixes(...)`` for
-backbone training (see :mod:`medtune.methods.finetune`). Its name is the module's
+backbone training (see :mod:`medtune.methods.finetune` and :mod:`medtune.methods.clip_lora`;
+``tune``'s info may give ``trainable_parameters`` and ``images_seen`` for the cost record,
+else the parameters left trainable and the training images times ``epochs`` are counted). Its name is the module's
 name. Everything else — the config schema, the plan, the rules, tables and figures —
 reads the registry, so adding a method is its module plus its config entry. Modules
 outside the package are registered with the config key ``method_modules``.

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medtune.methods.coop import lr_at
-from medtune.training import check_finite, seed_everything
+from medtune.training import FunctionalSGD, check_finite, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -96,15 +96,14 @@ def fit(data, params, seed):
     val_y = torch.tensor(np.asarray(data.val_labels), dtype=torch.int64)
     class_text = torch.as_tensor(np.asarray(data.class_text)).float()
     head = CLIPAdapterHead(x.shape[1], p["reduction"], p["ratio"], class_text, data.logit_scale)
-    optimizer = torch.optim.SGD(head.adapter.parameters(), lr=lr_at(0, p), momentum=p["momentum"], weight_decay=p["weight_decay"])
+    # torch.optim.SGD's update without its class, which imports torch._dynamo (seconds)
+    optimizer = FunctionalSGD(head.adapter.parameters(), lr=lr_at(0, p), momentum=p["momentum"], weight_decay=p["weight_decay"])
     batch = int(p["batch_size"])
     stop = len(x) - len(x) % batch if len(x) >= batch else len(x)  # Dassl's drop_last
     history = {"train_loss": [], "val_accuracy": [], "val_loss": []}
     best, step = None, 0
     for epoch in range(int(p["epochs"])):
-        lr = lr_at(epoch, p)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        lr = optimizer.lr = lr_at(epoch, p)
         head.train()
         order = torch.randperm(len(x), generator=gen)
         losses = []

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medtune.training import check_finite, seed_everything
+from medtune.training import FunctionalAdam, check_finite, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -158,7 +158,8 @@ def train_alphas(data, params: dict, seed: int) -> list[tuple[RFCHead, list[floa
     class_text = torch.as_tensor(data.class_text).float()
     x = torch.tensor(np.asarray(data.train_features), dtype=torch.float32)
     y = torch.tensor(np.asarray(data.train_labels), dtype=torch.int64)
-    optimizer = torch.optim.Adam(weights, lr=params["lr"], weight_decay=params["weight_decay"])
+    # torch.optim.Adam's update without its class, which imports torch._dynamo (seconds)
+    optimizer = FunctionalAdam(weights, lr=params["lr"], weight_decay=params["weight_decay"])
     losses, step = [], 0
     for _ in range(params["epochs"]):
         order = torch.randperm(len(x), generator=gen)

@@ -25,7 +25,7 @@ from torch import nn
 
 from medtune.methods._features import labels_tensor, row_blocks, tensor
 from medtune.methods.tip_adapter import TipAdapterHead, cache_logits, search_beta_alpha
-from medtune.training import check_finite, seed_everything
+from medtune.training import FunctionalAdam, check_finite, cosine_lrs, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -84,10 +84,12 @@ def fit(data, params, seed):
     beta, alpha = float(p["init_beta"]), float(p["init_alpha"])
 
     keys = nn.Parameter(x.clone())
-    optimizer = torch.optim.AdamW([keys], lr=p["lr"], eps=p["eps"], weight_decay=p["weight_decay"])
+    # torch.optim.AdamW stepped by CosineAnnealingLR(T_max = every step), without the optimizer
+    # class, which imports torch._dynamo (seconds): the same updates and learning rates
+    optimizer = FunctionalAdam([keys], lr=p["lr"], eps=p["eps"], weight_decay=p["weight_decay"], decoupled=True)
     batch = int(p["batch_size"])
     batches = math.ceil(len(x) / batch)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, int(p["epochs"]) * batches)
+    lrs = cosine_lrs(p["lr"], int(p["epochs"]) * batches, int(p["epochs"]) * batches)
     history = {"train_loss": [], "val_accuracy": []}
     best, step = None, 0
     for epoch in range(int(p["epochs"])):
@@ -97,11 +99,11 @@ def fit(data, params, seed):
             sel = order[start : start + batch]
             logits = train_text[sel] + alpha * cache_logits(x[sel] @ keys.T, values, beta)
             loss = F.cross_entropy(logits, y[sel])
-            check_finite(loss, step, scheduler.get_last_lr()[0])
+            optimizer.lr = lrs[step]
+            check_finite(loss, step, optimizer.lr)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            scheduler.step()
             losses.append(loss.item())
             step += 1
         with torch.no_grad():

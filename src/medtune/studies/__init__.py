@@ -35,7 +35,8 @@ from medtune.registry import RegistryError, import_module, package_modules, read
 FIGURE_INPUTS = {
     "metrics": "results/metrics.csv: tidy metric rows of every run",
     "costs": "results/costs.csv: training cost of every trained run",
-    "runs": "the run folders of the study's zero-shot and frozen-feature runs (first dataset and backbone)",
+    "runs": "the run outputs of the study's runs (first dataset and backbone); a run trained inside the backbone "
+    "lists its own weights, and its head reads its own encoder's features",
     "images": "images.npy of the study's first dataset",
     "samples": "samples.csv of the study's first dataset",
     "test_features": "clean and corrupted test features of the study's first backbone on its first dataset",

@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.significance import ALPHA, compare, winners
+from medtune.significance import ALPHA, compare, per_usage, winners
 from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
 
 SPEC = {
@@ -56,8 +57,8 @@ SPEC = {
         "clipath_reliability": {
             "function": "reliability_figure",
             "inputs": ["metrics", "runs"],
-            "caption": "Reliability diagrams of the most accurate run of each zero-shot or frozen-backbone method on the "
-            "clean test split: accuracy of the images in each of 15 equal-width bins of top-class softmax "
+            "caption": "Reliability diagrams of the most accurate run (on a share of the training data) of each method "
+            "on the clean test split: accuracy of the images in each of 15 equal-width bins of top-class softmax "
             "confidence (bars) against the diagonal of perfect calibration; bar shading shows the bin's share of "
             "images. The title gives the expected calibration error over those bins (ECE, 15 bins).",
         },
@@ -114,14 +115,14 @@ SIGNIFICANCE_NOTES = {
 
 
 def _mark_winners(numbers: pd.DataFrame, pretty: pd.DataFrame, comparisons: pd.DataFrame):
-    """† and ‡ beside the accuracy of the runs that significantly beat the references."""
-    by_fraction = numbers[numbers["shots"] == 0] if "shots" in numbers else numbers  # shot rows are not compared
-    won = winners(comparisons, by_fraction[["dataset", "backbone", "method", "fraction", "accuracy_mean"]])
-    found = won.set_index(["dataset", "backbone", "method", "fraction"])
-    keys = list(zip(numbers["dataset"], numbers["backbone"], numbers["method"], numbers["fraction"]))
-    shot_rows = numbers["shots"] > 0 if "shots" in numbers else pd.Series(False, index=numbers.index)
+    """† and ‡ beside the accuracy of the runs that significantly beat the references, at
+    their fraction or shot count."""
+    keys = ["dataset", "backbone", "method", "fraction", "shots"]
+    won = winners(comparisons, numbers[[*keys, "accuracy_mean"]])
+    found = won.set_index(keys)
+    rows = list(zip(*(numbers[k] for k in keys)))
     for column in ("beats_zeroshot", "beats_best_baseline"):
-        numbers[column] = [bool(found[column].get(k, False)) and not shot for k, shot in zip(keys, shot_rows)]
+        numbers[column] = [bool(found[column].get(k, False)) for k in rows]
     marks = ["".join(m for m, hit in zip(SIGNIFICANCE_NOTES, flags) if hit)
              for flags in zip(numbers["beats_zeroshot"], numbers["beats_best_baseline"])]
     pretty["accuracy"] = [f"{cell} {mark}" if mark else cell for cell, mark in zip(pretty["accuracy"], marks)]
@@ -154,12 +155,16 @@ def significance_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, 
     """Every pair of methods (one of them trained) on the clean test split: per data usage,
     the mean paired difference over seeds (95 % t-interval, t-test), the paired bootstrap
     over test images for accuracy and AUC; per pair, the signed-rank test over all
-    (seed, fraction) pairs. Shown p-values are Holm-corrected within their column."""
+    (seed, usage) pairs, a usage being a fraction or a shot count. Shown p-values are
+    Holm-corrected within their column."""
     numbers = compare(metrics, study, list(runs), methods)
-    per_pair = numbers["fraction"].isna()
+    per_pair = ~per_usage(numbers)
     pretty = numbers[["dataset", "backbone"]].copy()
     pretty["comparison"] = [f"{label(methods, m)} − {label(methods, r)}" for m, r in zip(numbers["method"], numbers["reference"])]
-    pretty["data usage"] = ["all (seed, usage) pairs" if whole else usage(f) for whole, f in zip(per_pair, numbers["fraction"])]
+    pretty["data usage"] = [
+        "all (seed, usage) pairs" if whole else usage(0 if pd.isna(f) else f, 0 if pd.isna(k) else k)
+        for whole, f, k in zip(per_pair, numbers["fraction"], numbers["shots"])
+    ]
     pretty["seeds"] = [f"{int(p)} pairs" if whole else f"{int(n)}" for whole, n, p in zip(per_pair, numbers["n_seeds"], numbers["n_pairs"])]
     pretty["Δ accuracy"] = [_signed(m, c, 100, 1) for m, c in zip(numbers["accuracy_diff"], numbers["accuracy_diff_ci95"])]
     pretty["p (t)"] = numbers["p_t_holm"].map(_p)
@@ -204,7 +209,10 @@ def cost_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods:
 
 def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
     """Beyond the seeds: does adaptation buy or cost robustness? Accuracy of every method
-    (at each training fraction or shot count) under every condition of the CLIPath study."""
+    (at each training fraction or shot count) under every condition of the CLIPath study, what
+    it trained on (clean, or clean plus a suite's corruptions), and its mean over each suite's
+    conditions: a variant trained on one suite beside the same method trained clean shows how
+    far robustness carries over to corruptions it never saw (the other suite)."""
     m = select(metrics, study, conditions=study["conditions"]).query("metric == 'accuracy'")
     s = summarise(m, ["dataset", "backbone", "method", "fraction", "shots", "condition"])
     s["model"] = [
@@ -212,11 +220,27 @@ def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, me
         for meth, f, k in zip(s["method"], s["fraction"], s["shots"])
     ]
     numbers = s.pivot_table(index=["dataset", "backbone", "model"], columns="condition", values="mean", sort=False)
-    numbers = numbers[[c for c in study["conditions"] if c in numbers.columns]].reset_index()
+    conditions = [c for c in study["conditions"] if c in numbers.columns]
+    numbers = numbers[conditions]
+    for suite, names in SUITES.items():
+        present = [c for c in conditions if c in names]
+        if present:
+            numbers[f"mean {suite}"] = numbers[present].mean(axis=1)
+    numbers = numbers.reset_index()
+    trained = dict(zip(s["model"], zip(s["method"], s["fraction"], s["shots"])))
+    numbers.insert(3, "trained on", [_trained_on(methods, *trained[model]) for model in numbers["model"]])
     pretty = numbers.copy()
-    for col in numbers.columns[3:]:
+    for col in numbers.columns[4:]:
         pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "accuracy"))
     return numbers, pretty, None
+
+
+def _trained_on(methods: dict, method: str, fraction: float, shots: int) -> str:
+    """'clean', or the suite whose corruptions a variant also trained on; '–' without training."""
+    if fraction == 0 and shots == 0:
+        return "–"
+    on = methods.get(method.split("+")[0], {}).get("train_conditions", "clean")
+    return "pathclip" if on == "augmented" else on
 
 
 def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
@@ -287,7 +311,9 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     from medtune.heads import load_head, predict
     from medtune.records import read_runs
 
-    runs = read_runs(inputs["runs"])
+    # the heads of runs trained inside the backbone (their manifests list their own weights) read
+    # their own encoder's features, not the pretrained backbone's that this figure predicts from
+    runs = [r for r in read_runs(inputs["runs"]) if "weights" not in r["files"]]
     def key(method, seed, fraction, shots=None):
         number = lambda v, kind: None if v is None or pd.isna(v) else kind(v)
         return method, number(seed, int), number(fraction, float), number(shots, int)
@@ -317,7 +343,8 @@ def confusion_figure(inputs: dict, study: dict, methods: dict, path) -> None:
 
 
 def reliability_figure(inputs: dict, study: dict, methods: dict, path) -> None:
-    """Reliability diagram (15 bins) of the most accurate run of each method, clean test split."""
+    """Reliability diagram (15 bins) of the most accurate run of each method, clean test split, from
+    the predictions each run saved (a run trained inside the backbone: on its own re-encoded features)."""
     from matplotlib.colors import to_rgba
 
     from medtune.evaluate import read_predictions

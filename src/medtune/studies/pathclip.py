@@ -14,7 +14,7 @@ from medtune.tables import select, summarise
 
 SPEC = {
     "label": "PathCLIP robustness",
-    "conditions": ["all"],  # clean + 7 corruptions x 4 severities
+    "conditions": ["pathclip"],  # clean + 7 corruptions x 4 severities
     "tables": {
         "pathclip_zeroshot": {
             "function": "zeroshot_table",
