@@ -47,7 +47,7 @@ def test_tables_have_the_seed_shapes(small_run):
     # merged away by the time the run is evaluated
     assert learned["clip_lora"] == 2 * 3 * (2 * 2 * 96) + 2 * 3 * (2 * 2 * 64)
     lora = cost[cost["method"] == "clip_lora"].set_index(["fraction", "shots"])
-    assert lora.loc[(50.0, 0), "images_seen"] == 4 * 16 and lora.loc[(0.0, 2), "images_seen"] == 2 * 10  # 4 steps x 16; 2 x 10
+    assert lora.loc[(50.0, 0), "images_seen"] == 4 * 16 and lora.loc[(0.0, 2), "images_seen"] == 2 * (2 * N_CLASSES)  # 4 steps x 16; 2 steps x the 2-shot subset
     toy = cost[cost["method"] == "toy_method"]  # class means: faster than the clock's millisecond
     assert (toy["train_seconds_mean"] >= 0).all() and (toy["trainable_parameters"] == N_CLASSES * 64).all()
 
@@ -147,7 +147,7 @@ def test_shot_subsets_hold_k_images_of_every_class(small_run):
         assert set(shots["index"]) <= set(pd.read_csv(subsets / f"seed{seed}" / "frac50.csv")["index"])
     record = small_run / "results" / "runs" / "synth" / "knn" / "tiny" / "seed1" / "shots2" / "train.json"
     labels = yaml.safe_load(record.read_text())
-    assert (labels["shots"], labels["fraction"], labels["n_train"]) == (2, None, 10)
+    assert (labels["shots"], labels["fraction"], labels["n_train"]) == (2, None, 2 * N_CLASSES)
 
 
 def test_every_run_lists_its_clean_test_predictions(small_run):
