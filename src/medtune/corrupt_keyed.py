@@ -54,25 +54,34 @@ def _uniform_int(u: np.ndarray, low, high) -> np.ndarray:
 
 
 def _window(centres: torch.Tensor, reach: float, height: int, width: int):
-    """The pixels around each shape (centres: ... x 2 as (x, y), in pixels): each window column's and
-    row's offset from its shape's centre (... x n each), and each window pixel's index in a canvas of
-    (height + 1) x (width + 1) whose last row and column take the pixels outside the image."""
+    """The pixels around each shape (centres: B x ... x 2 as (x, y), in pixels): each window column's and
+    row's offset from its shape's centre (B x ... x n each), and each window pixel's index in a canvas
+    (:func:`canvas_index`)."""
     size = 2 * math.ceil(reach) + 2
     low = torch.floor(centres - reach - 0.5)
     steps = torch.arange(size, dtype=centres.dtype, device=centres.device)
-    px, py = low[..., 0, None] + steps, low[..., 1, None] + steps  # ... x size
+    px, py = low[..., 0, None] + steps, low[..., 1, None] + steps  # B x ... x size
     dx, dy = px + 0.5 - centres[..., 0, None], py + 0.5 - centres[..., 1, None]
+    return dx, dy, canvas_index(px, py, height, width)
+
+
+def canvas_index(px: torch.Tensor, py: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """B x ... x n x n: the index of each pixel of windows of columns ``px`` and rows ``py`` (B x ... x n each)
+    in a canvas of B x (height + 1) x (width + 1) whose last row and column take the pixels outside the
+    image (no mask over the windows: the rows and columns are sent there before they meet)."""
     col = torch.where((px >= 0) & (px < width), px, width).long()
     row = torch.where((py >= 0) & (py < height), py, height).long()
-    return dx, dy, row[..., :, None] * (width + 1) + col[..., None, :]
+    # the image's offset goes into the rows too: one pass over the B x ... x n x n indices
+    image = torch.arange(len(px), device=px.device).view(-1, *[1] * (row.dim() - 1)) * (height + 1)
+    return ((row + image) * (width + 1))[..., :, None] + col[..., None, :]
 
 
-def _paint(codes: torch.Tensor, flat: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """B x H x W: the largest code any shape (B x shapes x n x n) leaves on each pixel (0 where none does)."""
-    batch, area = len(codes), (height + 1) * (width + 1)
-    flat = flat + (torch.arange(batch, device=flat.device) * area).view(-1, *[1] * (flat.dim() - 1))
-    canvas = torch.zeros(batch * area, dtype=codes.dtype, device=codes.device)
-    canvas.scatter_reduce_(0, flat.reshape(-1), codes.reshape(-1), reduce="amax")
+def paint(values: torch.Tensor, index: torch.Tensor, height: int, width: int, reduce: str = "amax", empty=0) -> torch.Tensor:
+    """B x H x W (a view of the canvas): each pixel's largest (``reduce="amin"``: smallest) value that any
+    window (values B x ... x n x n, at ``index`` from :func:`canvas_index`) leaves on it, ``empty`` where none does."""
+    batch = len(values)
+    canvas = torch.full((batch * (height + 1) * (width + 1),), empty, dtype=values.dtype, device=values.device)
+    canvas.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), reduce=reduce)
     return canvas.view(batch, height + 1, width + 1)[:, :height, :width]
 
 
@@ -117,7 +126,7 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         blob = (torch.hypot(dx, dy) <= radius * side) & (dx.abs() <= side / 2) & (dy.abs() <= side / 2)
         for level in (lv for lv in levels if INK_SIDE[lv] == side_ref):
             counted = torch.arange(MAX_MARKS, device=device)[None] < counts[:, level - 1, None]
-            masks[level] = _paint((blob & counted[..., None, None]).to(torch.uint8), flat, height, width).bool()[:, None]
+            masks[level] = paint((blob & counted[..., None, None]).to(torch.uint8), flat, height, width).bool()[:, None]
     return masks
 
 
@@ -131,11 +140,12 @@ def bubbles(keys: Sequence[int], max_radius: int, max_count: int, height: int, w
     return {"count": _uniform_int(u[:, 0], BUBBLE_MIN_COUNT, max_count), "radius": radius, "centre": centre}
 
 
-def bubble_alpha(keys: Sequence[int], max_radius: int, max_count: int, size, scale: float, device) -> torch.Tensor:
-    """B x 1 x H x W: the bubble layer's opacity, 100/255 inside a bubble, 130/255 on its ring, 0 elsewhere.
+def bubble_codes(keys: Sequence[int], max_radius: int, max_count: int, size, scale: float, device) -> torch.Tensor:
+    """B x H x W uint8: 2k + 1 inside the disc of an image's k-th bubble (k from 1), 2k on its ring, 0 where
+    no bubble is. Where bubbles overlap, the later one's (the larger) code wins, as in MedMNIST-C's layer.
 
     PIL's ``ellipse`` fills the pixels of a (2r + 1)-pixel box around integer centre c: here, pixel
-    centres within r + 1/2 of c + 1/2. Where bubbles overlap, the later one's pixel wins, as in the layer."""
+    centres within r + 1/2 of c + 1/2."""
     height, width = size
     drawn = bubbles(keys, max_radius, max_count, round(height / scale), round(width / scale))
     most = int(drawn["count"].max())  # slots no image of the batch uses are left out
@@ -145,12 +155,21 @@ def bubble_alpha(keys: Sequence[int], max_radius: int, max_count: int, size, sca
     counted = torch.arange(most, device=device)[None] < torch.tensor(drawn["count"], device=device)[:, None]
     dx, dy, flat = _window(centre, float(outer[counted].max()), height, width)  # B x bubbles x n (x n)
     d2 = dx[..., None, :] ** 2 + dy[..., :, None] ** 2
-    # code 2 (k + 1) + [inside the disc]: the largest code on a pixel is the last bubble over it
+    # bubbles beyond an image's count cover nothing: no squared distance is below -1
+    inner2, outer2 = (torch.where(counted, r**2, -1.0)[..., None, None] for r in (inner, outer))
     order = 2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8)[None, :, None, None]
-    codes = torch.where(d2 <= inner[..., None, None] ** 2, order + 1, order)
-    codes.masked_fill_((d2 > outer[..., None, None] ** 2) | ~counted[..., None, None], 0)  # bubbles beyond the count cover nothing
-    code = _paint(codes, flat, height, width)[:, None]
-    return (code & 1).float().mul_(BUBBLE_ALPHA - RING_ALPHA).add_(RING_ALPHA).mul_(code > 0)
+    # a pixel in the disc is in the ring's outer circle too: code 2k there, plus one in the disc
+    # (comparisons give bools, whose bytes are 0/1: read as uint8, no conversion pass)
+    codes = torch.le(d2, outer2).view(torch.uint8).mul_(order).add_(torch.le(d2, inner2).view(torch.uint8))
+    return paint(codes, flat, height, width)
+
+
+@functools.lru_cache(maxsize=8)
+def bubble_opacity(dtype: torch.dtype) -> torch.Tensor:
+    """256: the bubble layer's opacity for each code of :func:`bubble_codes`, 100/255 in a disc (odd codes),
+    130/255 on a ring (even), 0 for no bubble; in float32 as the layer's arithmetic, then in ``dtype``."""
+    code = torch.arange(256).to(torch.uint8)
+    return (code & 1).float().mul_(BUBBLE_ALPHA - RING_ALPHA).add_(RING_ALPHA).mul_(code > 0).to(dtype)
 
 
 def hed_draws(keys: Sequence[int]) -> torch.Tensor:
