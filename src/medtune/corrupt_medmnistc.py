@@ -438,19 +438,24 @@ def motion_blur(images: torch.Tensor, radius: float, sigma: float, angles) -> to
 
 def _motion_into(x: torch.Tensor, kernels: dict[int, np.ndarray], offsets: np.ndarray, out: Levels) -> None:
     """The levels share their taps (an image's angle is the same at every level): each tap is one copy
-    of the batch, every image shifted by its own offset (slices of the padded batch, no gather),
-    added to every level that reaches it."""
+    of the batch, every image shifted by its own offset, added to every level that reaches it."""
     taps = max(len(k) for k in kernels.values())
     reach = int(np.abs(offsets[:, :taps, 0]).max()) if taps > 1 else 0
     # taps run right and up or down (|angle| <= 45): edge pixels repeat beyond, as ImageMagick's virtual pixels
     padded = F.pad(x, (0, taps - 1, reach, reach), mode="replicate")
-    height, width = x.shape[-2:]
     for level, kernel in kernels.items():
         torch.mul(x, float(kernel[0]), out=out[level])
+    # A shifted copy is every image's rows of W pixels, each starting at its own element of the padded
+    # slice: one index_select of a view whose k-th row starts at element k (overlapping rows, no copy)
+    # gathers them all, 3x faster than a slice per image stacked.
+    batch, channels, height, width = x.shape
+    rows = padded.view(-1).as_strided((padded.numel() - width + 1, width), (1, 1))
+    plane_rows = torch.arange(batch * channels, device=x.device).view(batch, channels, 1) * padded.shape[-2]
+    first = (plane_rows + torch.arange(height, device=x.device)) * padded.shape[-1]  # B x C x H: tap 0, no shift
+    shift = torch.as_tensor((offsets[:, :taps, 0] + reach) * padded.shape[-1] + offsets[:, :taps, 1], device=x.device)
     shifted = torch.empty_like(x)
     for j in range(1, taps):
-        tap = zip((offsets[:, j, 0] + reach).tolist(), offsets[:, j, 1].tolist())
-        torch.stack([padded[b, :, r : r + height, c : c + width] for b, (r, c) in enumerate(tap)], out=shifted)
+        torch.index_select(rows, 0, (first + shift[:, j, None, None]).view(-1), out=shifted.view(-1, width))
         for level, kernel in kernels.items():
             if j < len(kernel):
                 out[level].add_(shifted, alpha=float(kernel[j]))
