@@ -361,26 +361,27 @@ def _stroke_distance2(points: torch.Tensor, height: int, width: int, reach: floa
 
     A stroke is thin, so each chord is measured only over a small window of pixels
     around it (every pixel nearer than ``reach``) instead of the whole image: about
-    1 % of the work at 64 px. Pixels no chord reaches stay at infinity.
+    1 % of the work at 64 px. Pixels no chord reaches stay at infinity. The windows are
+    laid out pixel by pixel over all chords (size x size x B x chords, as
+    :func:`medtune.corrupt_keyed.canvas_index`), so the ops run along B x chords.
     """
     device = points.device
-    a, b = points[:, :-1], points[:, 1:]  # B x chords x 2
+    # B x chords each, x and y apart and contiguous (strided views would not vectorise, see canvas_index)
+    ax, ay, bx, by = (p.contiguous() for p in (*points[:, :-1].unbind(-1), *points[:, 1:].unbind(-1)))
     # Pixel i has its centre at i + 0.5; the window spans every centre within reach of the chord's box.
-    low = torch.floor(torch.minimum(a, b) - reach - 0.5)
-    size = int(torch.ceil((a - b).abs().max() + 2 * reach).item()) + 2
-    offsets = torch.arange(size, device=device, dtype=points.dtype)
-    px = low[..., 0, None] + offsets  # B x chords x size
-    py = low[..., 1, None] + offsets
-    ab = b - a
-    abx, aby = ab[..., 0, None, None], ab[..., 1, None, None]
-    tx = (px + 0.5 - a[..., 0, None])[:, :, None, :]  # B x chords x 1 x size
-    ty = (py + 0.5 - a[..., 1, None])[:, :, :, None]  # B x chords x size x 1
+    size = int(torch.ceil(torch.maximum((ax - bx).abs().max(), (ay - by).abs().max()) + 2 * reach).item()) + 2
+    offsets = torch.arange(size, device=device, dtype=points.dtype).view(-1, 1, 1)
+    px = torch.floor(torch.minimum(ax, bx) - reach - 0.5) + offsets  # size x B x chords
+    py = torch.floor(torch.minimum(ay, by) - reach - 0.5) + offsets
+    abx, aby = bx - ax, by - ay
+    tx = (px + 0.5 - ax)[None]  # 1 x size x B x chords: columns
+    ty = (py + 0.5 - ay)[:, None]  # size x 1 x B x chords: rows
     # (tx - t abx)^2 + (ty - t aby)^2, t = clamp((tx abx + ty aby) / |ab|^2, 0, 1): in place, two windows' worth of memory
     t = torch.add(tx * abx, ty * aby).div_((abx * abx + aby * aby).clamp_min(1e-12)).clamp_(0, 1)
     d2 = torch.sub(tx, t * abx).pow_(2)
-    d2.add_(torch.sub(ty, t.mul_(aby), out=t).pow_(2))  # B x chords x size x size
+    d2.add_(torch.sub(ty, t.mul_(aby), out=t).pow_(2))  # size x size x B x chords
     # pixels outside the image land in the canvas's spare row and column
-    return paint(d2, canvas_index(px, py, height, width), height, width, reduce="amin", empty=float("inf"))
+    return paint(d2, canvas_index(px, py, height, width), len(points), height, width, reduce="amin", empty=float("inf"))
 
 
 @functools.lru_cache(maxsize=8192)  # a batch's keys come back once per markup level

@@ -54,32 +54,37 @@ def _uniform_int(u: np.ndarray, low, high) -> np.ndarray:
 
 
 def _window(centres: torch.Tensor, reach: float, height: int, width: int):
-    """The pixels around each shape (centres: B x ... x 2 as (x, y), in pixels): each window column's and
-    row's offset from its shape's centre (B x ... x n each), and each window pixel's index in a canvas
-    (:func:`canvas_index`)."""
+    """The pixels around each shape (centres: B x shapes x 2 as (x, y), in pixels): each window column's
+    and row's offset from its shape's centre (n x B x shapes each), and each window pixel's index in a
+    canvas (n x n x B x shapes, :func:`canvas_index`). The shapes run last: see :func:`canvas_index`."""
     size = 2 * math.ceil(reach) + 2
-    low = torch.floor(centres - reach - 0.5)
-    steps = torch.arange(size, dtype=centres.dtype, device=centres.device)
-    px, py = low[..., 0, None] + steps, low[..., 1, None] + steps  # B x ... x size
-    dx, dy = px + 0.5 - centres[..., 0, None], py + 0.5 - centres[..., 1, None]
+    cx, cy = centres.movedim(-1, 0).contiguous()  # B x shapes each, contiguous: see canvas_index
+    steps = torch.arange(size, dtype=centres.dtype, device=centres.device).view(-1, 1, 1)
+    px, py = torch.floor(cx - reach - 0.5) + steps, torch.floor(cy - reach - 0.5) + steps  # size x B x shapes
+    dx, dy = px + 0.5 - cx, py + 0.5 - cy
     return dx, dy, canvas_index(px, py, height, width)
 
 
 def canvas_index(px: torch.Tensor, py: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """B x ... x n x n: the index of each pixel of windows of columns ``px`` and rows ``py`` (B x ... x n each)
-    in a canvas of B x (height + 1) x (width + 1) whose last row and column take the pixels outside the
-    image (no mask over the windows: the rows and columns are sent there before they meet)."""
+    """n x n x B x shapes: the index of each pixel of windows of columns ``px`` and rows ``py``
+    (n x B x shapes each) in a canvas of B x (height + 1) x (width + 1) whose last row and column take
+    the pixels outside the image (no mask over the windows: the rows and columns are sent there before
+    they meet).
+
+    Windows are laid out pixel by pixel, each pixel over all the shapes: an elementwise op over them
+    runs along thousands of shapes, not along a window row of a few pixels (torch's CPU loops are
+    vectorised along the last dimensions they can merge, and only when those are long: 2-4x faster).
+    So what meets the windows per shape should be a contiguous B x shapes tensor, not a strided view."""
     col = torch.where((px >= 0) & (px < width), px, width).long()
     row = torch.where((py >= 0) & (py < height), py, height).long()
-    # the image's offset goes into the rows too: one pass over the B x ... x n x n indices
-    image = torch.arange(len(px), device=px.device).view(-1, *[1] * (row.dim() - 1)) * (height + 1)
-    return ((row + image) * (width + 1))[..., :, None] + col[..., None, :]
+    # the image's offset goes into the rows too: one pass over the n x n x B x shapes indices
+    image = torch.arange(px.shape[1], device=px.device).view(-1, *[1] * (row.dim() - 2)) * (height + 1)
+    return ((row + image) * (width + 1))[:, None] + col[None, :]
 
 
-def paint(values: torch.Tensor, index: torch.Tensor, height: int, width: int, reduce: str = "amax", empty=0) -> torch.Tensor:
+def paint(values: torch.Tensor, index: torch.Tensor, batch: int, height: int, width: int, reduce: str = "amax", empty=0) -> torch.Tensor:
     """B x H x W (a view of the canvas): each pixel's largest (``reduce="amin"``: smallest) value that any
-    window (values B x ... x n x n, at ``index`` from :func:`canvas_index`) leaves on it, ``empty`` where none does."""
-    batch = len(values)
+    window pixel (``values`` at ``index`` from :func:`canvas_index`) leaves on it, ``empty`` where none does."""
     canvas = torch.full((batch * (height + 1) * (width + 1),), empty, dtype=values.dtype, device=values.device)
     canvas.scatter_reduce_(0, index.reshape(-1), values.reshape(-1), reduce=reduce)
     return canvas.view(batch, height + 1, width + 1)[:, :height, :width]
@@ -116,8 +121,12 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         marks = stain_marks(keys, side_ref, round(height / scale), round(width / scale))
         side = side_ref * scale
         corner = torch.tensor(marks["corner"], dtype=torch.float32, device=device) * scale
-        dx, dy, flat = _window(corner + side / 2, side / 2, height, width)  # B x marks x n (x n)
-        dx, dy = dx[..., None, :].expand(*flat.shape), dy[..., :, None].expand(*flat.shape)
+        dx, dy, flat = _window(corner + side / 2, side / 2, height, width)  # n x B x marks, n x n x B x marks
+        # the blobs' trigonometry runs B x marks x n x n, as it always has: torch's atan2 and cos round
+        # differently along other layouts (a vectorised loop or not), and the marks must not change
+        dx, dy = (d.permute(1, 2, 0).contiguous() for d in (dx, dy))
+        box = (*dx.shape, dx.shape[-1])
+        dx, dy = dx[..., None, :].expand(box), dy[..., :, None].expand(box)
         phi = torch.atan2(dy, dx)
         orders = torch.arange(2, 2 + _BLOB_HARMONICS, dtype=torch.float32, device=device)
         amplitude, phase = (torch.tensor(marks[k], dtype=torch.float32, device=device) for k in ("amplitude", "phase"))
@@ -126,7 +135,8 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         blob = (torch.hypot(dx, dy) <= radius * side) & (dx.abs() <= side / 2) & (dy.abs() <= side / 2)
         for level in (lv for lv in levels if INK_SIDE[lv] == side_ref):
             counted = torch.arange(MAX_MARKS, device=device)[None] < counts[:, level - 1, None]
-            masks[level] = paint((blob & counted[..., None, None]).to(torch.uint8), flat, height, width).bool()[:, None]
+            inked = (blob & counted[..., None, None]).to(torch.uint8).permute(2, 3, 0, 1)  # as flat: n x n x B x marks
+            masks[level] = paint(inked, flat, len(keys), height, width).bool()[:, None]
     return masks
 
 
@@ -153,15 +163,15 @@ def bubble_codes(keys: Sequence[int], max_radius: int, max_count: int, size, sca
     inner = (torch.tensor(drawn["radius"][:, :most], dtype=torch.float32, device=device) + 0.5) * scale
     outer = inner + BUBBLE_BORDER * scale
     counted = torch.arange(most, device=device)[None] < torch.tensor(drawn["count"], device=device)[:, None]
-    dx, dy, flat = _window(centre, float(outer[counted].max()), height, width)  # B x bubbles x n (x n)
-    d2 = dx[..., None, :] ** 2 + dy[..., :, None] ** 2
+    dx, dy, flat = _window(centre, float(outer[counted].max()), height, width)  # n x B x bubbles, n x n x B x bubbles
+    d2 = dx[None] ** 2 + dy[:, None] ** 2
     # bubbles beyond an image's count cover nothing: no squared distance is below -1
-    inner2, outer2 = (torch.where(counted, r**2, -1.0)[..., None, None] for r in (inner, outer))
-    order = 2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8)[None, :, None, None]
+    inner2, outer2 = (torch.where(counted, r**2, -1.0) for r in (inner, outer))
+    order = 2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8).expand(len(keys), most).contiguous()
     # a pixel in the disc is in the ring's outer circle too: code 2k there, plus one in the disc
     # (comparisons give bools, whose bytes are 0/1: read as uint8, no conversion pass)
     codes = torch.le(d2, outer2).view(torch.uint8).mul_(order).add_(torch.le(d2, inner2).view(torch.uint8))
-    return paint(codes, flat, height, width)
+    return paint(codes, flat, len(keys), height, width)
 
 
 @functools.lru_cache(maxsize=8)
