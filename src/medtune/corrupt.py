@@ -336,23 +336,28 @@ class _Strokes:
             self._distance2.append(torch.minimum(self._distance2[-1], d2) if self._distance2 else d2)
         return self._distance2[strokes - 1]
 
-    def draw(self, images: torch.Tensor, strokes: int) -> torch.Tensor:
-        # One pixel of linear falloff at the edge instead of a jagged threshold. Most pixels are far from
-        # every stroke, at distance inf, where sqrt is 15x slower than on finite values: capped a pixel
-        # beyond the edge (the ink is 0 there either way), the distances are all finite.
+    def alpha(self, strokes: int, rows: slice = slice(None)) -> torch.Tensor:
+        """N x 1 x H x W: the ink's opacity on the images ``rows``, one pixel of linear falloff at the
+        edge instead of a jagged threshold."""
+        # Most pixels are far from every stroke, at distance inf, where sqrt is 15x slower than on finite
+        # values: capped a pixel beyond the edge (the ink is 0 there either way), the distances are all finite.
         far = (self.half_width + 1.5) ** 2
-        alpha = (self.half_width + 0.5 - self.distance2(strokes).clamp(max=far).sqrt_()).clamp_(0, 1).mul_(INK_OPACITY)[:, None]
+        distance = self.distance2(strokes)[rows].clamp(max=far).sqrt_()
+        return (self.half_width + 0.5 - distance).clamp_(0, 1).mul_(INK_OPACITY)[:, None]
+
+    def draw(self, images: torch.Tensor, strokes: int) -> torch.Tensor:
         if images.dtype == torch.uint8:
+            alpha = self.alpha(strokes)
             drawn = images.float() / 255 * (1 - alpha) + self.ink * alpha
             out = (drawn * 255).round().clamp(0, 255).to(torch.uint8)
             # Untouched pixels are copied, not recomputed, so they stay bit-identical.
             return torch.where(alpha > 0, out, images)
         # in float, x * 1 + ink * 0 is x exactly: untouched pixels stay bit-identical as they are
-        alpha = alpha.to(images.dtype)
-        keep, ink, out = 1 - alpha, self.ink.to(images.dtype), torch.empty_like(images)
-        # slice by slice of the batch, each slice's three passes in a core's cache (as corrupt_medmnistc's)
+        ink, out = self.ink.to(images.dtype), torch.empty_like(images)
+        # slice by slice of the batch, each slice's passes in a core's cache (as corrupt_medmnistc's)
         for rows in chunks(images):
-            torch.mul(images[rows], keep[rows], out=out[rows]).addcmul_(ink[rows], alpha[rows]).clamp_(0, 1)
+            alpha = self.alpha(strokes, rows).to(images.dtype)
+            torch.mul(images[rows], 1 - alpha, out=out[rows]).addcmul_(ink[rows], alpha).clamp_(0, 1)
         return out
 
 
