@@ -247,6 +247,18 @@ def test_markup_window_matches_full_grid(size):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_a_batch_made_in_several_slices_is_corrupted_as_its_images_alone(dtype):
+    # hue and markup work slice by slice on a CPU (16 images of 64 px); each image must come out as on its own
+    x = _images(batch=35, size=64, dtype=dtype, seed=2)
+    keys = [3 * i + 2 for i in range(35)]
+    conditions = ["hue--2", "hue-2", "markup-1", "markup-4"]
+    batched = dict(corrupt.apply_many(x, conditions, keys=keys))
+    for i in (0, 15, 16, 31, 32, 34):
+        for condition, y in corrupt.apply_many(x[i : i + 1], conditions, keys=keys[i : i + 1]):
+            assert torch.equal(y[0], batched[condition][i]), (condition, i)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
 @pytest.mark.parametrize("sigma", [1, 4])
 def test_separable_blur_matches_torchvision(dtype, sigma):
     import math

@@ -117,6 +117,19 @@ def test_an_image_is_corrupted_alike_in_any_batch(dtype):
         assert torch.equal(y[0], y[1]) and not torch.equal(y[0], apply(same[:1], condition, keys=[78])[0]), condition
 
 
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_a_batch_made_in_several_slices_is_corrupted_as_its_images_alone(dtype):
+    # on a CPU a batch is corrupted slice by slice (32 images of 40 x 50 px, 16 for the blurs);
+    # every image of every slice must come out as it does on its own
+    x = _images(batch=37, size=40, width=50, dtype=dtype, seed=3)
+    keys = [7 * i + 1 for i in range(37)]
+    conditions = [f"{c}-{level}" for c in ("motion_blur", "defocus_blur", "bubble", "stain_deposit", "saturate") for level in (1, 5)]
+    batched = dict(apply_many(x, conditions, keys=keys))
+    for i in (0, 15, 16, 17, 31, 32, 36):
+        for condition, y in apply_many(x[i : i + 1], conditions, keys=keys[i : i + 1]):
+            assert torch.equal(y[0], batched[condition][i]), (condition, i)
+
+
 def test_many_conditions_give_what_apply_gives():
     x = _images(batch=3, size=40, dtype=torch.float32)
     keys = [3, 1, 4]
