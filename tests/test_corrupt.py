@@ -292,6 +292,16 @@ def test_hue_matches_torchvision(dtype, shift):
         torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_saturation_is_torchvisions_to_the_bit(dtype):
+    import torchvision.transforms.v2.functional as TF
+
+    # 37 images of 40 x 52 px: several of the slices the blend is made in
+    x = _images(batch=37, size=52, dtype=dtype, seed=4)[..., :40, :]
+    for factor in (0.0, 0.4, 0.8, 1.2, 1.6, 3.0):
+        assert torch.equal(corrupt.saturation(x, factor), TF.adjust_saturation(x, factor)), factor
+
+
 @pytest.mark.parametrize("scale", [0.8, 0.4, 0.2])
 def test_resolution_matrices_match_torchvision_resizes(scale):
     import torchvision.transforms.v2.functional as TF
