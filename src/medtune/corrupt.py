@@ -424,7 +424,8 @@ def _stroke_distance2(points: torch.Tensor, height: int, width: int, reach: floa
     d2 = torch.sub(tx, t * abx).pow_(2)
     d2.add_(torch.sub(ty, t.mul_(aby), out=t).pow_(2))  # size x size x B x chords
     # pixels outside the image land in the canvas's spare row and column
-    return paint(d2, canvas_index(px, py, height, width), len(points), height, width, reduce="amin", empty=float("inf"))
+    image = torch.arange(len(points), device=device)[:, None]
+    return paint(d2, canvas_index(px, py, image, height, width), len(points), height, width, reduce="amin", empty=float("inf"))
 
 
 @functools.lru_cache(maxsize=8192)  # a batch's keys come back once per markup level

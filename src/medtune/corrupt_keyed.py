@@ -53,33 +53,33 @@ def _uniform_int(u: np.ndarray, low, high) -> np.ndarray:
     return low + np.floor(u * (np.asarray(high) - low + 1)).astype(np.int64)
 
 
-def _window(centres: torch.Tensor, reach: float, height: int, width: int):
-    """The pixels around each shape (centres: B x shapes x 2 as (x, y), in pixels): each window column's
-    and row's offset from its shape's centre (n x B x shapes each), and each window pixel's index in a
-    canvas (n x n x B x shapes, :func:`canvas_index`). The shapes run last: see :func:`canvas_index`."""
+def _window(centres: torch.Tensor, reach: float, image: torch.Tensor, height: int, width: int):
+    """The pixels around each shape (centres: shapes x 2 as (x, y), in pixels, ``shapes`` any shape;
+    ``image``: each shape's image in the batch): each window column's and row's offset from its shape's
+    centre (n x shapes each), and each window pixel's index in a canvas (n x n x shapes,
+    :func:`canvas_index`). The shapes run last: see :func:`canvas_index`."""
     size = 2 * math.ceil(reach) + 2
-    cx, cy = centres.movedim(-1, 0).contiguous()  # B x shapes each, contiguous: see canvas_index
-    steps = torch.arange(size, dtype=centres.dtype, device=centres.device).view(-1, 1, 1)
-    px, py = torch.floor(cx - reach - 0.5) + steps, torch.floor(cy - reach - 0.5) + steps  # size x B x shapes
+    cx, cy = centres.movedim(-1, 0).contiguous()  # shapes each, contiguous: see canvas_index
+    steps = torch.arange(size, dtype=centres.dtype, device=centres.device).view(-1, *[1] * cx.dim())
+    px, py = torch.floor(cx - reach - 0.5) + steps, torch.floor(cy - reach - 0.5) + steps  # size x shapes
     dx, dy = px + 0.5 - cx, py + 0.5 - cy
-    return dx, dy, canvas_index(px, py, height, width)
+    return dx, dy, canvas_index(px, py, image, height, width)
 
 
-def canvas_index(px: torch.Tensor, py: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """n x n x B x shapes: the index of each pixel of windows of columns ``px`` and rows ``py``
-    (n x B x shapes each) in a canvas of B x (height + 1) x (width + 1) whose last row and column take
-    the pixels outside the image (no mask over the windows: the rows and columns are sent there before
-    they meet).
+def canvas_index(px: torch.Tensor, py: torch.Tensor, image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """n x n x shapes: the index of each pixel of windows of columns ``px`` and rows ``py`` (n x shapes
+    each; ``image``: each shape's image in the batch) in a canvas of B x (height + 1) x (width + 1)
+    whose last row and column take the pixels outside the image (no mask over the windows: the rows and
+    columns are sent there before they meet).
 
     Windows are laid out pixel by pixel, each pixel over all the shapes: an elementwise op over them
     runs along thousands of shapes, not along a window row of a few pixels (torch's CPU loops are
     vectorised along the last dimensions they can merge, and only when those are long: 2-4x faster).
-    So what meets the windows per shape should be a contiguous B x shapes tensor, not a strided view."""
+    So what meets the windows per shape should be a contiguous tensor of shapes, not a strided view."""
     col = torch.where((px >= 0) & (px < width), px, width).long()
     row = torch.where((py >= 0) & (py < height), py, height).long()
-    # the image's offset goes into the rows too: one pass over the n x n x B x shapes indices
-    image = torch.arange(px.shape[1], device=px.device).view(-1, *[1] * (row.dim() - 2)) * (height + 1)
-    return ((row + image) * (width + 1))[:, None] + col[None, :]
+    # the image's offset goes into the rows too: one pass over the n x n x shapes indices
+    return ((row + image * (height + 1)) * (width + 1))[:, None] + col[None, :]
 
 
 def paint(values: torch.Tensor, index: torch.Tensor, batch: int, height: int, width: int, reduce: str = "amax", empty=0) -> torch.Tensor:
@@ -121,7 +121,8 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         marks = stain_marks(keys, side_ref, round(height / scale), round(width / scale))
         side = side_ref * scale
         corner = torch.tensor(marks["corner"], dtype=torch.float32, device=device) * scale
-        dx, dy, flat = _window(corner + side / 2, side / 2, height, width)  # n x B x marks, n x n x B x marks
+        image = torch.arange(len(keys), device=device)[:, None]
+        dx, dy, flat = _window(corner + side / 2, side / 2, image, height, width)  # n x B x marks, n x n x B x marks
         # the blobs' trigonometry runs B x marks x n x n, as it always has: torch's atan2 and cos round
         # differently along other layouts (a vectorised loop or not), and the marks must not change
         dx, dy = (d.permute(1, 2, 0).contiguous() for d in (dx, dy))
@@ -158,20 +159,20 @@ def bubble_codes(keys: Sequence[int], max_radius: int, max_count: int, size, sca
     centres within r + 1/2 of c + 1/2."""
     height, width = size
     drawn = bubbles(keys, max_radius, max_count, round(height / scale), round(width / scale))
-    most = int(drawn["count"].max())  # slots no image of the batch uses are left out
-    centre = (torch.tensor(drawn["centre"][:, :most], dtype=torch.float32, device=device) + 0.5) * scale
-    inner = (torch.tensor(drawn["radius"][:, :most], dtype=torch.float32, device=device) + 0.5) * scale
-    outer = inner + BUBBLE_BORDER * scale
+    batch, most = len(keys), MAX_BUBBLES
+    # only the bubbles each image draws (7..n of n slots): one list of S bubbles over the batch
     counted = torch.arange(most, device=device)[None] < torch.tensor(drawn["count"], device=device)[:, None]
-    dx, dy, flat = _window(centre, float(outer[counted].max()), height, width)  # n x B x bubbles, n x n x B x bubbles
+    centre = (torch.tensor(drawn["centre"], dtype=torch.float32, device=device)[counted] + 0.5) * scale  # S x 2
+    inner = (torch.tensor(drawn["radius"], dtype=torch.float32, device=device)[counted] + 0.5) * scale
+    outer = inner + BUBBLE_BORDER * scale
+    image = torch.arange(batch, device=device)[:, None].expand(batch, most)[counted]
+    order = (2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8)).expand(batch, most)[counted]
+    dx, dy, flat = _window(centre, float(outer.max()), image, height, width)  # n x S, n x n x S
     d2 = dx[None] ** 2 + dy[:, None] ** 2
-    # bubbles beyond an image's count cover nothing: no squared distance is below -1
-    inner2, outer2 = (torch.where(counted, r**2, -1.0) for r in (inner, outer))
-    order = 2 * torch.arange(1, most + 1, device=device, dtype=torch.uint8).expand(len(keys), most).contiguous()
     # a pixel in the disc is in the ring's outer circle too: code 2k there, plus one in the disc
     # (comparisons give bools, whose bytes are 0/1: read as uint8, no conversion pass)
-    codes = torch.le(d2, outer2).view(torch.uint8).mul_(order).add_(torch.le(d2, inner2).view(torch.uint8))
-    return paint(codes, flat, len(keys), height, width)
+    codes = torch.le(d2, outer**2).view(torch.uint8).mul_(order).add_(torch.le(d2, inner**2).view(torch.uint8))
+    return paint(codes, flat, batch, height, width)
 
 
 @functools.lru_cache(maxsize=8)
