@@ -81,9 +81,11 @@ class Batch:
         self._jpeg = None
         if self.wanted.get("jpeg_compression"):
             # libjpeg runs on the CPU and releases the GIL: it overlaps with whatever the caller does
-            # with the conditions before (encoding them, on a GPU)
+            # with the conditions before (encoding them, on a GPU). On a CPU batch the round trips'
+            # conversions back to the batch's layout and type go there too (torch releases the GIL:
+            # another core does them); a GPU batch's are made when asked for, not held on the device.
             qualities = sorted({_param("jpeg_compression", lv) for lv in self.wanted["jpeg_compression"]})
-            self._jpeg = _JPEG_THREAD.submit(_jpeg_hwc, images, qualities)
+            self._jpeg = _JPEG_THREAD.submit(_jpeg_levels, images, qualities, images.device.type == "cpu")
 
     def apply(self, corruption: str, level: int) -> torch.Tensor:
         made = self._made.setdefault(corruption, {})
@@ -98,10 +100,12 @@ class Batch:
         params = {lv: _param(corruption, lv) for lv in levels}
         images, keys, scale = self.images, self.keys, self.scale
         if corruption == "jpeg_compression":
+            converted = images.device.type == "cpu"
             done = self._jpeg.result() if self._jpeg is not None else {}
+            self._jpeg = None  # its batches are handed out once: a level asked for again is made again
             missing = [q for q in params.values() if q not in done]
-            done = {**done, **(_jpeg_hwc(images, missing) if missing else {})}
-            return {lv: _from_hwc(done[q], images) for lv, q in params.items()}
+            done = {**done, **(_jpeg_levels(images, missing, converted) if missing else {})}
+            return {lv: done[q] if converted else _from_hwc(done[q], images) for lv, q in params.items()}
         if images.dtype == torch.uint8 and corruption in _PIL_8BIT:
             return {lv: _PIL_8BIT[corruption](images, p) for lv, p in params.items()}
         if corruption == "pixelate":
@@ -245,6 +249,13 @@ def jpeg(images: torch.Tensor, quality: int) -> torch.Tensor:
     """Encode and decode at ``quality`` with libjpeg (``torchvision.io``, on the CPU): byte for byte what
     PIL's ``save(..., 'JPEG', quality=q)`` writes. Float images are quantised to 8 bits first, as a saved image is."""
     return _from_hwc(_jpeg_hwc(images, [quality])[quality], images)
+
+
+def _jpeg_levels(images: torch.Tensor, qualities: Sequence[int], convert: bool) -> dict[int, torch.Tensor]:
+    """Each quality's round trip: B x H x W x 3 uint8 on the CPU (:func:`_jpeg_hwc`), or (``convert``) a batch
+    like ``images`` (:func:`_from_hwc`)."""
+    hwc = _jpeg_hwc(images, qualities)
+    return {q: _from_hwc(h, images) for q, h in hwc.items()} if convert else hwc
 
 
 def _jpeg_hwc(images: torch.Tensor, qualities: Sequence[int]) -> dict[int, torch.Tensor]:
