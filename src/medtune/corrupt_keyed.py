@@ -82,7 +82,9 @@ def canvas_index(px: torch.Tensor, py: torch.Tensor, image: torch.Tensor, height
     return ((row + image * (height + 1)) * (width + 1))[:, None] + col[None, :]
 
 
-def paint(values: torch.Tensor, index: torch.Tensor, batch: int, height: int, width: int, reduce: str = "amax", empty=0) -> torch.Tensor:
+def paint(
+    values: torch.Tensor, index: torch.Tensor, batch: int, height: int, width: int, reduce: str = "amax", empty=0
+) -> torch.Tensor:
     """B x H x W (a view of the canvas): each pixel's largest (``reduce="amin"``: smallest) value that any
     window pixel (``values`` at ``index`` from :func:`canvas_index`) leaves on it, ``empty`` where none does."""
     canvas = torch.full((batch * (height + 1) * (width + 1),), empty, dtype=values.dtype, device=values.device)
@@ -125,7 +127,8 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         dx, dy, flat = _window(corner + side / 2, side / 2, image, height, width)  # n x B x marks, n x n x B x marks
         # the blobs' trigonometry runs B x marks x n x n, as it always has: torch's atan2 and cos round
         # differently along other layouts (a vectorised loop or not), and the marks must not change
-        dx, dy = (d.permute(1, 2, 0).contiguous() for d in (dx, dy))
+        dx, dy = dx.permute(1, 2, 0).contiguous(), dy.permute(1, 2, 0).contiguous()
+        flat = flat.permute(2, 3, 0, 1).contiguous()  # once, not each level's blobs
         box = (*dx.shape, dx.shape[-1])
         dx, dy = dx[..., None, :].expand(box), dy[..., :, None].expand(box)
         phi = torch.atan2(dy, dx)
@@ -136,8 +139,7 @@ def stain_masks(keys: Sequence[int], levels: Sequence[int], size, scale: float, 
         blob = (torch.hypot(dx, dy) <= radius * side) & (dx.abs() <= side / 2) & (dy.abs() <= side / 2)
         for level in (lv for lv in levels if INK_SIDE[lv] == side_ref):
             counted = torch.arange(MAX_MARKS, device=device)[None] < counts[:, level - 1, None]
-            inked = (blob & counted[..., None, None]).to(torch.uint8).permute(2, 3, 0, 1)  # as flat: n x n x B x marks
-            masks[level] = paint(inked, flat, len(keys), height, width).bool()[:, None]
+            masks[level] = paint((blob & counted[..., None, None]).to(torch.uint8), flat, len(keys), height, width).bool()[:, None]
     return masks
 
 
