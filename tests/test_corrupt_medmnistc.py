@@ -396,3 +396,13 @@ def test_bubbles_are_drawn_as_medmnistc_draws_them():
     for value in (0, 100 / 255, 130 / 255):
         assert ((alpha - value).abs() < 1e-5).any()
     assert (((alpha - 0).abs() < 1e-5) | ((alpha - 100 / 255).abs() < 1e-5) | ((alpha - 130 / 255).abs() < 1e-5)).all()
+
+
+def test_every_condition_takes_images_in_any_memory_layout():
+    # a gallery hands over HWC images permuted to CHW: the same pixels, other strides
+    generator = torch.Generator().manual_seed(5)
+    hwc = torch.rand(3, 24, 20, 3, generator=generator)
+    permuted = hwc.permute(0, 3, 1, 2)
+    assert not permuted.is_contiguous()
+    for condition in ALL_CONDITIONS:
+        assert torch.equal(apply(permuted, condition, keys=[4, 5, 6]), apply(permuted.contiguous(), condition, keys=[4, 5, 6])), condition

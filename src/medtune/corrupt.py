@@ -101,7 +101,9 @@ class _Batch:
 
     def __init__(self, images: torch.Tensor, keys: torch.Tensor | Sequence[int] | None, conditions: Sequence[str] = ()) -> None:
         _check(images)
-        self.images, self.keys = images, keys
+        # contiguous once here: several corruptions read a batch as flat runs of elements, and a
+        # caller's images may come permuted (HWC to CHW) or sliced
+        self.images, self.keys = images.contiguous(), keys
         self.conditions = conditions  # what is coming: the medmnistc levels that share work are made together
         self._hue_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._grey: torch.Tensor | None = None
