@@ -455,9 +455,7 @@ def _motion_into(x: torch.Tensor, kernels: dict[int, np.ndarray], offsets: np.nd
     taps = max(len(k) for k in kernels.values())
     reach = int(np.abs(offsets[:, :taps, 0]).max()) if taps > 1 else 0
     # taps run right and up or down (|angle| <= 45): edge pixels repeat beyond, as ImageMagick's virtual pixels
-    # contiguous: the gather below reads the padded batch as one flat run of elements, whatever
-    # layout the caller's images have (a gallery's HWC images arrive permuted)
-    padded = F.pad(x, (0, taps - 1, reach, reach), mode="replicate").contiguous()
+    padded = F.pad(x, (0, taps - 1, reach, reach), mode="replicate")
     for level, kernel in kernels.items():
         torch.mul(x, float(kernel[0]), out=out[level])
     # A shifted copy is every image's rows of W pixels, each starting at its own element of the padded
@@ -468,7 +466,7 @@ def _motion_into(x: torch.Tensor, kernels: dict[int, np.ndarray], offsets: np.nd
     plane_rows = torch.arange(batch * channels, device=x.device).view(batch, channels, 1) * padded.shape[-2]
     first = (plane_rows + torch.arange(height, device=x.device)) * padded.shape[-1]  # B x C x H: tap 0, no shift
     shift = torch.as_tensor((offsets[:, :taps, 0] + reach) * padded.shape[-1] + offsets[:, :taps, 1], device=x.device)
-    shifted = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    shifted = torch.empty_like(x)
     for j in range(1, taps):
         torch.index_select(rows, 0, (first + shift[:, j, None, None]).view(-1), out=shifted.view(-1, width))
         for level, kernel in kernels.items():
