@@ -383,8 +383,7 @@ def generate(spec: SyntheticSpec) -> tuple[np.ndarray, pd.DataFrame]:
     """All images (uint8 N x S x S x 3) and the sample table, class-balanced within each split."""
     rows = sample_plan(spec)
     images = np.empty((len(rows), spec.image_size, spec.image_size, 3), dtype=np.uint8)
-    for chunk_rows, chunk in generate_chunks(spec):
-        start = int(chunk_rows["index"].iloc[0])
+    for start, chunk in _render_chunks(spec, rows):
         images[start : start + len(chunk)] = chunk
     return images, rows
 
@@ -394,6 +393,12 @@ def generate_chunks(spec: SyntheticSpec, chunk_size: int = 1024) -> Iterator[tup
     so that a store larger than memory (PCam's size) is written chunk by chunk. The images are
     the same whatever ``chunk_size``: each split is drawn in :data:`CHUNK`-image streams of its own."""
     rows = sample_plan(spec)
+    for start, images in _render_chunks(spec, rows, chunk_size):
+        yield rows.iloc[start : start + len(images)].reset_index(drop=True), images
+
+
+def _render_chunks(spec: SyntheticSpec, rows: pd.DataFrame, chunk_size: int = 1024) -> Iterator[tuple[int, np.ndarray]]:
+    """The images of the plan ``rows``, as (index of the first, images) about ``chunk_size`` at a time."""
     size = spec.image_size
     centre_index = {c.name: i for i, c in enumerate(CENTRES)}
     per_yield = max(CHUNK, chunk_size - chunk_size % CHUNK)
@@ -408,4 +413,4 @@ def generate_chunks(spec: SyntheticSpec, chunk_size: int = 1024) -> Iterator[tup
                 stop = min(start + CHUNK, last)
                 rng = _stream(spec.seed, split, 1 + start // CHUNK)
                 images[start - first : stop - first] = render_images(names[start:stop], organs[start:stop], centres[start:stop], size, rng)
-            yield part.iloc[first:last].reset_index(drop=True), images
+            yield int(part["index"].iloc[first]), images
