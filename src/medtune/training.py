@@ -50,7 +50,23 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-class FunctionalAdam:
+class _FunctionalOptimizer:
+    """What :class:`FunctionalAdam` and :class:`FunctionalSGD` share: their parameters, ``zero_grad``
+    as the optimizer classes do it (gradients set to None), and which parameters a step updates
+    (those with a gradient, as the classes skip the others)."""
+
+    def __init__(self, params) -> None:
+        self.params = [p for p in params]
+
+    def zero_grad(self) -> None:
+        for p in self.params:
+            p.grad = None
+
+    def _live(self) -> list[int]:
+        return [i for i, p in enumerate(self.params) if p.grad is not None]
+
+
+class FunctionalAdam(_FunctionalOptimizer):
     """``torch.optim.Adam`` (its defaults, L2 ``weight_decay``), or ``torch.optim.AdamW`` with
     ``decoupled=True``, as its own update function, ``torch.optim.adam.adam``, without the
     optimizer class.
@@ -64,21 +80,17 @@ class FunctionalAdam:
 
     def __init__(self, params, lr: float, weight_decay: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8,
                  decoupled: bool = False) -> None:
-        self.params = [p for p in params]
+        super().__init__(params)
         self.lr, self.weight_decay, self.betas, self.eps, self.decoupled = lr, weight_decay, betas, eps, decoupled
         self.exp_avgs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sqs = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.steps = [torch.tensor(0.0, dtype=torch.get_default_dtype()) for _ in self.params]
 
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
-
     @torch.no_grad()
     def step(self) -> None:
         from torch.optim.adam import adam
 
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        live = self._live()
         pick = lambda items: [items[i] for i in live]  # noqa: E731
         adam(
             pick(self.params), [self.params[i].grad for i in live], pick(self.exp_avgs), pick(self.exp_avg_sqs), [],
@@ -88,26 +100,22 @@ class FunctionalAdam:
         )
 
 
-class FunctionalSGD:
+class FunctionalSGD(_FunctionalOptimizer):
     """``torch.optim.SGD`` (momentum without dampening or Nesterov, L2 ``weight_decay``) as its
     own update function, ``torch.optim.sgd.sgd``, without the optimizer class that imports
     ``torch._dynamo`` (see :class:`FunctionalAdam`); bit-identical to it
     (``tests/test_rfc.py``). ``lr`` may be changed between steps."""
 
     def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
-        self.params = [p for p in params]
+        super().__init__(params)
         self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
         self.buffers: list[torch.Tensor | None] = [None] * len(self.params)  # created at a parameter's first step
-
-    def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
         from torch.optim.sgd import sgd
 
-        live = [i for i, p in enumerate(self.params) if p.grad is not None]
+        live = self._live()
         buffers = [self.buffers[i] for i in live]
         sgd(
             [self.params[i] for i in live], [self.params[i].grad for i in live], buffers, foreach=None, fused=None,
