@@ -1,4 +1,5 @@
 import contextlib
+import copy
 import os
 import re
 import subprocess
@@ -6,6 +7,7 @@ import sys
 import threading
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -74,6 +76,38 @@ SMALL_CONFIG = {
         },
     },
 }
+
+
+def _core_config() -> dict:
+    """SMALL_CONFIG cut to one method of each kind for the tests that run the workflow again from
+    scratch (kills and resumes, SLURM): zero-shot, a scikit-learn fit (linear probe), a torch fit
+    (RFC), a fit that runs the text encoder (CoOp: a GPU job on SLURM) and both fine-tunings;
+    the PathCLIP study as it is, no MedMNIST-C study. About half of SMALL_CONFIG's jobs; every
+    result it has is one SMALL_CONFIG's run has too, compared row by row with ``small_run``'s."""
+    config = copy.deepcopy(SMALL_CONFIG)
+    config["studies"]["clipath"]["methods"] = ["zeroshot", "linear_probe", "rfc", "coop"]
+    config["studies"]["pubmedvision"]["methods"] = ["zeroshot", "finetune_caption", "finetune_label"]
+    del config["studies"]["medmnistc"]
+    return config
+
+
+CORE_CONFIG = _core_config()
+
+
+def assert_metrics_in(ours_root: Path, theirs_root: Path) -> pd.DataFrame:
+    """Every row of ``ours_root``'s metrics.csv is in ``theirs_root``'s, with the same value to the
+    bit (a run's numbers do not depend on which other runs the config has); returns ours."""
+    ours = pd.read_csv(ours_root / "results" / "metrics.csv")
+    theirs = pd.read_csv(theirs_root / "results" / "metrics.csv")
+    assert list(ours.columns) == list(theirs.columns)
+    keys = [c for c in ours.columns if c != "value"]
+    assert not theirs.duplicated(keys).any()
+    merged = ours.merge(theirs, on=keys, how="left", suffixes=("", "_theirs"), indicator=True)
+    missing = merged[merged["_merge"] != "both"]
+    assert missing.empty, f"rows not in {theirs_root}:\n{missing[keys].head()}"
+    same = (merged["value"] == merged["value_theirs"]) | (merged["value"].isna() & merged["value_theirs"].isna())
+    assert same.all(), merged.loc[~same, keys + ["value", "value_theirs"]].head()
+    return ours
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
