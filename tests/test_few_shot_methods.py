@@ -80,6 +80,24 @@ def test_knn_with_fewer_training_images_than_k_lets_all_vote():
     assert info["voters"] == 5
 
 
+@pytest.mark.parametrize("levels", [3, 40, 10_000])
+def test_knn_votes_are_the_k_most_similar_earliest_first_by_hand(levels):
+    """Votes against a per-row reference that sorts the columns by similarity, then column order,
+    and counts the labels of the first k: similarities on few levels make rows where more columns
+    tie with the k-th than places are left (and rows where they do not)."""
+    rng = np.random.default_rng(levels)
+    n_rows, n_cols, n_classes = 60, 50, 4
+    similarity = rng.integers(0, levels, size=(n_rows, n_cols)).astype(np.float32) / levels
+    labels = rng.integers(0, n_classes, n_cols)
+    for k in (1, 5, 20, n_cols, n_cols + 3):
+        votes = knn.neighbour_votes(torch.from_numpy(similarity), torch.from_numpy(labels), n_classes, k).numpy()
+        expected = np.zeros((n_rows, n_classes), np.float32)
+        for r in range(n_rows):
+            order = sorted(range(n_cols), key=lambda c: (-similarity[r, c], c))[:k]
+            np.add.at(expected[r], labels[order], 1)
+        np.testing.assert_array_equal(votes, expected)
+
+
 def test_knn_scores_the_same_in_small_blocks(monkeypatch):
     data = fit_data(n_train=80, seed=3)
     head = build_head(fit("knn", data, {"k": 9}, seed=0)[0])

@@ -38,8 +38,29 @@ VOTE_FLOOR = 1e-6  # the vote share given to a class without votes, so its logit
 
 def neighbour_votes(similarity: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> torch.Tensor:
     """Votes per class (rows x classes) of the ``k`` most similar columns of each row; among
-    columns tied with the k-th similarity, the earliest columns fill the remaining places."""
-    k = min(k, similarity.shape[1])
+    columns tied with the k-th similarity, the earliest columns fill the remaining places.
+
+    The ``k + 1`` largest of a row say whether its voters are ambiguous: when the (k+1)-th is
+    below the k-th, the top k are exactly the columns at or above the k-th similarity, whatever
+    order ``topk`` returned them in. Only rows where more columns tie with the k-th than places
+    are left go through the column-order rule, over the whole row (on every row, at PCam's 32,768
+    test x 131,072 training images, that rule took 93-100 s of one thread; this, 9 s).
+    """
+    n_cols = similarity.shape[1]
+    k = min(k, n_cols)
+    if k == n_cols:  # every column votes
+        return F.one_hot(labels, n_classes).float().sum(0).expand(len(similarity), n_classes).clone()
+    votes = torch.zeros(len(similarity), n_classes, device=similarity.device)
+    top = similarity.topk(k + 1, dim=1)
+    votes.scatter_add_(1, labels[top.indices[:, :k]], torch.ones(len(similarity), k, device=similarity.device))
+    crowded = (top.values[:, k] == top.values[:, k - 1]).nonzero().squeeze(1)
+    if len(crowded):
+        votes[crowded] = _votes_in_column_order(similarity[crowded], labels, n_classes, k)
+    return votes
+
+
+def _votes_in_column_order(similarity: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> torch.Tensor:
+    """:func:`neighbour_votes` by the tie rule itself, on every column of every row."""
     kth = similarity.topk(k, dim=1).values[:, -1:]
     above = similarity > kth
     tied = similarity == kth
