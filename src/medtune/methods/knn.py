@@ -55,13 +55,13 @@ def neighbour_votes(similarity: torch.Tensor, labels: torch.Tensor, n_classes: i
     votes.scatter_add_(1, labels[top.indices[:, :k]], torch.ones(len(similarity), k, device=similarity.device))
     crowded = (top.values[:, k] == top.values[:, k - 1]).nonzero().squeeze(1)
     if len(crowded):
-        votes[crowded] = _votes_in_column_order(similarity[crowded], labels, n_classes, k)
+        votes[crowded] = _votes_in_column_order(similarity[crowded], top.values[crowded, k - 1 : k], labels, n_classes, k)
     return votes
 
 
-def _votes_in_column_order(similarity: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> torch.Tensor:
-    """:func:`neighbour_votes` by the tie rule itself, on every column of every row."""
-    kth = similarity.topk(k, dim=1).values[:, -1:]
+def _votes_in_column_order(similarity: torch.Tensor, kth: torch.Tensor, labels: torch.Tensor, n_classes: int, k: int) -> torch.Tensor:
+    """:func:`neighbour_votes` by the tie rule itself, on every column of every row (``kth``: each
+    row's k-th largest similarity, rows x 1)."""
     above = similarity > kth
     tied = similarity == kth
     places_left = k - above.sum(1, keepdim=True)
