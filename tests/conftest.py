@@ -11,6 +11,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from medtune import plan
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The smallest config that still exercises every stage of the DAG.
@@ -92,6 +94,10 @@ def _core_config() -> dict:
 
 
 CORE_CONFIG = _core_config()
+# the last table the tables job writes: as a target it builds every run, metric and table of the
+# core config, not its figures
+CORE_LAST_TABLE = plan.tables(plan.validate(copy.deepcopy(CORE_CONFIG)))[-1]
+CORE_TABLES_TARGET = f"results/tables/{CORE_LAST_TABLE}.tex"
 
 
 def assert_metrics_in(ours_root: Path, theirs_root: Path) -> pd.DataFrame:
@@ -108,6 +114,15 @@ def assert_metrics_in(ours_root: Path, theirs_root: Path) -> pd.DataFrame:
     same = (merged["value"] == merged["value_theirs"]) | (merged["value"].isna() & merged["value_theirs"].isna())
     assert same.all(), merged.loc[~same, keys + ["value", "value_theirs"]].head()
     return ours
+
+
+def assert_core_run_matches(core_root: Path, small_root: Path) -> None:
+    """A run of CORE_CONFIG equals the small run wherever they overlap: every metric row, a run of
+    every method the core config has, and the tables of the study it keeps whole (PathCLIP's)."""
+    ours = assert_metrics_in(core_root, small_root)
+    assert set(ours["method"]) >= {m for study in CORE_CONFIG["studies"].values() for m in study["methods"]}
+    for table in ("pathclip_retrieval.csv", "pathclip_zeroshot.csv"):
+        assert (core_root / "results/tables" / table).read_bytes() == (small_root / "results/tables" / table).read_bytes()
 
 
 def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import CORE_CONFIG, REPO, assert_metrics_in, snakemake, write_config
+from conftest import CORE_CONFIG, CORE_LAST_TABLE, CORE_TABLES_TARGET, REPO, assert_core_run_matches, snakemake, write_config
 from medtune import plan
 
 FINETUNE_EPOCHS = CORE_CONFIG["methods"]["finetune"]["epochs"]
@@ -65,9 +65,9 @@ _METHODS = plan.validate(copy.deepcopy(CORE_CONFIG))["methods"]
 FROZEN_METHODS = tuple(m for m in CORE_CONFIG["studies"]["clipath"]["methods"] if _METHODS[m]["training"] == "frozen")
 FROZEN_RUNS = tuple(f"results/runs/synth/{method}/tiny/seed{seed}" for method in FROZEN_METHODS for seed in CORE_CONFIG["seeds"])
 # the tables job writes them in this order; the kill must land before the last one
-LAST_TABLE = plan.tables(plan.validate(copy.deepcopy(CORE_CONFIG)))[-1]
+LAST_TABLE = CORE_LAST_TABLE
 # every run, metric and table, not the figures (no test here looks at them)
-TABLES = (f"results/tables/{LAST_TABLE}.tex",)
+TABLES = (CORE_TABLES_TARGET,)
 STAGES = (
     # every encode job; train, val and test of the tiny backbone have several batches each
     # (logs/encode_images/{backbone}/{dataset}/{split}.log -> features/{backbone}/{dataset}/{split})
@@ -213,10 +213,7 @@ def test_resumed_run_equals_uninterrupted_run(killed_four_times, small_run):
     core config has the same runs: every metric, the tables of the study it keeps whole
     (PathCLIP's) and its methods' rows and columns of the others."""
     workdir, _, _ = killed_four_times
-    ours = assert_metrics_in(workdir, small_run)
-    assert set(ours["method"]) >= {m for study in CORE_CONFIG["studies"].values() for m in study["methods"]}
-    for table in ("pathclip_retrieval.csv", "pathclip_zeroshot.csv"):
-        assert (workdir / "results/tables" / table).read_bytes() == (small_run / "results/tables" / table).read_bytes()
+    assert_core_run_matches(workdir, small_run)
     ours_topk = pd.read_csv(workdir / "results/tables/pubmedvision_topk.csv")
     pd.testing.assert_frame_equal(ours_topk, pd.read_csv(small_run / "results/tables/pubmedvision_topk.csv")[ours_topk.columns])
     accuracy = pd.read_csv(workdir / "results/tables/clipath_accuracy.csv")

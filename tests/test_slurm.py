@@ -7,7 +7,6 @@ MEDTUNE_SKIP_SLURM_TEST=1 skips them on purpose (reported by pytest -ra).
 """
 
 import ast
-import copy
 import os
 import re
 import subprocess
@@ -19,8 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import CORE_CONFIG, REPO, assert_metrics_in, write_config
-from medtune import plan
+from conftest import CORE_CONFIG, CORE_TABLES_TARGET, REPO, assert_core_run_matches, write_config
 
 SLURM_DIR = Path(os.environ.get("MEDTUNE_SLURM_DIR", "/tmp/medtune-slurm"))
 GPU_RULES = {"pretrain_backbone", "encode_images", "train_backbone"}  # + train_frozen for CoOp
@@ -162,8 +160,7 @@ def test_core_workflow_on_slurm_matches_local_run(slurm_cluster, small_run, tmp_
     profile = slurm_profile(tmp_path / "profile")
     t0 = time.monotonic()
     # every run, metric and table; the figures are short CPU jobs like the tables job
-    tables = f"results/tables/{plan.tables(plan.validate(copy.deepcopy(CORE_CONFIG)))[-1]}.tex"
-    run_on_slurm(workdir, REPO / "Snakefile", profile, tables, "--configfile", str(workdir / "config.yaml"))  # --configfile takes several
+    run_on_slurm(workdir, REPO / "Snakefile", profile, CORE_TABLES_TARGET, "--configfile", str(workdir / "config.yaml"))  # --configfile takes several
     print(f"CORE_CONFIG on SLURM: {time.monotonic() - t0:.0f} s")
 
     # every job went through sbatch; the GPU rules asked for a GPU, the others did not
@@ -179,7 +176,4 @@ def test_core_workflow_on_slurm_matches_local_run(slurm_cluster, small_run, tmp_
     assert all(job["JobState"] == "COMPLETED" for job in jobs), [(rule_of(j), j["JobState"]) for j in jobs]
 
     # same numbers as the local run: CPU training is deterministic
-    ours = assert_metrics_in(workdir, small_run)
-    assert set(ours["method"]) >= {m for study in CORE_CONFIG["studies"].values() for m in study["methods"]}
-    for name in ("pathclip_retrieval.csv", "pathclip_zeroshot.csv"):  # the study the core config keeps whole
-        assert (workdir / "results/tables" / name).read_bytes() == (small_run / "results/tables" / name).read_bytes()
+    assert_core_run_matches(workdir, small_run)
