@@ -324,6 +324,26 @@ def test_many_conditions_give_what_apply_gives(dtype):
         assert torch.equal(got, apply(x, condition, keys=keys)), condition
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
+def test_each_batch_many_conditions_give_is_the_callers_to_overwrite(dtype):
+    """encode_images normalises each corrupted batch over itself: nothing a later condition reads
+    (the input, a level made beside another, cached strokes or HSV parts) may be what was handed out."""
+    from medtune.conditions import ALL_CONDITIONS
+
+    x = _images(batch=3, size=40, dtype=dtype, seed=7)
+    keys = [5, 9, 2]
+    order = [*ALL_CONDITIONS, "markup-2", "hue-1", "augmented", "augmented-medmnistc", "augmented-all"]
+    untouched = x.clone()
+    expected = {c: apply(x, c, keys=keys) for c in order}
+    for condition, got in corrupt.apply_many(x, order, keys=keys):
+        assert torch.equal(got, expected[condition]), condition
+        if got.untyped_storage().data_ptr() != x.untyped_storage().data_ptr():
+            got.fill_(0 if dtype == torch.uint8 else float("nan"))  # what a caller may do with its own batch
+        else:
+            assert got is x and condition in ("clean",), condition  # a no-op hands back the input itself
+    assert torch.equal(x, untouched)
+
+
 def test_many_conditions_share_the_work_of_levels(monkeypatch):
     calls = {"hue": 0, "stroke": 0}
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import open_clip
+import pytest
 import torch
 from PIL import Image
 
@@ -14,6 +15,24 @@ def test_normalize_is_the_per_channel_standardisation():
     x = torch.rand(4, 3, 9, 7, generator=torch.Generator().manual_seed(0))
     expected = (x - torch.tensor(MEAN).view(3, 1, 1)) / torch.tensor(STD).view(3, 1, 1)
     torch.testing.assert_close(normalize(x, MEAN, STD), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", [(4, 3, 9, 7), (1, 3, 1, 1), (5, 3, 33, 17), (256, 3, 64, 64)])
+def test_normalize_over_the_batch_itself_gives_the_same_values(shape, dtype):
+    x = torch.rand(shape, dtype=dtype, generator=torch.Generator().manual_seed(sum(shape)))
+    expected = normalize(x, MEAN, STD)
+    got = x.clone()
+    assert normalize(got, MEAN, STD, overwrite=True) is got
+    assert torch.equal(got, expected)  # the same kernel: bit for bit, not merely close
+    torch.testing.assert_close(got, (x - torch.tensor(MEAN, dtype=dtype).view(3, 1, 1)) / torch.tensor(STD, dtype=dtype).view(3, 1, 1),
+                               atol=1e-6, rtol=0)
+
+
+def test_normalize_overwrites_only_a_contiguous_batch():
+    x = torch.rand(2, 3, 8, 8).permute(0, 1, 3, 2)
+    with pytest.raises(ValueError, match="contiguous CPU batch"):
+        normalize(x, MEAN, STD, overwrite=True)
 
 
 def test_store_batch_matches_open_clip_eval_transform_at_the_model_size():

@@ -87,8 +87,11 @@ def apply_many(
 
     The levels of one corruption share their common work on the batch: hue's HSV
     decomposition is made once, and each markup stroke is rasterised once (level n's
-    strokes are the first n of level n + 1). A batch is corrupted under all 29
-    conditions in evaluation, so this is the hot path.
+    strokes are the first n of level n + 1). A batch is corrupted under every
+    condition of a study in evaluation, so this is the hot path.
+
+    Every batch it yields, except ``images`` itself (a no-op condition), is new and held nowhere
+    else: the caller may overwrite it (``encode_images`` normalises it in place).
     """
     conditions = list(conditions)
     batch = _Batch(images, keys, conditions)
