@@ -12,7 +12,8 @@ and prints each as ``name: measured (target ...) PASS/MISS``:
 2. **corrupted-evaluation throughput** (:mod:`.corrupt_throughput`) —
    :func:`medtune.encode.encode_images` over every condition of every suite,
    :data:`medtune.conditions.ALL_CONDITIONS` (corrupt + encode on the device from the uint8 store,
-   batched) as a fraction of the bare encoder's forward rate on the same, already prepared batches.
+   batched) as a fraction of the bare encoder's forward rate on the same, already prepared batches,
+   the two interleaved condition by condition so that the machine's drift falls on both alike.
 3. **DAG build** (:mod:`.dag`) — ``snakemake -n`` on the full paper config, and a no-op ``-n``
    on the embedded default after a completed run.
 4. **embedded default end to end** (:mod:`.end_to_end`) — from Snakemake's benchmark files of
