@@ -152,6 +152,17 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
+def history_record(history: dict[str, list], steps: int) -> dict[str, Any]:
+    """A trained head's curves for its run record: optimiser steps, the last epoch's training loss
+    (None before any epoch), training loss and validation accuracy per epoch."""
+    return {
+        "steps": steps,
+        "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
+        "train_loss_by_epoch": history["train_loss"],
+        "val_accuracy_by_epoch": history["val_accuracy"],
+    }
+
+
 def cost_record(device: torch.device, seconds: float, trainable: int, images_seen: int) -> dict[str, Any]:
     return {
         "wall_seconds": round(seconds, 3),

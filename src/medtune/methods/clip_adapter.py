@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medtune.methods.coop import lr_at
-from medtune.training import FunctionalSGD, check_finite, seed_everything
+from medtune.training import FunctionalSGD, check_finite, history_record, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -142,10 +142,7 @@ def fit(data, params, seed):
         "trainable_parameters": int(sum(v.numel() for v in weights.values())),
         "best_epoch": best_epoch + 1,  # 1-based
         "val_accuracy": history["val_accuracy"][best_epoch],
-        "steps": step,
-        "final_train_loss": history["train_loss"][-1],
-        "train_loss_by_epoch": history["train_loss"],
-        "val_accuracy_by_epoch": history["val_accuracy"],
+        **history_record(history, step),
     }
     return state, info
 

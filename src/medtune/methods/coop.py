@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medtune.methods.zeroshot import TextClassifier
-from medtune.training import check_finite, seed_everything
+from medtune.training import check_finite, history_record, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -354,11 +354,8 @@ def fit_coop(backbone, class_names: Sequence[str], data, params: dict[str, Any],
         "best_epoch": best_epoch + 1,  # 1-based; 0 = untrained
         "val_accuracy": history["val_accuracy"][best_epoch] if best_epoch >= 0 else init_acc,
         "val_accuracy_init": init_acc,
-        "steps": step,
-        "final_train_loss": history["train_loss"][-1] if history["train_loss"] else None,
-        "train_loss_by_epoch": history["train_loss"],
+        **history_record(history, step),
         "train_accuracy_by_epoch": history["train_accuracy"],
-        "val_accuracy_by_epoch": history["val_accuracy"],
         "val_loss_by_epoch": history["val_loss"],
         "lr_by_epoch": history["lr"],
     }

@@ -25,7 +25,7 @@ from torch import nn
 
 from medtune.methods._features import labels_tensor, row_blocks, tensor
 from medtune.methods.tip_adapter import TipAdapterHead, cache_logits, search_beta_alpha
-from medtune.training import FunctionalAdam, check_finite, cosine_lrs, seed_everything
+from medtune.training import FunctionalAdam, check_finite, cosine_lrs, history_record, seed_everything
 
 SPEC = {
     "training": "frozen",
@@ -128,10 +128,7 @@ def fit(data, params, seed):
         "best_epoch": best_epoch + 1,  # 1-based
         "cache_size": len(trained),
         "trainable_parameters": int(trained.numel()),
-        "steps": step,
-        "final_train_loss": history["train_loss"][-1],
-        "train_loss_by_epoch": history["train_loss"],
-        "val_accuracy_by_epoch": history["val_accuracy"],
+        **history_record(history, step),
     }
     return state, info
 
