@@ -324,13 +324,16 @@ def test_many_conditions_give_what_apply_gives(dtype):
         assert torch.equal(got, apply(x, condition, keys=keys)), condition
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.uint8])
-def test_each_batch_many_conditions_give_is_the_callers_to_overwrite(dtype):
+def test_each_batch_many_conditions_give_is_the_callers_to_overwrite(dtype, contiguous):
     """encode_images normalises each corrupted batch over itself: nothing a later condition reads
-    (the input, a level made beside another, cached strokes or HSV parts) may be what was handed out."""
+    (the input, its contiguous working copy, a level made beside another, cached strokes or HSV
+    parts) may be what was handed out."""
     from medtune.conditions import ALL_CONDITIONS
 
     x = _images(batch=3, size=40, dtype=dtype, seed=7)
+    x = x if contiguous else x.transpose(-1, -2)  # a permuted view: the corruptions work on a copy
     keys = [5, 9, 2]
     order = [*ALL_CONDITIONS, "markup-2", "hue-1", "augmented", "augmented-medmnistc", "augmented-all"]
     untouched = x.clone()

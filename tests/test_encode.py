@@ -22,7 +22,7 @@ def tiny():
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_encode_images_gives_each_conditions_own_features(tiny, threads, monkeypatch):
+def test_encode_images_gives_each_conditions_own_features(tiny, threads):
     """Against a loop of :func:`apply` + torchvision's normalisation + the model, batch by batch: the in-place
     normalisation, the levels made together and the JPEG thread (or not) change no feature."""
     backbone, images, indices = tiny

@@ -107,6 +107,9 @@ class _Batch:
         # contiguous once here: several corruptions read a batch as flat runs of elements, and a
         # caller's images may come permuted (HWC to CHW) or sliced
         self.images, self.keys = images.contiguous(), keys
+        # what a no-op hands back: the caller's tensor itself, never the contiguous copy the
+        # corruptions read (a caller may overwrite every other batch, and a copy would be one)
+        self.given = images
         self.conditions = conditions  # what is coming: the medmnistc levels that share work are made together
         self._hue_parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._grey: torch.Tensor | None = None
@@ -121,7 +124,7 @@ class _Batch:
             return augment(self.images, self.keys, pool)
         corruption, level = parse_condition(condition)
         if corruption == "clean":
-            return self.images
+            return self.given
         if corruption in MEDMNISTC_SEVERITIES:
             return self._medmnistc_batch(condition).apply(corruption, level)
         param = PARAMETERS[corruption][level]
@@ -148,7 +151,7 @@ class _Batch:
         if factor < 0:
             raise ValueError(f"saturation factor {factor} is negative")
         if factor == 1:
-            return self.images
+            return self.given
         if self._grey is None:
             self._grey = _grey(self.images)
         return _blend(self.images, self._grey, factor)
@@ -158,7 +161,7 @@ class _Batch:
         if not -0.5 <= shift <= 0.5:
             raise ValueError(f"hue factor {factor} is outside [-1, 3], a shift beyond half a turn")
         if shift == 0:
-            return self.images
+            return self.given
         if self._hue_parts is None:
             self._hue_parts = _hue_parts(self.images)
         return _hue_rotate(self.images, self._hue_parts, shift)
@@ -167,7 +170,7 @@ class _Batch:
         if not 0 <= strokes <= MAX_STROKES:
             raise ValueError(f"markup takes 0..{MAX_STROKES} strokes, got {strokes}")
         if strokes == 0:
-            return self.images
+            return self.given
         if self._strokes is None:
             self._strokes = _Strokes(self.images, self.keys)
         return self._strokes.draw(self.images, strokes)

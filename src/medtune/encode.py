@@ -91,8 +91,8 @@ def encode_images(
         x = resize_crop(to_device_batch(batch, device), backbone.image_size)
         keys = torch.as_tensor(idx, device=device)
         for condition, xc in apply_many(x, conditions, keys=keys):
-            # a corrupted batch is the caller's own (apply_many's promise): normalised over itself on a CPU
-            owned = device.type == "cpu" and xc.is_contiguous() and xc.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()
+            # every batch but x itself is ours (apply_many's promise): normalised over itself on a CPU
+            owned = device.type == "cpu" and xc is not x and xc.is_contiguous()
             with torch.autocast(device.type, enabled=use_amp):
                 feats = backbone.model.encode_image(normalize(xc, backbone.mean, backbone.std, owned).contiguous(memory_format=memory_format))
             rows = F.normalize(feats.float(), dim=-1).cpu().numpy()
