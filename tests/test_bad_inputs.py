@@ -513,3 +513,117 @@ def test_out_of_gpu_memory_names_the_batch_size(capfd):
 def test_catalogue_size():
     cases = [name for name in globals() if name.startswith("test_") and name != "test_catalogue_size"]
     assert len(cases) >= 20
+
+
+# ---------------------------------------------------------------- faults of the machine, not the data
+
+JOB_SCRIPT = """
+import os, signal, sys, time
+from medtune import jobs, io
+
+class Smk:
+    rule = "tables"
+    log = [{log!r}]
+    output = [{out!r}]
+    threads = 1
+
+def main(smk):
+    with io.atomic_path(smk.output[0]) as tmp:
+        tmp.write_bytes(b"half a table")
+        print("ready", file=sys.__stdout__, flush=True)
+        while True:
+            signal.pause()
+
+{run}
+"""
+
+
+def _job(tmp_path: Path, before_run: bool = False):
+    """A job script whose work stops half-way through writing its output, in a fresh interpreter;
+    returns the process once it says it is there (a line, not a guessed duration)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "tables" / "clipath_accuracy.csv"
+    run = 'print("ready", file=sys.__stdout__, flush=True)\nsignal.pause()' if before_run else "jobs.run(main, Smk())"
+    script = JOB_SCRIPT.format(log=str(tmp_path / "job.log"), out=str(out), run=run)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(jobs.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout.readline() == "ready\n"
+    return proc, out
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGTERM"])
+def test_interrupt_is_one_line_and_leaves_no_partial_file(tmp_path, signum):
+    import signal
+
+    proc, out = _job(tmp_path)
+    proc.send_signal(getattr(signal, signum))
+    _, err = proc.communicate(timeout=60)
+    what = "interrupted (Ctrl-C)" if signum == "SIGINT" else "terminated (SIGTERM)"
+    assert err.splitlines() == [f"medtune error: {what} in rule tables; its outputs were not written and no partial "
+                                "file remains: rerun to continue"], err
+    assert proc.returncode == 130
+    assert list(out.parent.iterdir()) == []  # the temporary was removed on the way out
+    assert "Traceback" in (tmp_path / "job.log").read_text()  # the details stay in the log
+
+
+def test_interrupt_while_a_job_imports_is_one_line(tmp_path):
+    import signal
+
+    proc, _ = _job(tmp_path, before_run=True)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert err.splitlines() == ["medtune error: interrupted before the job started its work; nothing was written"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MB tmpfs of this test's own (skipped where this user cannot mount one)."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root or CAP_SYS_ADMIN needed): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+class DiskJob:
+    rule = "figure"
+    log: list = []
+    threads = 1
+
+    def __init__(self, output: Path):
+        self.output = [str(output)]
+
+
+def test_full_disk_names_the_path_and_the_free_space(small_disk, capfd):
+    from medtune.io import write_npy
+
+    target = small_disk / "figures" / "big.npy"
+    with pytest.raises(SystemExit):
+        jobs.run(lambda smk: write_npy(np.zeros(2 << 20, np.uint8), smk.output[0]), DiskJob(target))
+    lines = [line for line in capfd.readouterr().err.splitlines() if "Traceback" in line or line.startswith("medtune")]
+    assert len(lines) == 1 and lines[0].startswith(f"medtune error: no space left on the device writing {target} ("), lines
+    assert f"free of 1.0 MB on {small_disk})" in lines[0] and "free some space and rerun" in lines[0]
+    assert list(target.parent.iterdir()) == []  # nothing half-written
+    jobs.run(lambda smk: write_npy(np.zeros(1000, np.uint8), smk.output[0]), DiskJob(target))  # space enough: it completes
+    assert np.load(target).shape == (1000,)
+
+
+def test_read_only_results_folder_is_one_line(small_disk, capfd):
+    import subprocess
+
+    (small_disk / "tables").mkdir()
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    target = small_disk / "tables" / "t.csv"
+    with pytest.raises(SystemExit):
+        jobs.run(lambda smk: pd.DataFrame({"a": [1]}).to_csv(smk.output[0]), DiskJob(target))
+    lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+    assert lines == [f"medtune error: cannot write {target}: read-only file system (1.0 MB free of 1.0 MB on {small_disk}); "
+                     "point results: at a writable folder"]
