@@ -627,3 +627,43 @@ def test_read_only_results_folder_is_one_line(small_disk, capfd):
     lines = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
     assert lines == [f"medtune error: cannot write {target}: read-only file system (1.0 MB free of 1.0 MB on {small_disk}); "
                      "point results: at a writable folder"]
+
+
+def test_config_results_naming_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("a user's file")
+    one_line(bad_config(lambda c: c.update(results="notes.txt")), "config key results: 'notes.txt'", "notes.txt is a file, not a folder")
+    one_line(bad_config(lambda c: c.update(results="notes.txt/run1")), "notes.txt is a file")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
+    one_line(bad_config(lambda c: c.update(results="dangling/run1")), "dangling is a broken link")
+    assert (tmp_path / "notes.txt").read_text() == "a user's file"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    config = copy.deepcopy(DEFAULT)
+    config["results"] = "~/medtune-results"  # not a folder named '~' in the working directory
+    assert plan.validate(config)["results"] == str(tmp_path / "medtune-results")
+
+
+@pytest.mark.parametrize("old, hint", [
+    ({"methods": {"linear_probe": {"C": [1.0]}}}, "config key methods.linear_probe.C is from an earlier medtune: "
+                                                  "the list of C values became a log grid: write C_range: [low, high]"),
+    ({"methods": {"rfc": {"hidden_divisors": [4, 16, 4]}}}, "methods.rfc.hidden_divisors is from an earlier medtune: "
+                                                            "renamed hidden_widths"),
+    ({"methods": {"lp_aug": {"base": "linear_probe", "C": [1.0]}}}, "methods.lp_aug.C is from an earlier medtune"),
+])
+def test_config_from_an_earlier_version_says_what_replaced_the_key(old, hint):
+    def mutate(config):
+        for name, entry in old["methods"].items():
+            config["methods"].setdefault(name, {}).update(entry)
+
+    one_line(bad_config(mutate), hint)
+
+
+def test_config_from_an_earlier_version_names_the_variant_to_declare():
+    def mutate(config):
+        config["methods"].pop("rfc_augmented")
+
+    message = one_line(bad_config(mutate), "config key studies.clipath.methods: 'rfc_augmented' is no longer built in")
+    assert message.endswith("declare it as a variant under methods: rfc_augmented: {base: rfc, train_conditions: augmented}")
+    config = copy.deepcopy(DEFAULT)  # and what it says to write works
+    config["methods"]["rfc_augmented"] = yaml.safe_load(message.rsplit("rfc_augmented: ", 1)[1])
+    plan.validate(config)
