@@ -667,3 +667,26 @@ def test_config_from_an_earlier_version_names_the_variant_to_declare():
     config = copy.deepcopy(DEFAULT)  # and what it says to write works
     config["methods"]["rfc_augmented"] = yaml.safe_load(message.rsplit("rfc_augmented: ", 1)[1])
     plan.validate(config)
+
+
+def test_pcam_download_from_a_mirror_with_other_bytes_says_what_to_change(server, tmp_path):  # noqa: F811
+    made = tmp_path / "made"
+    made.mkdir()
+    _pcam_split(made, "test", 4)
+    for part in ("x", "y"):  # the mirror serves gzipped copies that are not Zenodo's bytes
+        name = pcam.h5_name("test", part)
+        server.files[f"/{name}.gz"] = gzip.compress((made / name).read_bytes())
+    gz = f"{pcam.h5_name('test', 'x')}.gz"
+    found = md5(server.files[f"/{gz}"])
+    raw = tmp_path / "pcam"
+    for _ in range(2):  # a rerun fails the same way: the message must not just say "rerun"
+        with pytest.raises(DatasetError) as err:
+            pcam.fetch(raw, base_url=server.base, splits=["test"], config_key="datasets.pcam")
+        one_line(err, str(raw / gz), found, pcam.MD5[gz], "helps only if the transfer was corrupted",
+                 f"accept it with md5: {{{gz}: {found}}}", "verify: false", "drop url: to download from https://zenodo.org")
+        assert not list(raw.glob("*.h5*"))  # nothing kept that could pass for the file
+    config = copy.deepcopy(DEFAULT)  # the keys it names are ones the config accepts
+    config["datasets"]["pcam"] = {"source": "pcam", "path": str(raw), "url": server.base, "md5": {gz: found}}
+    plan.validate(config)
+    pcam.fetch(raw, base_url=server.base, splits=["test"], verify=False)
+    assert (raw / pcam.h5_name("test", "x")).read_bytes() == (made / pcam.h5_name("test", "x")).read_bytes()
