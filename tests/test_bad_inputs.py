@@ -690,3 +690,54 @@ def test_pcam_download_from_a_mirror_with_other_bytes_says_what_to_change(server
     plan.validate(config)
     pcam.fetch(raw, base_url=server.base, splits=["test"], verify=False)
     assert (raw / pcam.h5_name("test", "x")).read_bytes() == (made / pcam.h5_name("test", "x")).read_bytes()
+
+
+# ---------------------------------------------------------------- reads outside the data, names, encodings
+
+
+def test_manifest_row_that_is_a_link_leading_outside_its_folder(tmp_path):
+    root = tmp_path / "project" / "data"
+    _image_folder(root / "imgs")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(tmp_path / "private.png")
+    (root / "imgs" / "a" / "innocent.png").symlink_to(tmp_path / "private.png")
+    rows = _manifest_rows() + [{"path": "imgs/a/innocent.png", "label": "a"}]
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(_manifest(root, rows), tmp_path / "out", size=8)
+    one_line(err, "line 8", "'imgs/a/innocent.png'", f"a link to {tmp_path / 'private.png'}", "outside the manifest's folder",
+             "absolute path")
+    assert not (tmp_path / "out").exists()
+    (root / "imgs" / "b" / "inside.png").symlink_to(root / "imgs" / "b" / "0.png")  # a link that stays inside is read
+    rows[-1] = {"path": "imgs/b/inside.png", "label": "b"}
+    folder.from_manifest(_manifest(root, rows), tmp_path / "out", size=8)
+
+
+def test_class_folder_name_that_is_not_utf8_is_named_before_decoding(tmp_path, monkeypatch):
+    _image_folder(tmp_path / "imgs")
+    latin1 = os.fsdecode(b"tumeur-\xe9pith\xe9lium")  # a Latin-1 name, as an old archive tool leaves it
+    (tmp_path / "imgs" / "b").rename(tmp_path / "imgs" / latin1)
+    decoded = []
+    monkeypatch.setattr(convert, "load_rgb", lambda *a: decoded.append(a) or np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(DatasetError) as err:
+        folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
+    one_line(err, str(tmp_path / "imgs"), r"b'tumeur-\xe9pith\xe9lium' is not valid UTF-8", "rename it")
+    assert decoded == [] and not (tmp_path / "out").exists()
+    err.value.args[0].encode("utf-8")  # the message itself prints anywhere
+
+
+def test_manifest_saved_by_excel(tmp_path):
+    _image_folder(tmp_path / "imgs")
+    rows = _manifest_rows()
+    manifest = tmp_path / "manifest.csv"
+    text = "path,label\n" + "".join(f"{r['path']},{r['label']}\n" for r in rows)
+    manifest.write_bytes(b"\xef\xbb\xbf" + text.encode())  # Excel's "CSV UTF-8" starts with a byte-order mark
+    folder.from_manifest(manifest, tmp_path / "bom", size=8)
+    assert len(pd.read_csv(tmp_path / "bom" / "samples.csv")) == 6
+    manifest.write_text(text.replace(",", ";"))  # Excel in a locale with decimal commas
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(manifest, tmp_path / "semicolons", size=8)
+    one_line(err, str(manifest), "one column holding ';'", "separate columns with commas")
+    manifest.write_bytes(text.replace("a\n", "caf\xe9\n").encode("latin-1"))  # a label saved as Latin-1
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(manifest, tmp_path / "latin1", size=8)
+    one_line(err, str(manifest), "not UTF-8 text", r"b'\xe9'", "save it as UTF-8")
+    assert not (tmp_path / "semicolons").exists() and not (tmp_path / "latin1").exists()

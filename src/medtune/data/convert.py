@@ -211,14 +211,24 @@ def is_image_name(name: str) -> bool:
 
 
 def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
-    """A CSV as stripped strings, checked for the required ``columns``."""
+    """A CSV as stripped strings, checked for the required ``columns``.
+
+    UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes; a file in
+    another encoding, or one that separates columns with ``;`` or tabs (Excel in many
+    locales), is refused saying so.
+    """
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                           "save it as UTF-8 (Excel: CSV UTF-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path}: cannot read CSV: {exc}") from None
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+        separator = next((repr(sep) for sep in (";", "\t") if len(table.columns) == 1 and sep in table.columns[0]), None)
+        hint = f" (the header is one column holding {separator}: separate columns with commas)" if separator else ""
+        raise DatasetError(f"{path}: missing column(s) {missing}; found {list(table.columns)}{hint}")
     return table.apply(lambda col: col.str.strip())
 
 
