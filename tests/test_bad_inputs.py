@@ -741,3 +741,54 @@ def test_manifest_saved_by_excel(tmp_path):
         folder.from_manifest(manifest, tmp_path / "latin1", size=8)
     one_line(err, str(manifest), "not UTF-8 text", r"b'\xe9'", "save it as UTF-8")
     assert not (tmp_path / "semicolons").exists() and not (tmp_path / "latin1").exists()
+
+
+# ---------------------------------------------------------------- classes too small to split
+
+
+def _class_folders(root: Path, sizes: dict[str, int]) -> None:
+    for c, (cls, n) in enumerate(sizes.items()):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (30 * c, 7 * i, 0)).save(root / cls / f"{i}.png")
+
+
+def test_class_too_small_to_reach_train_and_test_is_refused_at_preparation(tmp_path):
+    """One or two images of a class land in train (and val) only: the tables would show accuracy 100 beside
+    recall 75 and no AUC. Refused at preparation, every such class named with its counts."""
+    _class_folders(tmp_path / "imgs", {"adipose": 12, "mucus": 1, "debris": 2})
+    spec = {"source": "image_folder", "path": str(tmp_path / "imgs"), "image_size": 8}
+    with pytest.raises(DatasetError) as err:
+        sources.prepare("mine", spec, tmp_path / "store")
+    one_line(err, "dataset 'mine'", "2 of 3 classes lack a train or a test image", "'debris': 1 train, 1 val, 0 test",
+             "'mucus': 1 train, 0 val, 0 test", "add images or remove these classes")
+    assert list((tmp_path / "store").iterdir()) == []  # no store that would give contradictory numbers
+    for cls in ("mucus", "debris"):  # fixed as it says: enough images
+        for i in range(3):
+            Image.new("RGB", (8, 8), (99, 9 * i, 9)).save(tmp_path / "imgs" / cls / f"extra{i}.png")
+    sources.prepare("mine", spec, tmp_path / "store")
+
+
+def test_classes_too_small_for_any_validation_image_name_the_dataset_and_the_cause(tmp_path):
+    """Many classes of 3 images: each gets 2 train and 1 test image and validation ends up empty; the run
+    used to stop after preparation with "split 'val' has no samples", naming neither."""
+    _class_folders(tmp_path / "imgs", {f"tissue{k}": 3 for k in range(6)})
+    spec = {"source": "image_folder", "path": str(tmp_path / "imgs"), "image_size": 8}
+    with pytest.raises(DatasetError) as err:
+        sources.prepare("tiny", spec, tmp_path / "store")
+    one_line(err, "dataset 'tiny'", "no validation image in any of the 6 classes", "they have 3 to 3 images",
+             "give a val split")
+    assert list((tmp_path / "store").iterdir()) == []
+
+
+def test_pubmedvision_body_parts_too_rare_for_a_test_image_are_left_out_and_logged(caplog):
+    from medtune.data import pubmedvision
+    from medtune.data.pubmedvision_records import Pair
+
+    caplog.set_level(logging.INFO)
+    parts = ["Chest"] * 5 + ["Brain"] * 3 + ["Foot"] * 2 + ["Hand"]
+    pairs = [Pair(i, f"id{i}", f"images/{i}.jpg", "a caption", part) for i, part in enumerate(parts)]
+    kept = pubmedvision.without_rare_parts(pairs)
+    assert [p.label for p in kept] == ["Chest"] * 5 + ["Brain"] * 3
+    assert "left out 2 body part(s) with fewer than 3 sampled pairs" in caplog.text
+    assert "'Foot': 2, 'Hand': 1" in caplog.text and "8 of 11 pairs kept" in caplog.text

@@ -85,13 +85,20 @@ def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool
     The sources' log lines (what was carved, skipped, verified, fetched) go to
     stderr, which a workflow job sends to its log.
     """
-    from medtune.data.store import DatasetError
+    from medtune.data.store import DatasetError, check_evaluable, read_samples
 
     problem = config_problem({name: spec})
     if problem:
         raise DatasetError(problem)
+    out_dir = Path(out_dir)
     with _info_to_stderr():
-        SOURCES[spec["source"]].load()(name, spec, Path(out_dir))
+        SOURCES[spec["source"]].load()(name, spec, out_dir)
+    try:
+        check_evaluable(read_samples(out_dir / "samples.csv", ["split", "label_name"]), f"dataset {name!r} ({out_dir})")
+    except DatasetError:
+        for made in ("images.npy", "samples.csv"):  # a store that would give contradictory numbers is not left behind
+            (out_dir / made).unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -39,6 +39,7 @@ class DatasetError(ValueError):
 class Dataset:
     images: np.ndarray  # uint8 N x H x W x 3 (usually a read-only memmap)
     samples: pd.DataFrame
+    where: str = "dataset"  # the store's folder, for messages
 
     @property
     def class_names(self) -> list[str]:
@@ -48,7 +49,7 @@ class Dataset:
     def split(self, name: str) -> pd.DataFrame:
         rows = self.samples[self.samples["split"] == name]
         if rows.empty:
-            raise DatasetError(f"split {name!r} has no samples")
+            raise DatasetError(f"{self.where}: split {name!r} has no samples")
         return rows
 
 
@@ -69,6 +70,35 @@ def validate_samples(samples: pd.DataFrame, n_images: int, source: str) -> None:
     names = samples.groupby("label")["label_name"].nunique()
     if (names > 1).any():
         raise DatasetError(f"{source}: label {int(names[names > 1].index[0])} has several label_names")
+
+
+EVALUATED = ("train", "val", "test")
+
+
+def check_evaluable(samples: pd.DataFrame, source: str) -> None:
+    """Refuse, at preparation, a store that training and evaluation would turn into numbers that
+    contradict each other: a class without a train or a test image (its recall is zero while
+    accuracy ignores it, its AUC is undefined) or no validation image at all (model selection
+    has nothing to select on). Every such class is named with its counts. A store without
+    train, val or test rows (pretraining pairs only) is not evaluated and passes."""
+    if not samples["split"].isin(EVALUATED).any():
+        return
+    counts = pd.crosstab(samples["label_name"], samples["split"]).reindex(columns=list(EVALUATED), fill_value=0)
+    short = counts[(counts["train"] == 0) | (counts["test"] == 0)]
+    if len(short):
+        listed = "; ".join(f"{name!r}: {row.train} train, {row.val} val, {row.test} test" for name, row in short.head(5).iterrows())
+        more = f" (and {len(short) - 5} more)" if len(short) > 5 else ""
+        raise DatasetError(
+            f"{source}: {len(short)} of {len(counts)} classes lack a train or a test image ({listed}{more}); every class "
+            "needs both (a drawn 70/10/20 % split gives them from 3 images a class): add images or remove these classes"
+        )
+    if counts["val"].sum() == 0:
+        sizes = counts.sum(axis=1)
+        raise DatasetError(
+            f"{source}: no validation image in any of the {len(counts)} classes (they have {sizes.min()} to {sizes.max()} "
+            "images; the 10 % validation share of a drawn split rounds to none below 6 a class): add images, or give "
+            "a val split (split folders or a split column)"
+        )
 
 
 def write_dataset(images: np.ndarray, samples: pd.DataFrame, folder: str | Path) -> None:
@@ -188,4 +218,4 @@ def load_dataset(folder: str | Path) -> Dataset:
     images = np.load(folder / "images.npy", mmap_mode="r")
     samples = read_samples(folder / "samples.csv")
     validate_samples(samples, len(images), str(folder))
-    return Dataset(images=images, samples=samples)
+    return Dataset(images=images, samples=samples, where=str(folder))
