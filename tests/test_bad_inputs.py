@@ -165,7 +165,7 @@ def _image_folder(root: Path) -> None:
     for cls in ("a", "b"):
         (root / cls).mkdir(parents=True)
         for i in range(3):
-            Image.new("RGB", (8, 8), (40 * i, 0, 0)).save(root / cls / f"{i}.png")
+            Image.new("RGB", (8, 8), (40 * i, 100 * (cls == "b"), 0)).save(root / cls / f"{i}.png")  # six distinct images
 
 
 def test_corrupt_image_named_by_path(tmp_path):
@@ -176,7 +176,7 @@ def test_corrupt_image_named_by_path(tmp_path):
         folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
     one_line(err, str(bad))
     assert not (tmp_path / "out" / "images.npy").exists()
-    Image.new("RGB", (8, 8)).save(bad)
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(bad)
     folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8)
 
 
@@ -322,7 +322,7 @@ def test_train_and_test_folders_without_val(tmp_path, caplog):
         for cls in ("a", "b"):
             (root / split / cls).mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (8, 8), (i, 0, 0)).save(root / split / cls / f"{i}.png")
+                Image.new("RGB", (8, 8), (i, 50 * (cls == "b"), 100 * (split == "test"))).save(root / split / cls / f"{i}.png")
     folder.from_image_folder(root, tmp_path / "out", size=8, seed=4)
     samples = pd.read_csv(tmp_path / "out" / "samples.csv")
     counts = samples.groupby(["split", "label_name"]).size().to_dict()
@@ -763,9 +763,9 @@ def test_class_too_small_to_reach_train_and_test_is_refused_at_preparation(tmp_p
     one_line(err, "dataset 'mine'", "2 of 3 classes lack a train or a test image", "'debris': 1 train, 1 val, 0 test",
              "'mucus': 1 train, 0 val, 0 test", "add images or remove these classes")
     assert list((tmp_path / "store").iterdir()) == []  # no store that would give contradictory numbers
-    for cls in ("mucus", "debris"):  # fixed as it says: enough images
+    for c, cls in enumerate(("mucus", "debris")):  # fixed as it says: enough images
         for i in range(3):
-            Image.new("RGB", (8, 8), (99, 9 * i, 9)).save(tmp_path / "imgs" / cls / f"extra{i}.png")
+            Image.new("RGB", (8, 8), (99, 9 * i, 9 + c)).save(tmp_path / "imgs" / cls / f"extra{i}.png")
     sources.prepare("mine", spec, tmp_path / "store")
 
 
@@ -792,3 +792,42 @@ def test_pubmedvision_body_parts_too_rare_for_a_test_image_are_left_out_and_logg
     assert [p.label for p in kept] == ["Chest"] * 5 + ["Brain"] * 3
     assert "left out 2 body part(s) with fewer than 3 sampled pairs" in caplog.text
     assert "'Foot': 2, 'Hand': 1" in caplog.text and "8 of 11 pairs kept" in caplog.text
+
+
+# ---------------------------------------------------------------- the same image in two splits
+
+
+def test_same_image_in_train_and_test_under_two_names_is_dropped_from_train(tmp_path, caplog):
+    """A copy placed in test/, the same slide exported twice: half the test set could be training images."""
+    caplog.set_level(logging.INFO)
+    root = tmp_path / "imgs"
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for c, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (8, 8), (20 * i, 60 * c, {"train": 0, "val": 90, "test": 180}[split])).save(
+                    root / split / cls / f"{i}.png")
+    leaked = root / "test" / "a" / "0.png"
+    for copy_to in (root / "train" / "a" / "exported_twice.png", root / "val" / "b" / "relabelled.png",
+                    root / "test" / "a" / "again.png"):  # the last is a copy within test: not a leak, kept
+        copy_to.write_bytes(leaked.read_bytes())
+    Image.open(leaked).save(root / "train" / "b" / "as.tif")  # the same pixels in another format
+    folder.from_image_folder(root, tmp_path / "out", size=8)
+    samples = pd.read_csv(tmp_path / "out" / "samples.csv")
+    images = np.load(tmp_path / "out" / "images.npy")
+    assert samples.groupby("split").size().to_dict() == {"test": 7, "train": 12, "val": 4}  # 3 of 26 dropped
+    assert len(images) == len(samples) == 23 and samples["index"].tolist() == list(range(23))
+    same = (images == np.asarray(Image.open(leaked).convert("RGB"))).all(axis=(1, 2, 3))
+    assert samples.loc[same, "split"].tolist() == ["test", "test"]  # only the held-out copies remain
+    dropped = pd.read_csv(tmp_path / "out" / convert.DROPPED_DUPLICATES)
+    assert sorted(dropped["file"]) == sorted(str(p) for p in (root / "train" / "a" / "exported_twice.png",
+                                                              root / "train" / "b" / "as.tif", root / "val" / "b" / "relabelled.png"))
+    assert set(dropped["kept"]) == {str(leaked)} and set(dropped["kept_split"]) == {"test"}
+    assert "dropped 3 image(s) identical to one in a more held-out split (2 from train, 1 from val), 2 of them with " \
+           "another label" in caplog.text
+    for extra in ("exported_twice.png", "as.tif"):  # removed by the user: the listing goes too
+        (root / "train" / ("a" if extra.endswith("png") else "b") / extra).unlink()
+    (root / "val" / "b" / "relabelled.png").unlink()
+    folder.from_image_folder(root, tmp_path / "out", size=8)
+    assert not (tmp_path / "out" / convert.DROPPED_DUPLICATES).exists()
+    assert len(pd.read_csv(tmp_path / "out" / "samples.csv")) == 23

@@ -21,6 +21,7 @@ seed give the same splits on any machine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from medtune.data.store import SPLITS, DatasetError, image_writer, write_samples
+from medtune.io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,14 @@ def write_image_dataset(
     groups: Sequence[str] | str = "",
     desc: str = "images",
 ) -> Path:
-    """Decode, resize and store ``images`` with their labels as a canonical dataset."""
+    """Decode, resize and store ``images`` with their labels as a canonical dataset.
+
+    Images identical after decoding and resizing (the same file placed twice, a slide exported
+    twice) in different splits would put test images into training: every copy outside the
+    most held-out split they share (test, then val, train, pretrain) is dropped, with a count in
+    the log and each pair in :data:`DROPPED_DUPLICATES` beside the store. Copies within one
+    split are kept.
+    """
     folder = Path(folder)
     if len(images) != len(labels):
         raise DatasetError(f"{folder}: {len(images)} images but {len(labels)} labels")
@@ -186,10 +195,53 @@ def write_image_dataset(
         raise DatasetError(f"{folder}: no images to convert")
     samples = samples_table(labels, splits, class_names, captions, groups)
     with image_writer(folder, (len(images), size, size, 3)) as out:
+        digests = []
         for i, source in enumerate(tqdm(images, desc=desc, unit="img", disable=None)):
-            out[i] = load_rgb(source, size)
-    write_samples(samples, len(images), folder)
+            out[i] = image = load_rgb(source, size)
+            digests.append(hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        dropped = cross_split_duplicates(digests, samples, [source_name(s) for s in images])
+        if len(dropped):
+            out.keep_rows(np.flatnonzero(~samples["index"].isin(dropped["row"])))
+    record_dropped(dropped, folder, desc)
+    kept = samples[~samples["index"].isin(dropped["row"])].assign(index=lambda t: np.arange(len(t)))
+    write_samples(kept.reset_index(drop=True), len(kept), folder)
     return folder
+
+
+DROPPED_DUPLICATES = "dropped_duplicates.csv"
+HELD_OUT_ORDER = ("test", "val", "train", "pretrain")  # the copy in the first split a group reaches is kept
+
+
+def cross_split_duplicates(digests: Sequence[bytes], samples: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The rows to drop (``row``, ``file``, ``split``, ``label_name``) with the copy each repeats
+    (``kept``, ``kept_split``, ``kept_label_name``): every image whose identical copy lies in a more
+    held-out split."""
+    table = pd.DataFrame({"digest": list(digests), "row": samples["index"].to_numpy(), "file": list(names),
+                          "split": samples["split"].to_numpy(), "label_name": samples["label_name"].to_numpy()})
+    table["rank"] = table["split"].map({s: k for k, s in enumerate(HELD_OUT_ORDER)})
+    best = table.sort_values(["rank", "row"]).drop_duplicates("digest").set_index("digest")
+    kept = best.loc[table["digest"]].reset_index(drop=True)
+    mask = (table["rank"] > kept["rank"]).to_numpy()
+    out = table.loc[mask, ["row", "file", "split", "label_name"]].reset_index(drop=True)
+    return out.assign(kept=kept.loc[mask, "file"].to_numpy(), kept_split=kept.loc[mask, "split"].to_numpy(),
+                      kept_label_name=kept.loc[mask, "label_name"].to_numpy())
+
+
+def record_dropped(dropped: pd.DataFrame, folder: Path, desc: str) -> None:
+    """Log the dropped copies and list them beside the store (a stale list removed when there are none)."""
+    listing = folder / DROPPED_DUPLICATES
+    if dropped.empty:
+        listing.unlink(missing_ok=True)
+        return
+    relabelled = int((dropped["label_name"] != dropped["kept_label_name"]).sum())
+    first = dropped.iloc[0]
+    log.warning(
+        "%s: dropped %d image(s) identical to one in a more held-out split (%s), %d of them with another label; "
+        "e.g. %s (%s) = %s (%s); all listed in %s",
+        desc, len(dropped), ", ".join(f"{k} from {s}" for s, k in dropped["split"].value_counts().sort_index().items()),
+        relabelled, first["file"], first["split"], first["kept"], first["kept_split"], listing,
+    )
+    write_csv(dropped, listing)
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:

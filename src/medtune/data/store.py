@@ -140,6 +140,24 @@ class RowWriter:
         while done < len(data):  # pwrite may write less than asked
             done += os.pwrite(self.fd, data[done:], position + done)
 
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (ascending), in place: each moves forward over a dropped one, the
+        ``.npy`` header takes the smaller shape (padded to its old length, so the data stay where
+        they are) and the file is cut after the last row kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(self)):
+            raise ValueError("rows to keep must be ascending row numbers of the file")
+        for new, old in enumerate(rows.tolist()):
+            if new != old:
+                data = os.pread(self.fd, self.row_bytes, self.offset + old * self.row_bytes)
+                os.pwrite(self.fd, data, self.offset + new * self.row_bytes)
+        self.shape = (len(rows), *self.shape[1:])
+        major = os.pread(self.fd, 1, 6)[0]  # .npy format version: a 2-byte header length in 1.0, 4 bytes after
+        start = 10 if major == 1 else 12
+        text = repr({"descr": "|u1", "fortran_order": False, "shape": self.shape})
+        os.pwrite(self.fd, (text.ljust(self.offset - start - 1) + "\n").encode("latin1"), start)
+        os.ftruncate(self.fd, self.offset + len(rows) * self.row_bytes)
+
 
 @contextlib.contextmanager
 def image_writer(folder: str | Path, shape: tuple[int, int, int, int]) -> Iterator[RowWriter]:
@@ -154,7 +172,7 @@ def image_writer(folder: str | Path, shape: tuple[int, int, int, int]) -> Iterat
         header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         offset = header.offset
         del header
-        fd = os.open(tmp, os.O_WRONLY)
+        fd = os.open(tmp, os.O_RDWR)
         try:
             yield RowWriter(fd, offset, shape)
             os.fsync(fd)
