@@ -831,3 +831,36 @@ def test_same_image_in_train_and_test_under_two_names_is_dropped_from_train(tmp_
     folder.from_image_folder(root, tmp_path / "out", size=8)
     assert not (tmp_path / "out" / convert.DROPPED_DUPLICATES).exists()
     assert len(pd.read_csv(tmp_path / "out" / "samples.csv")) == 23
+
+
+# ---------------------------------------------------------------- data that change under the pipeline
+
+
+@pytest.mark.parametrize("meanwhile", ["added", "changed"])
+def test_data_changing_while_they_are_prepared_stop_the_job(tmp_path, monkeypatch, meanwhile):
+    """A copy still running when the workflow starts: the store would mix old and new files."""
+    from medtune.data import inventory
+
+    _class_folders(tmp_path / "imgs", {"a": 10, "b": 10})
+    spec = {"source": "image_folder", "path": str(tmp_path / "imgs"), "image_size": 8}
+    real, calls = convert.load_rgb, []
+
+    def copy_still_running(source, size):
+        calls.append(source)
+        if len(calls) == 5:
+            target = tmp_path / "imgs" / "b" / ("late.png" if meanwhile == "added" else "3.png")
+            Image.new("RGB", (8, 8), (1, 250, 1)).save(target)
+        return real(source, size)
+
+    monkeypatch.setattr(convert, "load_rgb", copy_still_running)
+    with pytest.raises(DatasetError) as err:
+        sources.prepare("mine", spec, tmp_path / "store")
+    what = f"{tmp_path / 'imgs' / 'b' / 'late.png'} appeared" if meanwhile == "added" else f"{tmp_path / 'imgs' / 'b' / '3.png'} changed"
+    one_line(err, "dataset 'mine'", what, "while the dataset was being prepared", "rerun once the files are complete")
+    assert not list((tmp_path / "store").glob("*.npy")) and not (tmp_path / "store" / inventory.RECORD).exists()
+    monkeypatch.setattr(convert, "load_rgb", real)
+    sources.prepare("mine", spec, tmp_path / "store")  # the copy finished: the rerun records what it read
+    record = inventory.read_record(tmp_path / "store")
+    assert len(record["files"]) == (21 if meanwhile == "added" else 20)
+    assert record["dataset"] == "mine" and record["duplicates_dropped"] == 0
+    assert inventory.state(spec, tmp_path / "store") == inventory.UNRECORDED  # what the store was made under
