@@ -864,3 +864,19 @@ def test_data_changing_while_they_are_prepared_stop_the_job(tmp_path, monkeypatc
     assert len(record["files"]) == (21 if meanwhile == "added" else 20)
     assert record["dataset"] == "mine" and record["duplicates_dropped"] == 0
     assert inventory.state(spec, tmp_path / "store") == inventory.UNRECORDED  # what the store was made under
+
+
+def test_class_list_naming_a_class_without_images(tmp_path):
+    """classes: [a, b, c] with no image of b: label 1 would be a gap, class_names would read [a, c], and every
+    prompt after the gap would score another class's images."""
+    _class_folders(tmp_path / "imgs", {"a": 10, "c": 10})
+    with pytest.raises(DatasetError) as err:
+        folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", classes=["a", "b", "c"], size=8)
+    one_line(err, "class 'b' of the class list ['a', 'b', 'c'] has no images", "leave it out of classes:")
+    assert not (tmp_path / "out").exists()
+    samples = pd.DataFrame({"index": range(4), "split": "train", "label": [0, 0, 2, 2], "label_name": ["a", "a", "c", "c"],
+                            "caption": "", "group": ""})
+    with pytest.raises(DatasetError) as err:  # any source: a store with a gap in its labels is refused
+        write_dataset(np.zeros((4, 4, 4, 3), np.uint8), samples, tmp_path / "ds")
+    one_line(err, "no sample has label 1")
+    folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", classes=["c", "a"], size=8)

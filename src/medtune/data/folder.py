@@ -67,6 +67,10 @@ def class_indices(
     for value, item in zip(found, items):
         if value not in index:
             raise DatasetError(f"{source}: label {value!r} of {item} is not in the class list {names}")
+    unused = [name for name in names if name not in set(found)]
+    if unused:  # its label index would be a gap, and every later class's prompt would score the wrong images
+        raise DatasetError(f"{source}: class {unused[0]!r} of the class list {names} has no images "
+                           f"({len(unused)} such); add its images or leave it out of classes:")
     return names, [index[value] for value in found]
 
 

@@ -70,6 +70,10 @@ def validate_samples(samples: pd.DataFrame, n_images: int, source: str) -> None:
     names = samples.groupby("label")["label_name"].nunique()
     if (names > 1).any():
         raise DatasetError(f"{source}: label {int(names[names > 1].index[0])} has several label_names")
+    labels = np.sort(samples["label"].unique())
+    if not np.array_equal(labels, np.arange(len(labels))):  # class names are read back in label order
+        missing = sorted(set(range(int(labels.max()) + 1)) - set(labels.tolist()))
+        raise DatasetError(f"{source}: labels must be 0..{len(labels) - 1} with a sample each; no sample has label {missing[0]}")
 
 
 EVALUATED = ("train", "val", "test")
