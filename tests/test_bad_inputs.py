@@ -10,6 +10,7 @@ import gzip
 import logging
 import os
 import pickle
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -880,3 +881,50 @@ def test_class_list_naming_a_class_without_images(tmp_path):
         write_dataset(np.zeros((4, 4, 4, 3), np.uint8), samples, tmp_path / "ds")
     one_line(err, "no sample has label 1")
     folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", classes=["c", "a"], size=8)
+
+
+def test_unreadable_class_folder_is_named_not_skipped(tmp_path, monkeypatch):
+    """rglob skips a folder it may not read, and the class's images with it, in silence (as root, which the
+    tests run as, nothing is unreadable: the refusal is simulated where os.walk lists a folder)."""
+    _class_folders(tmp_path / "imgs", {"a": 10, "b": 10})
+    locked, scandir = tmp_path / "imgs" / "b", os.scandir
+
+    def no_permission(path="."):
+        if Path(path) == locked:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", no_permission)
+    for read in (lambda: folder.from_image_folder(tmp_path / "imgs", tmp_path / "out", size=8),
+                 lambda: sources.prepare("mhist", {"source": "mhist", "path": str(tmp_path / "imgs")}, tmp_path / "out")):
+        with pytest.raises(DatasetError) as err:
+            read()
+        one_line(err, f"cannot read the folder {locked}: Permission denied")
+    assert not (tmp_path / "out").exists()
+
+
+def test_source_state_follows_content_not_times_and_keeps_a_store_whose_source_is_gone(tmp_path, capsys):
+    """The param that reruns a preparation (the workflow test runs it through Snakemake): a touch keeps it,
+    a change moves it, putting the old bytes back does not restore it (the store holds the changed ones),
+    and a source deleted after preparation keeps the store."""
+    from medtune.data import inventory
+
+    _class_folders(tmp_path / "imgs", {"a": 10, "b": 10})
+    spec, store = {"source": "image_folder", "path": str(tmp_path / "imgs"), "image_size": 8}, tmp_path / "store"
+    assert inventory.state(spec, store) == inventory.UNRECORDED  # nothing prepared yet
+    sources.prepare("mine", spec, store, state="made under this")
+    image = tmp_path / "imgs" / "a" / "4.png"
+    original = image.read_bytes()
+    os.utime(image, ns=(1, 1))
+    assert inventory.state(spec, store) == "made under this"
+    Image.new("RGB", (8, 8), (255, 0, 255)).save(image)
+    changed = inventory.state(spec, store)
+    assert changed.startswith("sha256:") and changed == inventory.state(spec, store)  # the same for the same bytes
+    sources.prepare("mine", spec, store, state=changed)
+    assert inventory.state(spec, store) == changed  # after the rerun: nothing more to do
+    image.write_bytes(original)
+    assert inventory.state(spec, store) not in (changed, "made under this")
+    sources.prepare("mine", spec, store, state="again")
+    shutil.rmtree(tmp_path / "imgs")
+    assert inventory.state(spec, store) == "again"
+    assert "none of the 20 files" in capsys.readouterr().err

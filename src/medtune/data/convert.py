@@ -35,7 +35,6 @@ import pandas as pd
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from medtune.data.inventory import IMAGE_EXTENSIONS, is_image_name, list_images  # noqa: F401  (the sources import them from here)
 from medtune.data.store import SPLITS, DatasetError, image_writer, write_samples
 from medtune.io import write_csv
 
@@ -44,6 +43,7 @@ log = logging.getLogger(__name__)
 DEFAULT_SIZE = 224
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 CARVED_VAL_FRACTION = 0.1  # of train, when the data bring train and test but no validation split
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 MAX_IMAGE_BYTES = 1 << 30  # 1 GiB: above any image Pillow would decode (its bomb limit is 179 Mpixels)
 
 
@@ -242,6 +242,37 @@ def record_dropped(dropped: pd.DataFrame, folder: Path, desc: str) -> None:
         relabelled, first["file"], first["split"], first["kept"], first["kept_split"], listing,
     )
     write_csv(dropped, listing)
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """Image files under ``root`` (recursively), sorted; hidden files and ``__MACOSX`` skipped.
+
+    An image name that is not a regular file (a FIFO, a device, a broken link) is
+    listed too, so that reading it stops with its name instead of dropping it silently;
+    so does a folder that cannot be read (``rglob`` would skip it, and its images, in
+    silence). Links to folders below ``root`` are not followed.
+    """
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=_unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+        found += [Path(folder) / f for f in files]
+    return sorted(p for p in found if is_image_name(p.relative_to(root).as_posix()))
+
+
+def _unreadable(err: OSError) -> None:
+    """``os.walk``'s error handler: a folder it may not read stops the listing; one that is not
+    there (any more) holds nothing."""
+    if not isinstance(err, FileNotFoundError):
+        raise DatasetError(f"cannot read the folder {err.filename}: {err.strerror}") from None
+
+
+def is_image_name(name: str) -> bool:
+    """An image file name, not hidden, not under ``__MACOSX`` (the junk macOS adds to zips)."""
+    parts = name.split("/")
+    return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not any(
+        part.startswith(".") or part == "__MACOSX" for part in parts
+    )
 
 
 def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:

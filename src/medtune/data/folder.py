@@ -43,7 +43,6 @@ from medtune.data.convert import (
     stratified_splits,
     write_image_dataset,
 )
-from medtune.data.inventory import check_utf8_name
 from medtune.data.store import DatasetError
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,13 @@ def subfolders(folder: Path) -> list[Path]:
     here, before any image is decoded, rather than when samples.csv is written."""
     found = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     for path in found:
-        check_utf8_name(folder, path.name)
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetError(
+                f"{folder}: the folder name {os.fsencode(path.name)!r} is not valid UTF-8; folder names become class "
+                "names in samples.csv and the tables: rename it (e.g. convmv -f latin1 -t utf-8)"
+            ) from None
     return found
 
 

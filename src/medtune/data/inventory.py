@@ -11,7 +11,9 @@ record; only a file whose ``stat`` differs is hashed. The result is a Snakemake 
   the value the store was made under, so nothing reruns;
 * a file was added, removed or changed -> ``sha256:`` of the current files, a new value, so
   the preparation and everything downstream of it rerun, and no other dataset's jobs;
-* no record (a store not made yet, or made before records existed) -> :data:`UNRECORDED`.
+* no record (a store not made yet, or made before records existed) -> :data:`UNRECORDED`;
+* none of the recorded files is there any more (deleted after preparation to save space, a
+  drive not mounted) -> the store's value, with a note: the store is all there is.
 
 The job writes the value it ran under into the record, so after a rerun the next DAG sees
 the same value again. Sources that fetch into their folder (PCam, PubMedVision) are recorded
@@ -24,36 +26,17 @@ This module imports nothing heavy: the Snakefile calls it for every DAG.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import os
 import stat
+import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 RECORD = "source.json"
 UNRECORDED = "unrecorded"
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 PARTIAL_SUFFIXES = (".part",)  # a download in progress (medtune.data.download), not data
-
-
-def list_images(root: str | os.PathLike) -> list[Path]:
-    """Image files under ``root`` (recursively), sorted; hidden files and ``__MACOSX`` skipped.
-
-    An image name that is not a regular file (a FIFO, a device, a broken link) is
-    listed too, so that reading it stops with its name instead of dropping it silently.
-    """
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if is_image_name(p.relative_to(root).as_posix()) and not p.is_dir())
-
-
-def is_image_name(name: str) -> bool:
-    """An image file name, not hidden, not under ``__MACOSX`` (the junk macOS adds to zips)."""
-    parts = name.split("/")
-    return Path(name).suffix.lower() in IMAGE_EXTENSIONS and not any(
-        part.startswith(".") or part == "__MACOSX" for part in parts
-    )
 
 
 # ---------------------------------------------------------------- which files a source reads
@@ -77,58 +60,34 @@ def files_under_path(spec: Mapping[str, Any]) -> list[Path]:
     root = Path(spec["path"]).expanduser()
     if root.is_file():
         return [root]
-    if not root.is_dir():
-        return []
+    from medtune.data.convert import _unreadable
+
     found = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, onerror=_unreadable):  # links to folders are not followed
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
         found += [Path(folder) / f for f in sorted(files) if not f.startswith(".") and not f.endswith(PARTIAL_SUFFIXES)]
     return found
 
 
 def image_folder_files(spec: Mapping[str, Any]) -> list[Path]:
-    """The images of an image folder; a class folder name that is not UTF-8 is refused here,
-    when the DAG is built, not after every image was decoded."""
+    """The images the image-folder source reads, found as it finds them; what it would refuse
+    (a class folder name that is not UTF-8, images outside class folders) stops the DAG now,
+    not after every image was decoded."""
+    from medtune.data.folder import scan_image_folder
+
     root = Path(spec["path"]).expanduser()
-    if not root.is_dir():
-        return []
-    images = list_images(root)
-    for folder in sorted({p.parent for p in images}):
-        where = root
-        for part in folder.relative_to(root).parts:
-            check_utf8_name(where, part)
-            where = where / part
-    return images
-
-
-def check_utf8_name(where: Path, name: str) -> None:
-    """Refuse a folder name that is not UTF-8 (a class name to be, written to samples.csv as UTF-8)."""
-    from medtune.data.store import DatasetError
-
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        raise DatasetError(
-            f"{where}: the folder name {os.fsencode(name)!r} is not valid UTF-8; folder names become class "
-            "names in samples.csv and the tables: rename it (e.g. convmv -f latin1 -t utf-8)"
-        ) from None
+    return [image for image, _, _ in scan_image_folder(root)] if root.is_dir() else []
 
 
 def manifest_files(spec: Mapping[str, Any]) -> list[Path]:
-    """The manifest and every file its ``path`` column names (relative to its folder)."""
+    """The manifest and every file it names, read as the manifest source reads it."""
+    from medtune.data.convert import read_table
+    from medtune.data.folder import manifest_paths
+
     manifest = Path(spec["path"]).expanduser()
     if not manifest.is_file():
         return []
-    listed = []
-    try:
-        with open(manifest, newline="", encoding="utf-8-sig") as fh:
-            for row in csv.DictReader(fh):
-                text = (row.get("path") or "").strip()
-                if text:
-                    listed.append(manifest.parent / text)
-    except (OSError, UnicodeDecodeError, csv.Error):
-        pass  # the preparation job names what is wrong with it; its own bytes are recorded anyway
-    return [manifest, *sorted(set(listed))]
+    return [manifest, *manifest_paths(read_table(manifest, ["path", "label"]), manifest)]
 
 
 # ---------------------------------------------------------------- the record and the state
@@ -173,6 +132,10 @@ def state(spec: Mapping[str, Any], store: str | os.PathLike) -> str:
         return UNRECORDED
     now = snapshot(source_files(spec))
     recorded: dict[str, dict[str, Any]] = record["files"]
+    if recorded and not now:  # deleted to save space, or a drive not mounted: the store is all there is
+        print(f"medtune: none of the {len(recorded)} files {store} was prepared from is there now "
+              f"(e.g. {next(iter(recorded))}); keeping the store", file=sys.stderr)
+        return str(record.get("state", UNRECORDED))
     digests = {}
     for path, st in now.items():
         entry = recorded.get(path)
