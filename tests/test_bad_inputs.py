@@ -928,3 +928,24 @@ def test_source_state_follows_content_not_times_and_keeps_a_store_whose_source_i
     shutil.rmtree(tmp_path / "imgs")
     assert inventory.state(spec, store) == "again"
     assert "none of the 20 files" in capsys.readouterr().err
+
+
+def test_manifest_typed_by_hand(tmp_path):
+    """What a spreadsheet or a Windows user writes: spaces after commas in the header, 'Tumor' beside 'tumor',
+    backslashes between folders."""
+    _image_folder(tmp_path / "imgs")
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path, label\n" + "".join(f"{r['path']}, {r['label']}\n" for r in _manifest_rows()))
+    folder.from_manifest(manifest, tmp_path / "spaced", size=8)  # read as meant
+    assert sorted(set(pd.read_csv(tmp_path / "spaced" / "samples.csv")["label_name"])) == ["a", "b"]
+    rows = _manifest_rows()
+    rows[1]["label"] = "A"
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(_manifest(tmp_path, rows), tmp_path / "cased", size=8)
+    one_line(err, "labels 'A' and 'a' differ only in case or spaces", "they would be two classes")
+    rows = _manifest_rows()
+    rows[2]["path"] = "imgs\\a\\2.png"
+    with pytest.raises(DatasetError) as err:
+        folder.from_manifest(_manifest(tmp_path, rows), tmp_path / "windows", size=8)
+    one_line(err, "line 4", "write '/' between folders, not '\\'")
+    assert not (tmp_path / "cased").exists() and not (tmp_path / "windows").exists()

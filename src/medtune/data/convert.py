@@ -289,6 +289,7 @@ def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
                            "save it as UTF-8 (Excel: CSV UTF-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path}: cannot read CSV: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]  # "path, label" as a spreadsheet writes it
     missing = [c for c in columns if c not in table.columns]
     if missing:
         separator = next((repr(sep) for sep in (";", "\t") if len(table.columns) == 1 and sep in table.columns[0]), None)

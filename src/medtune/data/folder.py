@@ -62,6 +62,13 @@ def class_indices(
 ) -> tuple[list[str], list[int]]:
     """Class names (sorted found names, or ``classes`` when given) and a label index per item."""
     names = sorted(set(found)) if classes is None else list(classes)
+    folded: dict[str, str] = {}
+    for name in sorted(set(found)):  # 'Tumor' and 'tumor' would be two classes of one tissue
+        key = " ".join(name.casefold().split())
+        if key in folded:
+            raise DatasetError(f"{source}: labels {folded[key]!r} and {name!r} differ only in case or spaces; "
+                               "write one spelling (they would be two classes)")
+        folded[key] = name
     index = {name: i for i, name in enumerate(names)}
     for value, item in zip(found, items):
         if value not in index:
@@ -205,6 +212,8 @@ def manifest_paths(table: pd.DataFrame, manifest: Path) -> list[Path]:
         try:
             st = path.stat()
         except FileNotFoundError:
+            if "\\" in text and os.sep == "/":
+                raise DatasetError(f"{where}: no such file {path}; write '/' between folders, not '\\'") from None
             st = None
         except OSError as exc:
             raise DatasetError(f"{where}: cannot read {path}: {exc.strerror}") from None
