@@ -22,6 +22,7 @@ import torch
 import yaml
 from PIL import Image
 
+from conftest import small_filesystem
 from medtune import jobs, plan
 from medtune.data import archives, convert, download, folder, manual, pcam, sources
 from medtune.data.store import DatasetError, validate_samples, write_dataset
@@ -581,17 +582,8 @@ def test_interrupt_while_a_job_imports_is_one_line(tmp_path):
 @pytest.fixture
 def small_disk(tmp_path):
     """A 1 MB tmpfs of this test's own (skipped where this user cannot mount one)."""
-    import subprocess
-
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (root or CAP_SYS_ADMIN needed): {done.stderr.strip()}")
-    try:
+    with small_filesystem(tmp_path / "disk", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 class DiskJob:

@@ -100,10 +100,11 @@ def _fail(logged: bool, message: str, status: int = 1) -> None:
     """The traceback in the log; one line on the terminal (and in the log): then exit."""
     import traceback
 
+    print(ERROR_PREFIX + message, file=sys.__stderr__, flush=True)  # first: the log may be on a full disk
     if logged:  # the details go to the job's log, never to the terminal
-        traceback.print_exc()
-    print(ERROR_PREFIX + message, file=sys.__stderr__)
-    print(ERROR_PREFIX + message)
+        with contextlib.suppress(OSError):
+            traceback.print_exc()
+            print(ERROR_PREFIX + message)
     raise SystemExit(status) from None
 
 
@@ -164,7 +165,8 @@ def _usage_line():
     try:
         yield
     finally:
-        print(USAGE_PREFIX + json.dumps(usage()), flush=True)
+        with contextlib.suppress(OSError):  # a full disk must not hide the job's own error behind this line's
+            print(USAGE_PREFIX + json.dumps(usage()), flush=True)
 
 
 def usage() -> dict[str, Any]:
