@@ -627,6 +627,9 @@ def test_config_results_naming_a_file(tmp_path, monkeypatch):
     (tmp_path / "notes.txt").write_text("a user's file")
     one_line(bad_config(lambda c: c.update(results="notes.txt")), "config key results: 'notes.txt'", "notes.txt is a file, not a folder")
     one_line(bad_config(lambda c: c.update(results="notes.txt/run1")), "notes.txt is a file")
+    one_line(bad_config(lambda c: c.update(results="")), "config key results: empty")
+    one_line(bad_config(lambda c: c["datasets"].update(mine={"source": "image_folder", "path": " "})),
+             "config key datasets.mine.path: empty")  # not the working directory scanned for images
     (tmp_path / "dangling").symlink_to(tmp_path / "gone")
     one_line(bad_config(lambda c: c.update(results="dangling/run1")), "dangling is a broken link")
     assert (tmp_path / "notes.txt").read_text() == "a user's file"

@@ -155,6 +155,8 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
 def _results_folder(results: str) -> str:
     """``results`` with ``~`` expanded (Snakemake would make a folder named ``~``), refused when
     it or a folder on its way is a file: every job would fail on it after the DAG was built."""
+    if not results.strip():
+        raise ConfigError("config key results: empty; name the folder for the results (default: results)")
     expanded = str(Path(results).expanduser())
     for part in (Path(expanded), *Path(expanded).parents):
         if part.is_dir():

@@ -90,6 +90,8 @@ def config_problem(datasets: Mapping[str, Mapping[str, Any]]) -> str | None:
         missing = [key for key in source.required if key not in spec]
         if missing:
             return f"config key datasets.{name}.{missing[0]} is required for source {source.name!r}"
+        if isinstance(spec.get("path"), str) and not spec["path"].strip():  # "" would be the working directory
+            return f"config key datasets.{name}.path: empty; name the dataset's folder or file"
     return None
 
 
