@@ -944,3 +944,22 @@ def test_manifest_typed_by_hand(tmp_path):
         folder.from_manifest(_manifest(tmp_path, rows), tmp_path / "windows", size=8)
     one_line(err, "line 4", "write '/' between folders, not '\\'")
     assert not (tmp_path / "cased").exists() and not (tmp_path / "windows").exists()
+
+
+def test_mhist_extraction_cut_short_points_at_the_zip(tmp_path):
+    """images.zip placed, and images/ extracted from it only in part (an unzip interrupted): images/ is read
+    first, so the run used to stop at the first absent image as if the label file were wrong."""
+    from test_data_manual import mhist_fixture
+
+    root = tmp_path / "mhist"
+    mhist_fixture(root, as_zip=True)
+    extracted = root / "images"
+    extracted.mkdir()
+    for image in sorted((root / "staging" / "images").iterdir())[:9]:
+        (extracted / image.name).write_bytes(image.read_bytes())
+    with pytest.raises(DatasetError) as err:
+        manual.convert_mhist(root, tmp_path / "out", size=16)
+    one_line(err, str(extracted), "17 of the 26 images annotations.csv lists are not there", "'MHIST_009.png'",
+             "extraction cut short", f"Remove {extracted}/ to read images.zip itself")
+    shutil.rmtree(extracted)  # as it says
+    manual.convert_mhist(root, tmp_path / "out", size=16)
