@@ -26,6 +26,7 @@ This module imports nothing heavy: the Snakefile calls it for every DAG.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -136,16 +137,40 @@ def state(spec: Mapping[str, Any], store: str | os.PathLike) -> str:
         print(f"medtune: none of the {len(recorded)} files {store} was prepared from is there now "
               f"(e.g. {next(iter(recorded))}); keeping the store", file=sys.stderr)
         return str(record.get("state", UNRECORDED))
-    digests = {}
+    digests, restated = {}, False
     for path, st in now.items():
         entry = recorded.get(path)
         if entry is not None and entry.get("stat") == stat_key(st):
             digests[path] = entry["sha256"]
         else:
-            digests[path] = file_sha256(Path(path), st)
+            digests[path], restated = file_sha256(Path(path), st), True
     if digests == {path: entry.get("sha256") for path, entry in recorded.items()}:
+        if restated:  # touched, same bytes: remember the new times, or every later DAG would hash them again
+            _restate(store, record, now)
         return str(record.get("state", UNRECORDED))
     return "sha256:" + content_digest(digests)
+
+
+def _restate(store: str | os.PathLike, record: dict[str, Any], now: Mapping[str, os.stat_result]) -> None:
+    """Rewrite the record with the files' current ``stat`` (their content was checked equal). Two
+    workflows may do this at once: each writes a temporary of its own and renames it over the
+    record. A results folder that cannot be written keeps the old record (hashing again next time)."""
+    import tempfile
+
+    from medtune.io import honour_umask
+
+    for path, st in now.items():
+        record["files"][path]["stat"] = stat_key(st)
+    target = Path(store) / RECORD
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{RECORD}.", suffix=".part", dir=store)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=2, sort_keys=True)
+        honour_umask(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError, UnboundLocalError):
+            os.unlink(tmp)
 
 
 def content_digest(digests: Mapping[str, str]) -> str:
