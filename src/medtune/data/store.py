@@ -100,7 +100,7 @@ def check_evaluable(samples: pd.DataFrame, source: str) -> None:
         sizes = counts.sum(axis=1)
         raise DatasetError(
             f"{source}: no validation image in any of the {len(counts)} classes (they have {sizes.min()} to {sizes.max()} "
-            "images; the 10 % validation share of a drawn split rounds to none below 6 a class): add images, or give "
+            "images: a drawn split's 10 % validation share of so small a class rounds to none): add images, or give "
             "a val split (split folders or a split column)"
         )
 
