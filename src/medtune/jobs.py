@@ -115,7 +115,7 @@ def error_message(err: BaseException, smk) -> str:
     if isinstance(err, MemoryError):
         return (f"out of memory in rule {getattr(smk, 'rule', 'job')} ({err or 'the system refused an allocation'}); "
                 "run it with more memory (resources: mem_mb) or fewer jobs at once")
-    if isinstance(err, OSError) and (err.errno in (*DISK_FULL, errno.EROFS)):
+    if isinstance(err, OSError) and err.errno in (*DISK_FULL, errno.EROFS):
         path = err.filename or _first_output(smk) or "?"
         where = free_space(path)
         if err.errno == errno.EROFS:
