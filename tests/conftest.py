@@ -176,3 +176,26 @@ def serve_locally(handler):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@contextlib.contextmanager
+def small_filesystem(mount: Path, size: str):
+    """A tmpfs of ``size`` (e.g. ``1m``) mounted at ``mount`` for a full-disk test; the test is
+    skipped, saying why, where this user cannot mount one (CI runs as root)."""
+    mount.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (root or CAP_SYS_ADMIN needed): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def fill(mount: Path, leave: int) -> Path:
+    """Fill the file system of ``mount`` to ``leave`` bytes free; the filler file, to free the space again."""
+    filler = mount / "filler"
+    st = os.statvfs(mount)
+    with open(filler, "wb") as fh:
+        fh.write(b"\0" * max(0, st.f_bavail * st.f_frsize - leave))
+    return filler

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,9 +16,17 @@ from medtune.data.store import DatasetError, load_dataset
 SIZE = 8
 
 
+MARKS = itertools.count(1)
+
+
 def write_png(path, colour=(10, 20, 30), size=(12, 10), mode="RGB"):
+    """An image of ``colour`` with a mark of its own in the middle: no two files are the same image
+    (identical images in two splits would be dropped as duplicates)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", size, colour).convert(mode).save(path)
+    image = Image.new("RGB", size, colour)
+    mark = next(MARKS)
+    image.paste((mark * 37 % 256, mark * 11 % 256, mark // 7 % 256), (size[0] // 2 - 1, size[1] // 2 - 1, size[0] // 2 + 1, size[1] // 2 + 1))
+    image.convert(mode).save(path)
     return path
 
 

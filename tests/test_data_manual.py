@@ -108,7 +108,7 @@ def test_mhist_listed_image_absent_named(tmp_path):
     folder = tmp_path / "mhist"
     mhist_fixture(folder, as_zip=False, n_train=4, n_test=2)
     (folder / "images" / "MHIST_004.png").unlink()
-    with pytest.raises(DatasetError, match=r"no image 'MHIST_004\.png'"):
+    with pytest.raises(DatasetError, match=r"1 of the 6 images annotations\.csv lists are not there \(e\.g\. 'MHIST_004\.png'\)"):
         manual.convert_mhist(folder, tmp_path / "out", size=SIZE)
 
 

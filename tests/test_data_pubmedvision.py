@@ -439,10 +439,10 @@ def test_only_the_zips_the_sample_reaches_are_opened(served, tmp_path, data):
     records, zips = data
     folder = place(tmp_path / "placed", records, zips, ZIPS)
     listed = [*ZIPS, "images_2.zip"]  # neither placed nor served
-    seed = seed_avoiding_missing_image(records, 10)
-    sample = pmv.prepare_pubmedvision(tmp_path / "a", folder, n=10, seed=seed, size=32, base_url=served.base,
+    seed = seed_avoiding_missing_image(records, 12)  # 12 pairs: at least 3 of each body part
+    sample = pmv.prepare_pubmedvision(tmp_path / "a", folder, n=12, seed=seed, size=32, base_url=served.base,
                                       zips=listed)
-    assert len(sample.pairs) == 10 and served.log == []
+    assert len(sample.pairs) == 12 and served.log == []
     # the full sample meets the record whose image is in no placed zip: images_2.zip must be searched
     with pytest.raises(DownloadError) as err:
         pmv.prepare_pubmedvision(tmp_path / "b", folder, n=N_GOOD, seed=0, size=32, base_url=served.base,

@@ -47,7 +47,7 @@ def test_prepare_goes_through_the_registry(tmp_path):
     root = tmp_path / "imgs"
     for c, cls in enumerate(("a", "b")):
         (root / cls).mkdir(parents=True)
-        for i in range(5):
+        for i in range(10):  # enough for the drawn split to give each class train, val and test images
             Image.new("RGB", (10, 10), (50 * c, 20 * i, 0)).save(root / cls / f"{i}.png")
     sources.prepare("mine", {"source": "image_folder", "path": str(root), "image_size": 8, "seed": 3}, tmp_path / "via")
     from_image_folder(root, tmp_path / "direct", size=8, seed=3)
@@ -64,7 +64,7 @@ def test_prepare_names_a_missing_required_key_and_an_unknown_source(tmp_path):
 
 
 def toy_prepare(name, spec, out_dir):
-    """A dataset source defined outside the package: two flat-colour images per class."""
+    """A dataset source defined outside the package: twelve flat grey images of two classes, a shade each."""
     from medtune.data.convert import ImageRef, write_image_dataset
 
     def png(level):
@@ -75,8 +75,8 @@ def toy_prepare(name, spec, out_dir):
         return out.getvalue()
 
     labels = [0, 0, 1, 1] * 3
-    images = [ImageRef(f"toy:{i}", lambda v=60 * label: png(v)) for i, label in enumerate(labels)]
-    splits = ["train", "val", "test", "train"] * 3
+    images = [ImageRef(f"toy:{i}", lambda v=60 * label + i: png(v)) for i, label in enumerate(labels)]
+    splits = ["train", "test", "train", "test", "train", "val", "train", "val", "train", "test", "test", "train"]
     write_image_dataset(images, labels, splits, ["dark", "light"], out_dir, size=spec.get("image_size", 4))
 
 

@@ -279,3 +279,31 @@ def test_second_invocation_is_refused_by_the_lock(tmp_path, small_run):
     for data in ("images.npy", "samples.csv"):
         assert (tmp_path / "results/data/synth" / data).read_bytes() == (small_run / "results/data/synth" / data).read_bytes()
     assert not list((tmp_path / "results").rglob("*.part"))
+
+
+def test_results_on_a_disk_that_fills_during_the_tables(killed_four_times, tmp_path):
+    """The finished core run again, with results/ on a small file system of its own (Snakemake's own
+    .snakemake/ elsewhere, as when results: names another disk) that fills while the tables job writes:
+    one line naming the path and the free space, no traceback, no partial file; after space is freed a
+    rerun completes with the same tables."""
+    import shutil
+
+    from conftest import fill, small_filesystem
+
+    workdir, _, _ = killed_four_times
+    copy = tmp_path / "run"
+    shutil.copytree(workdir, copy, symlinks=True, ignore=shutil.ignore_patterns("results"))
+    size = sum(p.stat().st_size + 4096 for p in (workdir / "results").rglob("*") if p.is_file())
+    with small_filesystem(copy / "results", f"{size // 1024 + 2048}k") as results:
+        shutil.copytree(workdir / "results", results, dirs_exist_ok=True, ignore=shutil.ignore_patterns("tables"))
+        filler = fill(results, 24 * 1024)  # room for the job's log and a table or two, not for 21 tables
+        failed = snakemake(copy, CORE_TABLES_TARGET, check=False)
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr
+        lines = [line for line in failed.stderr.splitlines() if line.startswith("medtune")]
+        assert len(lines) == 1 and lines[0].startswith("medtune error: no space left on the device writing results/tables/"), lines
+        assert f" free of " in lines[0] and f"on {results})" in lines[0] and "free some space and rerun" in lines[0]
+        assert not [p for p in (results / "tables").rglob("*") if p.name.startswith(".") or p.name.endswith(".part")]
+        filler.unlink()
+        snakemake(copy, CORE_TABLES_TARGET)
+        for table in (workdir / "results/tables").iterdir():
+            assert (results / "tables" / table.name).read_bytes() == table.read_bytes(), table.name

@@ -251,7 +251,8 @@ def test_rfc_widths_linear_probe_sweep_and_class_balance_are_checked():
     assert config["methods"]["linear_probe"]["params"]["C_range"] == [1e-6, 1e6]
     assert "methods.rfc.hidden_widths.1" in _bad(lambda c: c["methods"]["rfc"].update(hidden_widths=["d/4", "64x", 8]))
     assert "methods.rfc.hidden_widths.0" in _bad(lambda c: c["methods"]["rfc"].update(hidden_widths=["d/0"]))
-    assert "'hidden_divisors' was unexpected" in _bad(lambda c: c["methods"]["rfc"].update(hidden_divisors=[4, 16, 4]))
+    assert "methods.rfc.hidden_divisors is from an earlier medtune: renamed hidden_widths" in _bad(
+        lambda c: c["methods"]["rfc"].update(hidden_divisors=[4, 16, 4]))
     assert "methods.linear_probe.C_range" in _bad(lambda c: c["methods"]["linear_probe"].update(C_range=[1e-6]))
     assert "methods.linear_probe.search" in _bad(lambda c: c["methods"]["linear_probe"].update(search="binary"))
     assert "datasets.synthetic.class_balance" in _bad(lambda c: c["datasets"]["synthetic"].update(class_balance="even"))

@@ -54,7 +54,7 @@ def test_synthetic_prepared_chunk_by_chunk_is_the_generated_dataset(tmp_path, mo
     spec = {"source": "synthetic", "image_size": 16, "seed": 3, "sizes": {"train": 70, "val": 4, "test": 5}}
     real = synthetic.generate_chunks
     monkeypatch.setattr(synthetic, "generate_chunks", lambda s: real(s, chunk_size=32))  # several chunks in a split
-    sources.prepare("syn", spec, tmp_path / "chunked")
+    sources.prepare_synthetic("syn", spec, tmp_path / "chunked")  # the source alone: 5 test images miss classes
     images, rows = synthetic.generate(synthetic.SyntheticSpec(sizes=spec["sizes"], image_size=16, seed=3))
     write_dataset(images, rows, tmp_path / "whole")
     chunked, whole = load_dataset(tmp_path / "chunked"), load_dataset(tmp_path / "whole")

@@ -246,3 +246,54 @@ def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tm
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
     for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Tables", "Workflow"):
         assert f">{category}<" in rendered, category
+
+
+def _draw_class(folder, n: int, shade: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (20, 20), (shade, 9 * i, 255 - shade)).save(folder / f"{i}.png")
+
+
+def test_changed_data_rerun_their_preparation_and_a_touched_tree_does_not(tmp_path):
+    """Recolour one class's image, add a class: the dataset's preparation reruns, and no other dataset's;
+    touching every file, or copying the tree back in place, reruns nothing; after a rerun nothing is left
+    to do. Only the stores are targets: this is the preparation rule, not another whole workflow."""
+    import os
+
+    from PIL import Image
+
+    from medtune.data.store import load_dataset
+
+    config = copy.deepcopy(SMALL_CONFIG)
+    for name, shade in (("mine", 0), ("other", 90)):
+        for c, cls in enumerate(("adipose", "mucus")):
+            _draw_class(tmp_path / name / cls, 10, shade + 40 * c)
+        config["datasets"][name] = {"source": "image_folder", "path": name, "image_size": 16}
+    write_config(tmp_path, config)
+    stores = ["results/data/mine/samples.csv", "results/data/other/samples.csv"]
+    made = snakemake(tmp_path, *stores)
+    assert job_counts(made.stdout + made.stderr)["prepare_dataset"] == 2
+    nothing = "Nothing to be done"
+    for path in (tmp_path / "mine").rglob("*.png"):  # touched: new times, same bytes
+        os.utime(path)
+    shutil.copytree(tmp_path / "mine", tmp_path / "copy")  # copied back: new inodes and times, same bytes
+    shutil.rmtree(tmp_path / "mine")
+    (tmp_path / "copy").rename(tmp_path / "mine")
+    assert nothing in snakemake(tmp_path, "-n", *stores).stdout
+    Image.new("RGB", (20, 20), (200, 0, 0)).save(tmp_path / "mine" / "adipose" / "3.png")  # recoloured
+    plan = snakemake(tmp_path, "-n", *stores).stdout
+    assert job_counts(plan) == {"prepare_dataset": 1, "total": 1} and "dataset=mine" in plan
+    _draw_class(tmp_path / "mine" / "debris", 10, 170)  # a new class
+    snakemake(tmp_path, *stores)
+    assert load_dataset(tmp_path / "results/data/mine").class_names == ["adipose", "debris", "mucus"]
+    assert nothing in snakemake(tmp_path, "-n", *stores).stdout
+    latin1 = os.fsdecode(b"d\xe9bris")  # a class folder renamed by an old archive tool: named before any work
+    (tmp_path / "mine" / "debris").rename(tmp_path / "mine" / latin1)
+    result = snakemake(tmp_path, "-n", *stores, check=False)
+    assert result.returncode != 0
+    assert [line for line in result.stderr.splitlines() if line.startswith("medtune")] == [
+        "medtune: datasets.mine: mine: the folder name b'd\\xe9bris' is not valid UTF-8; folder names become class "
+        "names in samples.csv and the tables: rename it (e.g. convmv -f latin1 -t utf-8)"
+    ]

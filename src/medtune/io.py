@@ -10,8 +10,10 @@ system read ``results/`` as the umask allows.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -62,10 +64,27 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     honour_umask(tmp_path)
     try:
-        yield tmp_path
+        with _naming(target):
+            yield tmp_path
         os.replace(tmp_path, target)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _naming(target: Path) -> Iterator[None]:
+    """A write that fails without saying where (numpy's, pandas', a full disk's ``write()``)
+    names the output it was writing, so the job's one-line error can. numpy's ``tofile``
+    reports a full disk as a bare short write ("N requested and M written"): that becomes
+    the ENOSPC it is."""
+    try:
+        yield
+    except OSError as err:
+        if err.errno is None and re.search(r"\d+ requested and \d+ written", str(err)):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from err
+        if err.filename is None:
+            err.filename = str(target)
+        raise
 
 
 @contextlib.contextmanager
@@ -76,7 +95,8 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     remove_stale_temporaries(target)
     tmp = make_temp_dir(target)
     try:
-        yield tmp
+        with _naming(target):
+            yield tmp
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -2,7 +2,11 @@
 
 It sends the job's output to its Snakemake log, sets the thread count Snakemake
 granted, and turns the errors medtune raises on bad input into one line naming
-the culprit (on stderr and in the log) instead of a traceback. When the work ends,
+the culprit (on stderr and in the log) instead of a traceback; so are the faults of the
+machine rather than the data: a full or read-only disk (naming the path and the space
+left on its file system), memory running out, and an interrupt (Ctrl-C, or the SIGTERM
+a scheduler or Snakemake sends), which still runs every cleanup, so the atomic writers
+remove their temporaries. The full traceback goes to the job's log. When the work ends,
 it logs one line (:data:`USAGE_PREFIX`) of what the job used, as the kernel counts it: wall and CPU
 seconds since the process started, and the peak resident memory. Snakemake's
 benchmark files sample memory every 30 s once a job has run for 30 s, so they can
@@ -12,19 +16,47 @@ miss a short peak; this line cannot.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import resource
+import shutil
+import signal
 import sys
 import time
 from typing import Any, Callable
 
-KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, RuntimeError)
+KNOWN_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, RuntimeError, MemoryError)
 USAGE_PREFIX = "medtune usage: "
+ERROR_PREFIX = "medtune error: "
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so that every ``finally`` (the atomic
+    writers' removal of their temporaries) runs before the job exits."""
+
+
+def _one_line_interrupt_hook(hook):
+    """``sys.excepthook`` that prints an interrupt outside :func:`run` (while a script
+    imports its modules) as one line instead of a traceback."""
+
+    def excepthook(kind, value, tb):
+        if issubclass(kind, KeyboardInterrupt):
+            print(f"{ERROR_PREFIX}interrupted before the job started its work; nothing was written", file=sys.__stderr__)
+            return
+        hook(kind, value, tb)
+
+    return excepthook
+
+
+# a job script imports this module first; from then on an interrupt is one line
+sys.excepthook = _one_line_interrupt_hook(sys.excepthook)
 
 
 def run(main: Callable[[object], None], smk) -> None:
     log_path = smk.log[0] if len(smk.log) else None
+    logged = log_path is not None
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     # torch sizes its thread pool from this when it is first imported; light jobs
     # (subsets, tables, figures) never import it and should not pay for it
@@ -32,7 +64,8 @@ def run(main: Callable[[object], None], smk) -> None:
     with contextlib.ExitStack() as stack:
         if log_path:
             os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)
-            log = stack.enter_context(open(log_path, "w", buffering=1))
+            # a file or folder name that is not UTF-8 must not turn a message into a UnicodeEncodeError
+            log = stack.enter_context(open(log_path, "w", buffering=1, errors="backslashreplace"))
             stack.enter_context(contextlib.redirect_stdout(log))
             stack.enter_context(contextlib.redirect_stderr(log))
         try:
@@ -47,16 +80,78 @@ def run(main: Callable[[object], None], smk) -> None:
                     print(f"medtune: GPU job on device {device}")
             if "torch" in sys.modules:
                 sys.modules["torch"].set_num_threads(threads)
+            previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+            stack.callback(signal.signal, signal.SIGTERM, previous)
             with _usage_line():
                 main(smk)
+        except KeyboardInterrupt as err:
+            _fail(logged, f"{'terminated (SIGTERM)' if isinstance(err, Interrupted) else 'interrupted (Ctrl-C)'} in rule "
+                  f"{getattr(smk, 'rule', 'job')}; its outputs were not written and no partial file remains: "
+                  "rerun to continue", status=130)
         except KNOWN_ERRORS as err:
-            message = oom_message(smk) if _is_out_of_memory(err) else f"{type(err).__name__}: {err}".splitlines()[0]
-            import traceback
+            _fail(logged, error_message(err, smk))
 
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted()
+
+
+def _fail(logged: bool, message: str, status: int = 1) -> None:
+    """The traceback in the log; one line on the terminal (and in the log): then exit."""
+    import traceback
+
+    print(ERROR_PREFIX + message, file=sys.__stderr__, flush=True)  # first: the log may be on a full disk
+    if logged:  # the details go to the job's log, never to the terminal
+        with contextlib.suppress(OSError):
             traceback.print_exc()
-            print(f"medtune error: {message}", file=sys.__stderr__)
-            print(f"medtune error: {message}")
-            raise SystemExit(1) from None
+            print(ERROR_PREFIX + message)
+    raise SystemExit(status) from None
+
+
+def error_message(err: BaseException, smk) -> str:
+    """One line for a failed job: what went wrong and, for the machine's faults, where and what to do."""
+    if _is_out_of_memory(err):
+        return oom_message(smk)
+    if isinstance(err, MemoryError):
+        return (f"out of memory in rule {getattr(smk, 'rule', 'job')} ({err or 'the system refused an allocation'}); "
+                "run it with more memory (resources: mem_mb) or fewer jobs at once")
+    if isinstance(err, OSError) and err.errno in (*DISK_FULL, errno.EROFS):
+        path = err.filename or _first_output(smk) or "?"
+        where = free_space(path)
+        if err.errno == errno.EROFS:
+            return f"cannot write {path}: read-only file system{where}; point results: at a writable folder"
+        return (f"no space left on the device writing {path}{where}; free some space and rerun "
+                "(finished outputs are kept, nothing half-written remains)")
+    return f"{type(err).__name__}: {err}".splitlines()[0]
+
+
+def _first_output(smk) -> str | None:
+    outputs = list(getattr(smk, "output", []) or [])
+    return str(outputs[0]) if outputs else None
+
+
+def free_space(path: str | os.PathLike) -> str:
+    """`` (12.0 MB free of 1.0 GB on /mount)`` for the file system holding ``path`` (or its nearest
+    existing folder); empty when even that cannot be found."""
+    folder = os.path.abspath(path)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    try:
+        usage = shutil.disk_usage(folder)
+    except OSError:
+        return ""
+    mount = folder
+    while not os.path.ismount(mount):
+        mount = os.path.dirname(mount)
+    return f" ({_size(usage.free)} free of {_size(usage.total)} on {mount})"
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
 
 
 def report(message: str) -> None:
@@ -70,7 +165,8 @@ def _usage_line():
     try:
         yield
     finally:
-        print(USAGE_PREFIX + json.dumps(usage()), flush=True)
+        with contextlib.suppress(OSError):  # a full disk must not hide the job's own error behind this line's
+            print(USAGE_PREFIX + json.dumps(usage()), flush=True)
 
 
 def usage() -> dict[str, Any]:

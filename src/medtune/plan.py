@@ -19,6 +19,7 @@ import yaml
 from medtune import methods as method_registry
 from medtune import studies as study_registry
 from medtune.conditions import ALL, SUITES, TRAIN_CONDITIONS, augmented_condition, expand_conditions, parse_condition
+from medtune.former_keys import former_method, former_param
 from medtune.registry import RegistryError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
@@ -127,13 +128,13 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
     if errors:
         err = jsonschema.exceptions.best_match(errors)
-        raise ConfigError(f"config key {_key_path(err)}: {err.message}")
+        raise ConfigError(former_param(config.get("methods")) or f"config key {_key_path(err)}: {err.message}")
     from medtune.data.sources import config_problem  # each source declares the dataset keys it honours
 
     if problem := config_problem(config["datasets"]):
         raise ConfigError(problem)
     config = copy.deepcopy(config)
-    config.setdefault("results", "results")
+    config["results"] = _results_folder(config.get("results", "results"))
     config.setdefault("device", "auto")
     config.setdefault("progress", True)
     config.setdefault("seeds", [1, 2, 3])
@@ -149,6 +150,21 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
     return config
+
+
+def _results_folder(results: str) -> str:
+    """``results`` with ``~`` expanded (Snakemake would make a folder named ``~``), refused when
+    it or a folder on its way is a file: every job would fail on it after the DAG was built."""
+    if not results.strip():
+        raise ConfigError("config key results: empty; name the folder for the results (default: results)")
+    expanded = str(Path(results).expanduser())
+    for part in (Path(expanded), *Path(expanded).parents):
+        if part.is_dir():
+            break
+        if part.exists() or part.is_symlink():
+            what = "a broken link" if not part.exists() else "a file"
+            raise ConfigError(f"config key results: {results!r} cannot be the results folder: {part} is {what}, not a folder")
+    return expanded
 
 
 def _check_finite(value: Any, key: str = "") -> None:
@@ -209,7 +225,8 @@ def _check_references(config: dict[str, Any]) -> None:
     for study_name, study in config["studies"].items():
         for name in study["methods"]:
             if name not in config["methods"]:
-                raise ConfigError(f"config key studies.{study_name}.methods: unknown method {name!r}; configured: {', '.join(config['methods'])}")
+                where = f"studies.{study_name}.methods"
+                raise ConfigError(former_method(name, where) or f"config key {where}: unknown method {name!r}; configured: {', '.join(config['methods'])}")
         for name in study["datasets"]:
             if name not in datasets:
                 raise ConfigError(f"config key studies.{study_name}.datasets: unknown dataset {name!r}")

@@ -6,6 +6,7 @@ import re
 
 from medtune import devices
 from medtune import studies as study_registry
+from medtune.data import inventory
 from medtune.records import MANIFEST
 
 RESULTS = config["results"]
@@ -41,6 +42,15 @@ def dataset_files(dataset):
         "images": f"{RESULTS}/data/{dataset}/images.npy",
         "samples": f"{RESULTS}/data/{dataset}/samples.csv",
     }
+
+
+def source_state(wildcards):
+    """What the dataset's files hold, as far as it matters for rerunning (medtune.data.inventory);
+    a folder the workflow cannot use (a class name that is not UTF-8) stops it here, in one line."""
+    try:
+        return inventory.state(DATASETS[wildcards.dataset], f"{RESULTS}/data/{wildcards.dataset}")
+    except ValueError as err:
+        sys.exit(f"medtune: datasets.{wildcards.dataset}: {err}")
 
 
 def backbone_weights(backbone):

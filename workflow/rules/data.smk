@@ -1,4 +1,8 @@
-# Acquire a dataset and convert it once to the canonical store.
+# Acquire a dataset and convert it once to the canonical store. The store's record of what
+# it read (source.json) makes source_state a param: changed data rerun this job and what
+# depends on it, a touched but identical tree does not (medtune.data.inventory). The record
+# is not an output: Snakemake removes outputs before a job runs and evaluates its params
+# again then, so the record must still be there for the job to get the value its DAG had.
 
 
 rule prepare_dataset:
@@ -8,6 +12,7 @@ rule prepare_dataset:
     params:
         spec=lambda wc: DATASETS[wc.dataset],
         progress=config["progress"],
+        source_state=source_state,
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:

@@ -5,7 +5,8 @@ from medtune.data.sources import prepare
 
 
 def main(smk):
-    prepare(smk.wildcards.dataset, smk.params.spec, os.path.dirname(smk.output.images), progress=smk.params.progress)
+    prepare(smk.wildcards.dataset, smk.params.spec, os.path.dirname(smk.output.images), progress=smk.params.progress,
+            state=smk.params.source_state)
 
 
 jobs.run(main, snakemake)  # noqa: F821

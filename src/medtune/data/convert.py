@@ -21,6 +21,7 @@ seed give the same splits on any machine.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import os
@@ -35,6 +36,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from medtune.data.store import SPLITS, DatasetError, image_writer, write_samples
+from medtune.io import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +180,14 @@ def write_image_dataset(
     groups: Sequence[str] | str = "",
     desc: str = "images",
 ) -> Path:
-    """Decode, resize and store ``images`` with their labels as a canonical dataset."""
+    """Decode, resize and store ``images`` with their labels as a canonical dataset.
+
+    Images identical after decoding and resizing (the same file placed twice, a slide exported
+    twice) in different splits would put test images into training: every copy outside the
+    most held-out split they share (test, then val, train, pretrain) is dropped, with a count in
+    the log and each pair in :data:`DROPPED_DUPLICATES` beside the store. Copies within one
+    split are kept.
+    """
     folder = Path(folder)
     if len(images) != len(labels):
         raise DatasetError(f"{folder}: {len(images)} images but {len(labels)} labels")
@@ -186,20 +195,75 @@ def write_image_dataset(
         raise DatasetError(f"{folder}: no images to convert")
     samples = samples_table(labels, splits, class_names, captions, groups)
     with image_writer(folder, (len(images), size, size, 3)) as out:
+        digests = []
         for i, source in enumerate(tqdm(images, desc=desc, unit="img", disable=None)):
-            out[i] = load_rgb(source, size)
-    write_samples(samples, len(images), folder)
+            out[i] = image = load_rgb(source, size)
+            digests.append(hashlib.blake2b(image.tobytes(), digest_size=16).digest())
+        dropped = cross_split_duplicates(digests, samples, [source_name(s) for s in images])
+        if len(dropped):
+            out.keep_rows(np.flatnonzero(~samples["index"].isin(dropped["row"])))
+    record_dropped(dropped, folder, desc)
+    kept = samples[~samples["index"].isin(dropped["row"])].assign(index=lambda t: np.arange(len(t)))
+    write_samples(kept.reset_index(drop=True), len(kept), folder)
     return folder
+
+
+DROPPED_DUPLICATES = "dropped_duplicates.csv"
+HELD_OUT_ORDER = ("test", "val", "train", "pretrain")  # the copy in the first split a group reaches is kept
+
+
+def cross_split_duplicates(digests: Sequence[bytes], samples: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The rows to drop (``row``, ``file``, ``split``, ``label_name``) with the copy each repeats
+    (``kept``, ``kept_split``, ``kept_label_name``): every image whose identical copy lies in a more
+    held-out split."""
+    table = pd.DataFrame({"digest": list(digests), "row": samples["index"].to_numpy(), "file": list(names),
+                          "split": samples["split"].to_numpy(), "label_name": samples["label_name"].to_numpy()})
+    table["rank"] = table["split"].map({s: k for k, s in enumerate(HELD_OUT_ORDER)})
+    best = table.sort_values(["rank", "row"]).drop_duplicates("digest").set_index("digest")
+    kept = best.loc[table["digest"]].reset_index(drop=True)
+    mask = (table["rank"] > kept["rank"]).to_numpy()
+    out = table.loc[mask, ["row", "file", "split", "label_name"]].reset_index(drop=True)
+    return out.assign(kept=kept.loc[mask, "file"].to_numpy(), kept_split=kept.loc[mask, "split"].to_numpy(),
+                      kept_label_name=kept.loc[mask, "label_name"].to_numpy())
+
+
+def record_dropped(dropped: pd.DataFrame, folder: Path, desc: str) -> None:
+    """Log the dropped copies and list them beside the store (a stale list removed when there are none)."""
+    listing = folder / DROPPED_DUPLICATES
+    if dropped.empty:
+        listing.unlink(missing_ok=True)
+        return
+    relabelled = int((dropped["label_name"] != dropped["kept_label_name"]).sum())
+    first = dropped.iloc[0]
+    log.warning(
+        "%s: dropped %d image(s) identical to one in a more held-out split (%s), %d of them with another label; "
+        "e.g. %s (%s) = %s (%s); all listed in %s",
+        desc, len(dropped), ", ".join(f"{k} from {s}" for s, k in dropped["split"].value_counts().sort_index().items()),
+        relabelled, first["file"], first["split"], first["kept"], first["kept_split"], listing,
+    )
+    write_csv(dropped, listing)
 
 
 def list_images(root: str | os.PathLike) -> list[Path]:
     """Image files under ``root`` (recursively), sorted; hidden files and ``__MACOSX`` skipped.
 
     An image name that is not a regular file (a FIFO, a device, a broken link) is
-    listed too, so that reading it stops with its name instead of dropping it silently.
+    listed too, so that reading it stops with its name instead of dropping it silently;
+    so does a folder that cannot be read (``rglob`` would skip it, and its images, in
+    silence). Links to folders below ``root`` are not followed.
     """
-    root = Path(root)
-    return sorted(p for p in root.rglob("*") if is_image_name(p.relative_to(root).as_posix()) and not p.is_dir())
+    found = []
+    for folder, dirs, files in os.walk(root, onerror=_unreadable):  # strings: a Path per file costs seconds at 100k
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d != "__MACOSX"]
+        found += [os.path.join(folder, f) for f in files if not f.startswith(".") and os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS]
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]  # the order Paths sort in
+
+
+def _unreadable(err: OSError) -> None:
+    """``os.walk``'s error handler: a folder it may not read stops the listing; one that is not
+    there (any more) holds nothing."""
+    if not isinstance(err, FileNotFoundError):
+        raise DatasetError(f"cannot read the folder {err.filename}: {err.strerror}") from None
 
 
 def is_image_name(name: str) -> bool:
@@ -211,14 +275,25 @@ def is_image_name(name: str) -> bool:
 
 
 def read_table(path: str | os.PathLike, columns: Sequence[str]) -> pd.DataFrame:
-    """A CSV as stripped strings, checked for the required ``columns``."""
+    """A CSV as stripped strings, checked for the required ``columns``.
+
+    UTF-8, with or without the byte-order mark Excel's "CSV UTF-8" writes; a file in
+    another encoding, or one that separates columns with ``;`` or tabs (Excel in many
+    locales), is refused saying so.
+    """
     try:
-        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                           "save it as UTF-8 (Excel: CSV UTF-8)") from None
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         raise DatasetError(f"{path}: cannot read CSV: {exc}") from None
+    table.columns = [str(c).strip() for c in table.columns]  # "path, label" as a spreadsheet writes it
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise DatasetError(f"{path}: missing column(s) {missing}; found {list(table.columns)}")
+        separator = next((repr(sep) for sep in (";", "\t") if len(table.columns) == 1 and sep in table.columns[0]), None)
+        hint = f" (the header is one column holding {separator}: separate columns with commas)" if separator else ""
+        raise DatasetError(f"{path}: missing column(s) {missing}; found {list(table.columns)}{hint}")
     return table.apply(lambda col: col.str.strip())
 
 

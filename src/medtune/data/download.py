@@ -28,6 +28,14 @@ from medtune.io import atomic_path
 CHUNK_SIZE = 1 << 20
 
 
+class ChecksumError(DownloadError):
+    """A complete download whose MD5 is not the expected one (its partial file deleted)."""
+
+    def __init__(self, message: str, url: str, dest: Path, expected: str, found: str):
+        super().__init__(message)
+        self.url, self.dest, self.expected, self.found = url, dest, expected, found
+
+
 def file_md5(path: str | os.PathLike, chunk_size: int = CHUNK_SIZE) -> str:
     return _hash_file(Path(path), chunk_size).hexdigest()
 
@@ -144,9 +152,10 @@ def _finish(url: str, dest: Path, md5: str | None, got: str) -> Path:
     part = part_path(dest)
     if md5 is not None and got != md5.lower():
         part.unlink(missing_ok=True)
-        raise DownloadError(
-            f"{dest}: MD5 mismatch for {url}: expected {md5.lower()}, got {got}; "
-            "deleted the partial file, rerun to download again"
+        raise ChecksumError(
+            f"{dest}: MD5 mismatch for {url}: expected {md5.lower()}, got {got}; deleted the download "
+            "(a rerun downloads it again, which helps only if the transfer was corrupted)",
+            url, dest, md5.lower(), got,
         )
     os.replace(part, dest)
     return dest

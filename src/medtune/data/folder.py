@@ -2,12 +2,14 @@
 
 (a) :func:`from_image_folder`: ``root/<class>/*.png``, or with top-level split
 folders ``root/{train,val,test}/<class>/*.png``; without split folders the
-splits are a seeded, class-stratified draw by ``fractions``.
+splits are a seeded, class-stratified draw by ``fractions``. Folder names become
+class names and must be UTF-8.
 
 (b) :func:`from_manifest`: a CSV with columns ``path, label`` and optionally
 ``caption, split, group``. A relative path is relative to the manifest's folder
-and must stay inside it (``../../etc/passwd`` is refused); an absolute path is
-read where it points. Each row must name a regular file (not a FIFO or a device).
+and must stay inside it, links resolved (``../../etc/passwd``, or a link in the
+folder to a file outside it, is refused); an absolute path is read where it points.
+Each row must name a regular file (not a FIFO or a device).
 A row repeating an earlier row for the same file (the same resolved path) in every
 column is dropped with a warning; the same file with any other difference (label,
 split, caption, group) is refused naming both lines, since one image in two rows
@@ -60,10 +62,21 @@ def class_indices(
 ) -> tuple[list[str], list[int]]:
     """Class names (sorted found names, or ``classes`` when given) and a label index per item."""
     names = sorted(set(found)) if classes is None else list(classes)
+    folded: dict[str, str] = {}
+    for name in sorted(set(found)):  # 'Tumor' and 'tumor' would be two classes of one tissue
+        key = " ".join(name.casefold().split())
+        if key in folded:
+            raise DatasetError(f"{source}: labels {folded[key]!r} and {name!r} differ only in case or spaces; "
+                               "write one spelling (they would be two classes)")
+        folded[key] = name
     index = {name: i for i, name in enumerate(names)}
     for value, item in zip(found, items):
         if value not in index:
             raise DatasetError(f"{source}: label {value!r} of {item} is not in the class list {names}")
+    unused = [name for name in names if name not in set(found)]
+    if unused:  # its label index would be a gap, and every later class's prompt would score the wrong images
+        raise DatasetError(f"{source}: class {unused[0]!r} of the class list {names} has no images "
+                           f"({len(unused)} such); add its images or leave it out of classes:")
     return names, [index[value] for value in found]
 
 
@@ -74,7 +87,18 @@ def split_name(value: str, where: str) -> str:
 
 
 def subfolders(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    """The visible folders in ``folder``; a name that is not UTF-8 (a class name to be) is refused
+    here, before any image is decoded, rather than when samples.csv is written."""
+    found = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    for path in found:
+        try:
+            path.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetError(
+                f"{folder}: the folder name {os.fsencode(path.name)!r} is not valid UTF-8; folder names become class "
+                "names in samples.csv and the tables: rename it (e.g. convmv -f latin1 -t utf-8)"
+            ) from None
+    return found
 
 
 def scan_image_folder(root: Path) -> list[tuple[Path, str | None, str]]:
@@ -171,6 +195,7 @@ def manifest_paths(table: pd.DataFrame, manifest: Path) -> list[Path]:
         where = manifest_line(manifest, row, text)
         if not text:
             raise DatasetError(f"{where}: empty path")
+        path = folder / text
         if not os.path.isabs(text):
             normal = os.path.normpath(text)
             if normal == os.pardir or normal.startswith(os.pardir + os.sep):
@@ -178,10 +203,17 @@ def manifest_paths(table: pd.DataFrame, manifest: Path) -> list[Path]:
                     f"{where}: the relative path leads outside the manifest's folder {folder}; "
                     "write an absolute path to read a file elsewhere"
                 )
-        path = folder / text
+            real, inside = os.path.realpath(path), os.path.realpath(folder)
+            if os.path.commonpath([real, inside]) != inside:  # a link that leads out
+                raise DatasetError(
+                    f"{where}: the relative path is a link to {real}, outside the manifest's folder {folder}; "
+                    "write an absolute path to read a file elsewhere"
+                )
         try:
             st = path.stat()
         except FileNotFoundError:
+            if "\\" in text and os.sep == "/":
+                raise DatasetError(f"{where}: no such file {path}; write '/' between folders, not '\\'") from None
             st = None
         except OSError as exc:
             raise DatasetError(f"{where}: cannot read {path}: {exc.strerror}") from None

@@ -134,6 +134,14 @@ def convert_mhist(
     splits = mhist_partitions(table["Partition"], names, folder / MHIST_ANNOTATIONS)
     splits = carve_validation(labels, splits, val_fraction, seed)
     with mhist_images(images) as index:
+        absent = [name for name in names if name not in index]
+        if absent:  # an extraction cut short leaves a folder holding part of the images
+            zipped = images.is_dir() and (folder / MHIST_ZIP).is_file()
+            raise DatasetError(
+                f"{images}: {len(absent)} of the {len(names)} images {MHIST_ANNOTATIONS} lists are not there "
+                f"(e.g. {absent[0]!r}); was the extraction cut short? "
+                + (f"Remove {images}/ to read {MHIST_ZIP} itself, or extract it again" if zipped else f"Place the complete {MHIST_ZIP}")
+            )
         sources = [lookup_image(index, name, images) for name in names]
         return write_image_dataset(
             sources, labels, splits, class_order(classes), out_folder, size=size, groups="colon", desc="MHIST"

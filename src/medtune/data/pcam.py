@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from medtune.data.convert import samples_table
-from medtune.data.download import download, file_md5, gunzip
+from medtune.data.download import ChecksumError, download, file_md5, gunzip
 from medtune.data.store import DatasetError, image_writer, write_samples
 
 ZENODO = "https://zenodo.org/records/2546921/files"
@@ -95,12 +95,26 @@ def fetch(
                 if gz.exists():
                     check_placed(gz, expected, config_key)
                 else:
-                    download(file_url(base_url, gz.name), gz, md5=expected)
+                    fetch_verified(file_url(base_url, gz.name), gz, expected, config_key)
                 gunzip(gz, h5)
                 if not keep_gz:
                     gz.unlink()
             paths.append(h5)
     return paths
+
+
+def fetch_verified(url: str, dest: Path, expected: str | None, config_key: str) -> None:
+    """Download ``dest``; a complete download with another MD5 says what to change, since a
+    mirror that serves other bytes serves them again on a rerun."""
+    try:
+        download(url, dest, md5=expected)
+    except ChecksumError as err:
+        raise DatasetError(
+            f"{dest}: {url} served bytes with MD5 {err.found}, not the expected {err.expected} (a rerun downloads it "
+            f"again: that helps only if the transfer was corrupted); if the url: under {config_key} is a mirror with "
+            f"another copy, accept it with md5: {{{dest.name}: {err.found}}} (or verify: false), else drop url: to "
+            f"download from {ZENODO}"
+        ) from None
 
 
 def check_placed(path: Path, expected: str | None, config_key: str) -> None:

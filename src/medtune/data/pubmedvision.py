@@ -22,7 +22,11 @@ and the images in ``images_0.zip`` … ``images_19.zip`` (~2.86 GB each).
    the images themselves (well under 1 GB) instead of ~57 GB — or, with
    ``full_download``, downloaded whole into ``folder``. ``zips`` limits the draw to
    the zips listed (e.g. the ones placed, to run offline);
-4. writes the canonical store with :func:`~medtune.data.convert.write_image_dataset`:
+4. leaves out the body parts with fewer than :data:`MIN_PAIRS_PER_PART` sampled pairs (a
+   long tail of the 31 regions can land one or two pairs in a sample): the 70/10/20 %
+   draw cannot give them a train and a test image, and such a class would score zero
+   recall beside a perfect accuracy. Each is named in the log with its count;
+5. writes the canonical store with :func:`~medtune.data.convert.write_image_dataset`:
    ``caption`` = the gpt turn, ``label_name`` = ``group`` = the body part, class names =
    the sorted body parts present in the sample, and splits train/val/test = 70/10/20 %
    stratified by body part with the same seed (the paper only says "Train & Validation /
@@ -34,6 +38,7 @@ import contextlib
 import functools
 import logging
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -41,7 +46,7 @@ from medtune.data.convert import DEFAULT_SIZE, stratified_splits, write_image_da
 from medtune.data.download import download
 from medtune.data.http import DownloadError
 from medtune.data.jsonstream import iter_records
-from medtune.data.pubmedvision_records import DEFAULT_N, Sample, sample_records
+from medtune.data.pubmedvision_records import DEFAULT_N, Pair, Sample, sample_records
 from medtune.data.pubmedvision_zips import ImageZips
 from medtune.data.store import DatasetError
 
@@ -51,6 +56,8 @@ REPO_ID = "FreedomIntelligence/PubMedVision"
 JSON_NAME = "PubMedVision_Alignment_VQA.json"
 ZIP_NAMES = tuple(f"images_{i}.zip" for i in range(20))
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+# the smallest class the 70/10/20 % draw gives a train and a test image (2 train, 1 test)
+MIN_PAIRS_PER_PART = 3
 
 
 def prepare_source(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:
@@ -117,6 +124,7 @@ def prepare_pubmedvision(
         url_of = functools.partial(file_url, base_url=base_url, revision=revision)
         shelf = ImageZips(stack, zips, Path(folder), url_of, full_download=full_download, config_key=config_key)
         sample = sample_records(iter_records(json_path), n=n, seed=seed, available=shelf)
+        sample.pairs = without_rare_parts(sample.pairs)
         class_names = sample.class_names
         label_of = {name: i for i, name in enumerate(class_names)}
         labels = [label_of[p.label] for p in sample.pairs]
@@ -133,3 +141,14 @@ def prepare_pubmedvision(
         )
         shelf.report()
     return sample
+
+
+def without_rare_parts(pairs: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` less those of body parts sampled fewer than :data:`MIN_PAIRS_PER_PART` times (logged)."""
+    counts = Counter(p.label for p in pairs)
+    rare = {part: k for part, k in sorted(counts.items()) if k < MIN_PAIRS_PER_PART}
+    if rare:
+        log.warning("PubMedVision: left out %d body part(s) with fewer than %d sampled pairs, too few for a train and "
+                    "a test image (%s): %d of %d pairs kept", len(rare), MIN_PAIRS_PER_PART,
+                    ", ".join(f"{part!r}: {k}" for part, k in rare.items()), len(pairs) - sum(rare.values()), len(pairs))
+    return [p for p in pairs if p.label not in rare]

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from medtune.data import inventory
+
 # honoured by every source: the prompts are read by the text encoder and class_balance by
 # the subsets, not by prepare
 COMMON_KEYS = ("source", "prompts", "class_balance")
@@ -35,10 +37,20 @@ class Source:
     prepare: str  # "module:function" taking (dataset name, spec, out_dir)
     keys: tuple[str, ...]  # dataset keys it honours, besides COMMON_KEYS
     required: tuple[str, ...] = ()
+    # "module:function" listing the files it reads, for medtune.data.inventory (None: it reads none)
+    files: str | None = "medtune.data.inventory:files_under_path"
+    fetches: bool = False  # it downloads into its folder: files may appear while it runs
 
     def load(self) -> Callable[[str, Mapping[str, Any], Path], None]:
-        module, function = self.prepare.split(":")
-        return getattr(importlib.import_module(module), function)
+        return _function(self.prepare)
+
+    def list_files(self, spec: Mapping[str, Any]) -> list[Path]:
+        return _function(self.files)(spec) if self.files else []
+
+
+def _function(name: str) -> Callable:
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 _REAL = ("path", "image_size", "seed")  # a folder of placed files, resized, split with a seed
@@ -46,15 +58,17 @@ SOURCES: dict[str, Source] = {
     source.name: source
     for source in (
         Source("synthetic", "medtune.data.sources:prepare_synthetic",
-               ("image_size", "seed", "sizes", "caption_style", "classes"), required=("sizes",)),
-        Source("pcam", "medtune.data.pcam:prepare_source", ("path", "url", "md5", "verify"), required=("path",)),
+               ("image_size", "seed", "sizes", "caption_style", "classes"), required=("sizes",), files=None),
+        Source("pcam", "medtune.data.pcam:prepare_source", ("path", "url", "md5", "verify"), required=("path",), fetches=True),
         Source("mhist", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("osteosarcoma", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("wsss4luad", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
-        Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes"), required=("path",)),
-        Source("manifest", "medtune.data.folder:prepare_manifest", (*_REAL, "classes"), required=("path",)),
+        Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes"), required=("path",),
+               files="medtune.data.inventory:image_folder_files"),
+        Source("manifest", "medtune.data.folder:prepare_manifest", (*_REAL, "classes"), required=("path",),
+               files="medtune.data.inventory:manifest_files"),
         Source("pubmedvision", "medtune.data.pubmedvision:prepare_source",
-               (*_REAL, "url", "n_samples", "zips", "full_download"), required=("path",)),
+               (*_REAL, "url", "n_samples", "zips", "full_download"), required=("path",), fetches=True),
     )
 }
 
@@ -76,22 +90,43 @@ def config_problem(datasets: Mapping[str, Mapping[str, Any]]) -> str | None:
         missing = [key for key in source.required if key not in spec]
         if missing:
             return f"config key datasets.{name}.{missing[0]} is required for source {source.name!r}"
+        if isinstance(spec.get("path"), str) and not spec["path"].strip():  # "" would be the working directory
+            return f"config key datasets.{name}.path: empty; name the dataset's folder or file"
     return None
 
 
-def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool = True) -> None:
-    """Turn dataset ``name`` (its config ``spec``) into the canonical store at ``out_dir``.
+def prepare(name: str, spec: dict[str, Any], out_dir: str | Path, progress: bool = True,
+            state: str = inventory.UNRECORDED) -> None:
+    """Turn dataset ``name`` (its config ``spec``) into the canonical store at ``out_dir``, with the
+    record of what it read (:mod:`medtune.data.inventory`; ``state`` is the value of the
+    workflow's param it ran under).
 
     The sources' log lines (what was carved, skipped, verified, fetched) go to
     stderr, which a workflow job sends to its log.
     """
-    from medtune.data.store import DatasetError
+    import pandas as pd
+
+    from medtune.data.convert import DROPPED_DUPLICATES
+    from medtune.data.store import DatasetError, check_evaluable, read_samples
 
     problem = config_problem({name: spec})
     if problem:
         raise DatasetError(problem)
-    with _info_to_stderr():
-        SOURCES[spec["source"]].load()(name, spec, Path(out_dir))
+    out_dir, source = Path(out_dir), SOURCES[spec["source"]]
+    where = f"dataset {name!r} ({out_dir})"
+    before = inventory.snapshot(source.list_files(spec))
+    try:
+        with _info_to_stderr():
+            source.load()(name, spec, out_dir)
+        check_evaluable(read_samples(out_dir / "samples.csv", ["split", "label_name"]), where)
+        files = inventory.record_files(before, source.list_files(spec), fetched=source.fetches, where=where)
+    except DatasetError:
+        for made in ("images.npy", "samples.csv"):  # a store that would mislead (mixed or contradictory data) goes
+            (out_dir / made).unlink(missing_ok=True)
+        raise
+    dropped = out_dir / DROPPED_DUPLICATES
+    duplicates = len(pd.read_csv(dropped)) if dropped.exists() else 0
+    inventory.write_record(out_dir, state, files, dataset=name, duplicates_dropped=duplicates)
 
 
 @contextlib.contextmanager

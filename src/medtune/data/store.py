@@ -39,6 +39,7 @@ class DatasetError(ValueError):
 class Dataset:
     images: np.ndarray  # uint8 N x H x W x 3 (usually a read-only memmap)
     samples: pd.DataFrame
+    where: str = "dataset"  # the store's folder, for messages
 
     @property
     def class_names(self) -> list[str]:
@@ -48,7 +49,7 @@ class Dataset:
     def split(self, name: str) -> pd.DataFrame:
         rows = self.samples[self.samples["split"] == name]
         if rows.empty:
-            raise DatasetError(f"split {name!r} has no samples")
+            raise DatasetError(f"{self.where}: split {name!r} has no samples")
         return rows
 
 
@@ -69,6 +70,39 @@ def validate_samples(samples: pd.DataFrame, n_images: int, source: str) -> None:
     names = samples.groupby("label")["label_name"].nunique()
     if (names > 1).any():
         raise DatasetError(f"{source}: label {int(names[names > 1].index[0])} has several label_names")
+    labels = np.sort(samples["label"].unique())
+    if not np.array_equal(labels, np.arange(len(labels))):  # class names are read back in label order
+        missing = sorted(set(range(int(labels.max()) + 1)) - set(labels.tolist()))
+        raise DatasetError(f"{source}: labels must be 0..{len(labels) - 1} with a sample each; no sample has label {missing[0]}")
+
+
+EVALUATED = ("train", "val", "test")
+
+
+def check_evaluable(samples: pd.DataFrame, source: str) -> None:
+    """Refuse, at preparation, a store that training and evaluation would turn into numbers that
+    contradict each other: a class without a train or a test image (its recall is zero while
+    accuracy ignores it, its AUC is undefined) or no validation image at all (model selection
+    has nothing to select on). Every such class is named with its counts. A store without
+    train, val or test rows (pretraining pairs only) is not evaluated and passes."""
+    if not samples["split"].isin(EVALUATED).any():
+        return
+    counts = pd.crosstab(samples["label_name"], samples["split"]).reindex(columns=list(EVALUATED), fill_value=0)
+    short = counts[(counts["train"] == 0) | (counts["test"] == 0)]
+    if len(short):
+        listed = "; ".join(f"{name!r}: {row.train} train, {row.val} val, {row.test} test" for name, row in short.head(5).iterrows())
+        more = f" (and {len(short) - 5} more)" if len(short) > 5 else ""
+        raise DatasetError(
+            f"{source}: {len(short)} of {len(counts)} classes lack a train or a test image ({listed}{more}); every class "
+            "needs both (a drawn 70/10/20 % split gives them from 3 images a class): add images or remove these classes"
+        )
+    if counts["val"].sum() == 0:
+        sizes = counts.sum(axis=1)
+        raise DatasetError(
+            f"{source}: no validation image in any of the {len(counts)} classes (they have {sizes.min()} to {sizes.max()} "
+            "images: a drawn split's 10 % validation share of so small a class rounds to none): add images, or give "
+            "a val split (split folders or a split column)"
+        )
 
 
 def write_dataset(images: np.ndarray, samples: pd.DataFrame, folder: str | Path) -> None:
@@ -110,6 +144,24 @@ class RowWriter:
         while done < len(data):  # pwrite may write less than asked
             done += os.pwrite(self.fd, data[done:], position + done)
 
+    def keep_rows(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` (ascending), in place: each moves forward over a dropped one, the
+        ``.npy`` header takes the smaller shape (padded to its old length, so the data stay where
+        they are) and the file is cut after the last row kept."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.size and (np.any(np.diff(rows) <= 0) or rows[0] < 0 or rows[-1] >= len(self)):
+            raise ValueError("rows to keep must be ascending row numbers of the file")
+        for new, old in enumerate(rows.tolist()):
+            if new != old:
+                data = os.pread(self.fd, self.row_bytes, self.offset + old * self.row_bytes)
+                os.pwrite(self.fd, data, self.offset + new * self.row_bytes)
+        self.shape = (len(rows), *self.shape[1:])
+        major = os.pread(self.fd, 1, 6)[0]  # .npy format version: a 2-byte header length in 1.0, 4 bytes after
+        start = 10 if major == 1 else 12
+        text = repr({"descr": "|u1", "fortran_order": False, "shape": self.shape})
+        os.pwrite(self.fd, (text.ljust(self.offset - start - 1) + "\n").encode("latin1"), start)
+        os.ftruncate(self.fd, self.offset + len(rows) * self.row_bytes)
+
 
 @contextlib.contextmanager
 def image_writer(folder: str | Path, shape: tuple[int, int, int, int]) -> Iterator[RowWriter]:
@@ -124,7 +176,7 @@ def image_writer(folder: str | Path, shape: tuple[int, int, int, int]) -> Iterat
         header = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         offset = header.offset
         del header
-        fd = os.open(tmp, os.O_WRONLY)
+        fd = os.open(tmp, os.O_RDWR)
         try:
             yield RowWriter(fd, offset, shape)
             os.fsync(fd)
@@ -188,4 +240,4 @@ def load_dataset(folder: str | Path) -> Dataset:
     images = np.load(folder / "images.npy", mmap_mode="r")
     samples = read_samples(folder / "samples.csv")
     validate_samples(samples, len(images), str(folder))
-    return Dataset(images=images, samples=samples)
+    return Dataset(images=images, samples=samples, where=str(folder))
