@@ -95,3 +95,50 @@ def test_timm_model_at_full_size(model):
 def test_virchow_mlp_shapes_are_the_published_ones():
     mlp = meta_timm("virchow2").blocks[0].mlp
     assert tuple(mlp.fc1.weight.shape) == (6832, 1280) and tuple(mlp.fc2.weight.shape) == (1280, 3416)
+
+
+# --- transformers: Phikon (ViTModel) and Phikon-v2 (Dinov2Model) ------------------------------------
+
+TRANSFORMERS_PRESETS = registered()["transformers"].presets
+
+
+def hf_vit_template(depth, dinov2):
+    """The published key names of a ViTModel / Dinov2Model checkpoint (transformers 4.x layout, as on the hub)."""
+    keys = {"embeddings.cls_token", "embeddings.position_embeddings", "embeddings.patch_embeddings.projection.weight",
+            "embeddings.patch_embeddings.projection.bias", "layernorm.weight", "layernorm.bias"}
+    keys |= {"embeddings.mask_token"} if dinov2 else {"pooler.dense.weight", "pooler.dense.bias"}
+    parts = ["attention.attention.query", "attention.attention.key", "attention.attention.value", "attention.output.dense"]
+    parts += ["norm1", "norm2", "mlp.fc1", "mlp.fc2"] if dinov2 else ["layernorm_before", "layernorm_after", "intermediate.dense", "output.dense"]
+    for n in range(depth):
+        keys |= {f"encoder.layer.{n}.{p}.{kind}" for p in parts for kind in ("weight", "bias")}
+        keys |= {f"encoder.layer.{n}.layer_scale{i}.lambda1" for i in (1, 2)} if dinov2 else set()
+    return keys
+
+
+# model: (count from its config by hand, where the config is from, dinov2?)
+TRANSFORMERS_MODELS = {
+    # FOUNDATION.md: 85,798,656 for the encoder plus 590,592 for the pooler AutoModel adds
+    "phikon": (vit_parameters(768, 12, 16, 224, 3072, layer_scale=False) + 768 * 768 + 768, "owkin/phikon config.json", False),
+    # DINOv2 adds a mask token to the ViT-L/16 count; the config's image_size (224) is assumed, not read
+    "phikon-v2": (vit_parameters(1024, 24, 16, 224, 4096) + 1024, "ViT-L/16 DINOv2 (arXiv 2409.09173)", True),
+}
+
+
+def test_every_listed_transformers_model_is_checked():
+    assert set(TRANSFORMERS_MODELS) == {m for m in TRANSFORMERS_PRESETS if not m.startswith("medtune-")}
+
+
+@pytest.mark.parametrize("model", sorted(TRANSFORMERS_MODELS))
+def test_transformers_model_at_full_size(model):
+    from transformers.core_model_loading import revert_weight_conversion
+
+    from medtune.backbones import transformers as family
+
+    by_hand, source, dinov2 = TRANSFORMERS_MODELS[model]
+    with torch.device("meta"):
+        trunk = family.create({"model": model})
+    count = sum(p.numel() for p in trunk.parameters())
+    assert count == by_hand == TRANSFORMERS_PRESETS[model]["params"], source
+    # transformers 5 renames modules in memory and maps them back to the published names on saving
+    assert set(revert_weight_conversion(trunk, trunk.state_dict())) == hf_vit_template(trunk.config.num_hidden_layers, dinov2)
+    assert trunk.embeddings.position_embeddings.shape[1] == 197
