@@ -26,6 +26,8 @@ def test_the_registry_declares_every_family_and_its_text_tower():
         "open_clip": True, "hf_clip": True, "conch": True, "timm": False, "transformers": False,
     }
     assert found["timm"].source == "medtune.backbones.timm"
+    # CONCH encodes text, but its towers are not open_clip's CLIP: CoOp and CLIP-LoRA cannot reach into them
+    assert {name for name, f in found.items() if f.open_clip_towers} == {"open_clip", "hf_clip"}
 
 
 def test_a_spec_names_its_family_and_open_clip_is_the_default():
