@@ -23,7 +23,7 @@ def _bad(mutate):
 def test_the_registry_declares_every_family_and_its_text_tower():
     found = backbones.registered()
     assert {name: f.text_tower for name, f in found.items()} == {
-        "open_clip": True, "hf_clip": True, "conch": True, "timm": False, "transformers": False,
+        "open_clip": True, "hf_clip": True, "conch": True, "timm": False, "transformers": False, "torchvision": False,
     }
     assert found["timm"].source == "medtune.backbones.timm"
     # CONCH encodes text, but its towers are not open_clip's CLIP: CoOp and CLIP-LoRA cannot reach into them
