@@ -124,3 +124,13 @@ def test_a_model_the_meta_device_cannot_run_is_said_and_the_job_goes_on(capsys):
     assert memory.announce(Backbone("odd", DataDependent(), None, 4, (0,) * 3, (1,) * 3), 8, "cpu") is None
     assert "medtune: no memory estimate for backbone odd" in capsys.readouterr().out
     assert memory.announced() is None
+
+
+def test_the_preset_table_has_a_row_per_published_model(monkeypatch):
+    """``python -m medtune.memory``: here for the torchvision family alone (ResNet-50: 23,508,032 weights without its classifier)."""
+    from medtune import backbones
+
+    only = {"torchvision": backbones.registered()["torchvision"]}
+    monkeypatch.setattr(backbones, "registered", lambda: only)
+    rows = memory.preset_table(8).splitlines()
+    assert len(rows) == 3 and rows[2].startswith(f"| torchvision | resnet50-imagenet | {23508032 * 4 / 2**30:.2f} |")

@@ -167,3 +167,30 @@ def out_of_memory_advice(device_bytes: int | None = None) -> str | None:
     if fits == 0:
         return f"{head}, too little even for one image: use a GPU with more memory, or device: cpu"
     return f"{head}; batch size {fits} fits (about {_gb(found.peak_bytes(fits))})"
+
+
+def preset_table(batch_size: int = 256) -> str:
+    """A Markdown table of every published preset's estimate at ``batch_size``, built on the meta device:
+    ``python -m medtune.memory [batch_size]``."""
+    from medtune.backbones import registered
+    from medtune.models import Backbone
+
+    rows = ["| family | model | weights (GB) | activations per image, fp16 (MB) | peak, fp16 autocast (GB) | peak, fp32 (GB) |",
+            "|---|---|---|---|---|---|"]
+    for family in registered().values():
+        for name, preset in family.presets.items():
+            if name.startswith("medtune-"):
+                continue
+            with torch.device("meta"):
+                model = family.load().encoder({"family": family.name, "model": name})
+            backbone = Backbone(name, model, None, int(preset["image_size"]), (0.0,) * 3, (1.0,) * 3)
+            half, full = estimate(backbone, batch_size, half_activations=True), estimate(backbone, batch_size)
+            rows.append(f"| {family.name} | {name} | {half.weight_bytes / GB:.2f} | {half.per_image_bytes / 2**20:.1f} | "
+                        f"{half.peak_bytes() / GB:.1f} | {full.peak_bytes() / GB:.1f} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(preset_table(int(sys.argv[1]) if len(sys.argv) > 1 else 256))

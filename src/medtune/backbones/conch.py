@@ -159,6 +159,9 @@ def create(spec: dict[str, Any]) -> Conch:
     return Conch(**model_config(spec))
 
 
+encoder = create  # the backbone's model with random weights: CONCH itself
+
+
 def build(name: str, spec: dict[str, Any], weights: str | Path | None = None) -> Backbone:
     found = SPEC["presets"][spec.get("model", "conch_v1")]
     model = create(spec)

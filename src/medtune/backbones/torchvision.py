@@ -75,6 +75,11 @@ def create(spec: dict[str, Any]) -> nn.Module:
     return torchvision.models.get_model(spec.get("arch") or preset(spec)["arch"], weights=None)
 
 
+def encoder(spec: dict[str, Any]) -> TorchvisionEncoder:
+    """The backbone's model with random weights (under ``torch.device('meta')``: no memory)."""
+    return TorchvisionEncoder(create(spec))
+
+
 def build(name: str, spec: dict[str, Any], weights: str | Path | None = None) -> Backbone:
     found = preset(spec)
     model = create(spec)

@@ -112,6 +112,11 @@ def create(spec: dict[str, Any]) -> torch.nn.Module:
     return AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config))
 
 
+def encoder(spec: dict[str, Any]) -> TransformersEncoder:
+    """The preset's model with random weights (under ``torch.device('meta')``: no memory)."""
+    return TransformersEncoder(create(spec), spec.get("embedding") or preset(spec).get("embedding", "cls"))
+
+
 def build(name: str, spec: dict[str, Any], weights: str | Path | None = None) -> Backbone:
     """``weights`` (this model's own state dict, e.g. the workflow's fine-tuning) goes on top."""
     found = preset(spec)
@@ -127,8 +132,8 @@ def build(name: str, spec: dict[str, Any], weights: str | Path | None = None) ->
     std = spec.get("std") or saved.get("image_std") or found.get("std")
     if image_size is None or mean is None or std is None:
         raise BackboneError(f"backbone {name!r}: {source} declares no input size or mean/std; set backbones.{name}.image_size, .mean and .std")
-    encoder = TransformersEncoder(trunk, spec.get("embedding") or found.get("embedding", "cls"))
-    return Backbone(name, encoder, None, int(image_size), tuple(mean), tuple(std))
+    model = TransformersEncoder(trunk, spec.get("embedding") or found.get("embedding", "cls"))
+    return Backbone(name, model, None, int(image_size), tuple(mean), tuple(std))
 
 
 def _pretrained(name: str, source: str) -> torch.nn.Module:
