@@ -2,22 +2,10 @@
 
 import copy
 
-import pytest
 import yaml
 
 from medtune import backbones, plan
-
-DEFAULT = yaml.safe_load(open(plan.SCHEMA_PATH.parents[1] / "config.yaml"))
-
-
-def _bad(mutate):
-    config = copy.deepcopy(DEFAULT)
-    mutate(config)
-    with pytest.raises(plan.ConfigError) as err:
-        plan.validate(config)
-    message = str(err.value)
-    assert "\n" not in message
-    return message
+from test_plan import DEFAULT, _bad  # the default config, and a mutation of it that must fail in one line
 
 
 def test_the_registry_declares_every_family_and_its_text_tower():
