@@ -95,12 +95,6 @@ def has_text_tower(spec: Mapping[str, Any]) -> bool:
     return family_of(spec).text_tower
 
 
-def preset_of(spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The published model a ``model:`` key names in its family's presets, or None without one."""
-    model = spec.get("model")
-    return None if model is None else family_of(spec).presets[model]
-
-
 def config_problem(backbones: Any) -> str | None:
     """The first backbone entry that does not fit its family, as one line naming the key; None when all fit.
 
