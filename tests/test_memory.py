@@ -109,11 +109,20 @@ def test_running_out_of_gpu_memory_mid_encode_names_the_backbone_and_a_batch_siz
     ]
 
 
-def test_without_an_estimate_the_message_is_the_setting_alone(monkeypatch):
+def test_without_an_estimate_or_a_gpu_to_ask_the_message_is_the_setting_alone(monkeypatch):
+    setting = "out of GPU memory in rule encode_images at batch size 256; lower backbones.uni2-h.encode_batch_size (now 256)"
     monkeypatch.setattr(memory, "_announced", None)
-    assert jobs.oom_message(FakeEncodeJob()) == (
-        "out of GPU memory in rule encode_images at batch size 256; lower backbones.uni2-h.encode_batch_size (now 256)"
-    )
+    assert jobs.oom_message(FakeEncodeJob()) == setting
+    monkeypatch.setattr(memory, "_announced", memory.MemoryEstimate("uni2-h", 256, False, True, 2**30, 0, 2**20))
+    monkeypatch.setattr(memory, "gpu_bytes", lambda: torch.cuda.get_device_properties(99).total_memory)  # no such device here
+    assert jobs.oom_message(FakeEncodeJob()) == setting
+
+
+def test_a_job_starts_with_no_estimate_of_an_earlier_one(monkeypatch):
+    monkeypatch.setattr(memory, "_announced", memory.MemoryEstimate("old", 8, False, False, 1, 0, 1))
+    seen = []
+    jobs.run(lambda smk: seen.append(memory.announced()), FakeEncodeJob())
+    assert seen == [None]
 
 
 def test_a_model_the_meta_device_cannot_run_is_said_and_the_job_goes_on(capsys):

@@ -25,6 +25,8 @@ USAGE_PREFIX = "medtune usage: "
 
 def run(main: Callable[[object], None], smk) -> None:
     log_path = smk.log[0] if len(smk.log) else None
+    if "medtune.memory" in sys.modules:  # an estimate stated by an earlier job of this process is not this job's
+        sys.modules["medtune.memory"].forget()
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     # torch sizes its thread pool from this when it is first imported; light jobs
     # (subsets, tables, figures) never import it and should not pay for it
@@ -121,7 +123,7 @@ def oom_message(smk) -> str:
     backbone = getattr(getattr(smk, "wildcards", None), "backbone", None) or "<name>"
     # the estimate the job stated at its start (medtune.memory) gives a batch size that fits this GPU
     memory = sys.modules.get("medtune.memory")
-    advice = memory.out_of_memory_advice() if memory is not None and memory.announced() is not None else None
+    advice = memory.out_of_memory_advice() if memory is not None else None
     return _oom_setting(rule, name, hyper, spec, backbone) + (f": {advice}" if advice else "")
 
 

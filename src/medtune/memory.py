@@ -155,13 +155,22 @@ def announced() -> MemoryEstimate | None:
     return _announced
 
 
+def forget() -> None:
+    """A new job: no estimate stated yet."""
+    global _announced
+    _announced = None
+
+
 def out_of_memory_advice(device_bytes: int | None = None) -> str | None:
     """What to set after running out of GPU memory, from the estimate this job announced; None without one."""
     found = _announced
     if found is None:
         return None
     if device_bytes is None:
-        device_bytes = gpu_bytes()
+        try:
+            device_bytes = gpu_bytes()
+        except (RuntimeError, AssertionError):  # no CUDA device to ask after all: say the setting alone
+            return None
     fits = found.batch_that_fits(device_bytes)
     head = f"backbone {found.backbone} at batch size {found.batch_size} needs about {_gb(found.peak_bytes())} (estimate); the GPU has {_gb(device_bytes)}"
     if fits == 0:
