@@ -5,13 +5,14 @@ downloaded and the network is switched off.
 """
 
 import json
-import socket
 
 import pytest
 import torch
 
+from conftest import put_in_hub
 from medtune import hf_clip
-from medtune.models import OPENAI_MEAN, OPENAI_STD, BackboneError, load_backbone, resolve_quick_gelu
+from medtune.backbones.open_clip import resolve_quick_gelu
+from medtune.models import OPENAI_MEAN, OPENAI_STD, BackboneError, load_backbone
 
 TINY = {"arch": "medtune-tiny"}
 TEXTS = ["an H&E image patch of tumor tissue", "a photo of lymph node"]
@@ -29,12 +30,7 @@ class NotATensor:
     """Anything torch.load(weights_only=True) must refuse to rebuild."""
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +85,7 @@ def hf_features(model, pixels, tokens):
 @pytest.mark.parametrize("hidden_act", ["quick_gelu", "gelu"])
 def test_hf_clip_gives_the_hf_models_features(tmp_path, hf_tiny_arch, hidden_act):
     hf = save_hf_clip(tmp_path / "plip", hidden_act)
-    backbone = load_backbone("plip", {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "format": "hf_clip"})
+    backbone = load_backbone("plip", {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "family": "hf_clip"})
     assert (backbone.image_size, backbone.mean, backbone.std) == (32, OPENAI_MEAN, OPENAI_STD)
     tokens = backbone.tokenizer(TEXTS)
     assert tokens.shape == (2, 77)
@@ -105,7 +101,7 @@ def test_hf_clip_from_a_pytorch_bin_and_its_processor_statistics(tmp_path, hf_ti
     (tmp_path / "plip" / "model.safetensors").unlink()
     torch.save(hf.state_dict(), tmp_path / "plip" / "pytorch_model.bin")
     (tmp_path / "plip" / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5] * 3, "image_std": [0.2] * 3}))
-    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip" / "pytorch_model.bin"), "format": "hf_clip"}
+    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip" / "pytorch_model.bin"), "family": "hf_clip"}
     backbone = load_backbone("plip", spec)
     assert (backbone.mean, backbone.std) == ((0.5,) * 3, (0.2,) * 3)
     tokens, pixels = backbone.tokenizer(TEXTS), random_images(backbone)
@@ -116,7 +112,7 @@ def test_hf_clip_from_a_pytorch_bin_and_its_processor_statistics(tmp_path, hf_ti
 def test_weights_go_on_top_of_an_hf_clip(tmp_path, hf_tiny_arch):
     # what a pretraining rule would pass: an open_clip state dict of the converted model
     save_hf_clip(tmp_path / "plip")
-    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "format": "hf_clip"}
+    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "family": "hf_clip"}
     tuned = load_backbone("plip", spec)
     with torch.no_grad():
         tuned.model.visual.proj.mul_(2.0)
@@ -129,13 +125,13 @@ def test_weights_go_on_top_of_an_hf_clip(tmp_path, hf_tiny_arch):
 def test_hf_clip_under_the_wrong_architecture_name(tmp_path):
     save_hf_clip(tmp_path / "plip")
     with pytest.raises(BackboneError, match=r"'plip'.*not a ViT-B-32.*embed_dim 16 vs 512.*vision_cfg\.image_size 32 vs 224") as err:
-        load_backbone("plip", {"arch": "ViT-B-32", "checkpoint": str(tmp_path / "plip"), "format": "hf_clip"})
+        load_backbone("plip", {"arch": "ViT-B-32", "checkpoint": str(tmp_path / "plip"), "family": "hf_clip"})
     assert "\n" not in str(err.value)
 
 
 def test_hf_clip_refuses_a_contradicting_quick_gelu(tmp_path, hf_tiny_arch):
     save_hf_clip(tmp_path / "plip")
-    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "format": "hf_clip", "quick_gelu": False}
+    spec = {"arch": hf_tiny_arch, "checkpoint": str(tmp_path / "plip"), "family": "hf_clip", "quick_gelu": False}
     with pytest.raises(BackboneError, match="'plip'.*quick_gelu: false contradicts .*hidden_act 'quick_gelu'"):
         load_backbone("plip", spec)
 
@@ -205,33 +201,6 @@ def test_unknown_open_clip_id():
 
 
 # --- hf-hub ids from a local hub cache ---------------------------------------------------
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """A Hugging Face hub cache folder, with the hub switched to offline mode.
-
-    huggingface_hub reads its environment once on import, so its constants are
-    patched as well as the variables.
-    """
-    import huggingface_hub.constants as hub
-
-    cache = tmp_path / "hub"
-    for var, value in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}.items():
-        monkeypatch.setenv(var, value)
-        monkeypatch.setattr(hub, var, value if var == "HF_HUB_CACHE" else True)
-    return cache
-
-
-def put_in_hub(cache, repo, files):
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(revision)
-    for name, write in files.items():
-        write(snapshot / name)
 
 
 def tiny_hub_repo(cache, repo, model, **model_cfg_overrides):

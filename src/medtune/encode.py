@@ -121,6 +121,7 @@ def encode_split(
     The folder is filled under a temporary name and renamed at the end, so a
     killed job leaves no partial feature set behind.
     """
+    from medtune import memory
     from medtune.data.store import load_dataset
     from medtune.io import atomic_dir
     from medtune.models import load_backbone
@@ -131,6 +132,7 @@ def encode_split(
     rows = dataset.split(split)
     backbone = load_backbone(name, spec, weights=weights, device=str(dev))
     batch_size = encode_batch_size(spec)
+    memory.announce(backbone, batch_size, dev)
     feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress, f"the {split} split")
     with atomic_dir(out_dir) as tmp:
         for condition, array in feats.items():

@@ -1,16 +1,20 @@
-"""Backbone loading through open_clip: pretrained tags, ``hf-hub:`` ids, local checkpoints, HF CLIPModels.
+"""Backbones as the rest of medtune sees them, and the open_clip machinery the families share.
 
-A backbone is described by a config entry (see ``config/schema``)::
+A backbone is described by a config entry (see ``config/schema``) whose ``family``
+(default ``open_clip``) names the module of :mod:`medtune.backbones` that builds it::
 
-    arch: RN50                # any open_clip model name, or hf-hub:org/repo
+    arch: RN50                # open_clip family: any open_clip model name, or hf-hub:org/repo
     pretrained: openai        # an open_clip pretrained tag (optional)
     checkpoint: path/to.pt    # a local checkpoint (optional), loaded with weights_only=True
-    format: open_clip         # or hf_clip: checkpoint is a transformers CLIPModel folder (PLIP)
     quick_gelu: true          # OpenAI-trained weights need QuickGELU (open_clip #771)
 
 Examples: ``{arch: ViT-B-16, pretrained: openai}``; ``{arch: hf-hub:wisdomik/QuiltNet-B-32}``;
 PathCLIP ``{arch: ViT-B-16, checkpoint: pathclip-base.pt, quick_gelu: true}``;
-PLIP ``{arch: ViT-B-32, checkpoint: plip/, format: hf_clip}``.
+PLIP ``{family: hf_clip, arch: ViT-B-32, checkpoint: plip/}``; UNI2-h
+``{family: timm, model: uni2-h, checkpoint: uni2-h/pytorch_model.bin}``.
+
+Every family gives a :class:`Backbone`: a model with ``encode_image`` (and, with a
+text tower, ``encode_text`` and ``logit_scale``), its input size and mean/std.
 
 The embedded tiny architecture ships as an open_clip model config
 (``model_configs/medtune-tiny.json``) registered on import, so it is built by
@@ -34,8 +38,6 @@ import torch
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-# the preprocessing a pretrained tag declares; applied when a local checkpoint replaces the tag's weights
-PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
 
 
 class BackboneError(ValueError):
@@ -45,14 +47,20 @@ class BackboneError(ValueError):
 @dataclass
 class Backbone:
     name: str
-    model: torch.nn.Module
-    tokenizer: Callable[..., torch.Tensor]
+    model: torch.nn.Module  # encode_image(x) -> B x D; with a text tower also encode_text and logit_scale
+    tokenizer: Callable[..., torch.Tensor] | None  # None: no text tower
     image_size: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
     @property
+    def text_tower(self) -> bool:
+        return self.tokenizer is not None
+
+    @property
     def logit_scale(self) -> float:
+        if not self.text_tower:
+            raise BackboneError(f"backbone {self.name!r} has no text tower, so no logit scale")
         return float(self.model.logit_scale.exp().item())
 
 
@@ -148,130 +156,71 @@ def check_architecture(arch: str) -> None:
 
 
 def load_backbone(name: str, spec: dict[str, Any], weights: str | Path | None = None, device: str = "cpu") -> Backbone:
-    """Build the backbone ``name`` from its config ``spec``.
+    """Build the backbone ``name`` from its config ``spec`` by its family's loader
+    (``backbones.<name>.family``, see :mod:`medtune.backbones`).
 
-    ``weights`` (an open_clip state dict) is loaded last: the pipeline passes the
-    checkpoint its own pretraining rule produced. For ``format: open_clip`` it
-    replaces ``spec['checkpoint']``; for ``hf_clip`` it goes on top of the converted model.
+    ``weights`` (a state dict in the family's own layout) is loaded last: the pipeline
+    passes the checkpoint its own pretraining rule produced.
     """
-    arch = spec["arch"]
-    registered_open_clip(arch)  # open_clip with the optional towers this architecture needs
-    check_architecture(arch)
-    source = spec.get("checkpoint")
-    for path in (source, weights):
-        if path is not None and not Path(path).exists():
+    from medtune.backbones import family_of
+
+    family = family_of(spec)
+    for path in (spec.get("checkpoint"), weights):
+        if path is not None and not str(path).startswith("hf-hub:") and not Path(path).exists():
             raise BackboneError(f"backbone {name!r}: checkpoint {path} does not exist")
     # a backbone without weights (the untrained baseline) must still be the same on every run
     torch.manual_seed(int(spec.get("init_seed", 0)))
-    hf = spec.get("format", "open_clip") == "hf_clip"
-    with _as_backbone_error(name, arch, weights or source):
-        model, tokenizer = _hf_clip_model(name, spec) if hf else _open_clip_model(name, spec, weights or source)
-        if hf and weights is not None:
-            registered_open_clip().load_checkpoint(model, str(weights), weights_only=True)
-    model.to(device).eval()
-    # each backbone's own preprocessing: what its tag, hub config or HF processor declares
+    with _as_backbone_error(name, spec.get("arch") or spec.get("model") or family.name, weights or spec.get("checkpoint")):
+        backbone = family.load().build(name, spec, weights)
+    backbone.model.to(device).eval()
+    return backbone
+
+
+# the weight files of a Hugging Face model folder (save_pretrained, or a hub snapshot), in the order tried
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(path: str | Path) -> Path:
+    """The weights file ``path`` names: itself, or the first of :data:`WEIGHT_FILES` in the folder it is."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise BackboneError(f"{path}: none of {', '.join(WEIGHT_FILES)} (sharded checkpoints are not supported)")
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file or folder: safetensors, or a torch pickle read with weights_only=True."""
+    file = weights_file(path)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file), device="cpu")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Every parameter of ``module`` from ``state`` and nothing left over (keys starting with one of
+    ``ignore`` aside), or one line saying which keys are missing, unexpected or of another shape."""
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
+    if problems:
+        raise BackboneError(f"{what} does not fit the model: keys {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+
+
+def preprocess_of(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
+    """Input side, mean and std an open_clip model declares (its tag, hub config or HF processor)."""
     pp = model.visual.preprocess_cfg
     size = pp["size"][0] if isinstance(pp["size"], (tuple, list)) else int(pp["size"])
-    return Backbone(name, model, tokenizer, size, tuple(pp["mean"]), tuple(pp["std"]))
-
-
-def _open_clip_model(name: str, spec: dict[str, Any], checkpoint: str | Path | None) -> tuple[torch.nn.Module, Callable]:
-    open_clip = registered_open_clip()
-    arch, tag = spec["arch"], spec.get("pretrained")
-    quick_gelu = resolve_quick_gelu(name, spec)
-    model = open_clip.create_model(
-        arch,
-        # a local checkpoint replaces every weight: don't download the tag's only to overwrite them
-        pretrained=None if checkpoint is not None else tag,
-        force_quick_gelu=quick_gelu,
-        force_preprocess_cfg=_tag_preprocess(arch, tag) if checkpoint is not None else None,
-        weights_only=True,
-        output_dict=True,
-    )
-    if checkpoint is not None:
-        open_clip.load_checkpoint(model, str(checkpoint), weights_only=True)
-    return model, open_clip.get_tokenizer(arch)
-
-
-def _hf_clip_model(name: str, spec: dict[str, Any]) -> tuple[torch.nn.Module, Callable]:
-    from medtune.hf_clip import load_hf_clip
-
-    if spec.get("checkpoint") is None:
-        raise BackboneError(f"backbone {name!r}: format hf_clip needs 'checkpoint' (a transformers CLIPModel folder)")
-    model, cfg = load_hf_clip(spec["checkpoint"], quick_gelu=spec.get("quick_gelu"))
-    _check_same_shape(name, spec["arch"], cfg)
-    # HF CLIP's BPE is the original CLIP vocabulary: open_clip's SimpleTokenizer at HF's context length
-    return model, registered_open_clip().SimpleTokenizer(context_length=cfg["text_cfg"]["context_length"])
-
-
-def _check_same_shape(name: str, arch: str, cfg: dict[str, Any]) -> None:
-    """``arch`` names the open_clip architecture the HF checkpoint is; say so when it is not.
-
-    The model is built from the checkpoint's own config, so a wrong ``arch`` would
-    otherwise pass unnoticed and mislabel every result.
-    """
-    open_clip = registered_open_clip()
-    expected = open_clip.get_model_config(arch)
-    defaults = {"vision_cfg": open_clip.CLIPVisionCfg(), "text_cfg": open_clip.CLIPTextCfg()}
-    differ = [f"embed_dim {cfg['embed_dim']} vs {expected['embed_dim']}"] if expected["embed_dim"] != cfg["embed_dim"] else []
-    for tower, default in defaults.items():
-        for key, value in cfg[tower].items():
-            want = expected.get(tower, {}).get(key, getattr(default, key))
-            if key != "norm_kwargs" and value != want:
-                differ.append(f"{tower}.{key} {value} vs {want}")
-    if differ:
-        raise BackboneError(f"backbone {name!r}: checkpoint is not a {arch} (checkpoint vs {arch}: {', '.join(differ)})")
-
-
-def resolve_quick_gelu(name: str, spec: dict[str, Any]) -> bool:
-    """The activation the weights were trained with (open_clip #771).
-
-    The wrong one loads without any error and silently costs accuracy, so it is
-    taken from where the weights declare it (pretrained tag, hf-hub config,
-    ``-quickgelu`` architecture), a contradicting ``quick_gelu`` is refused, and a
-    local checkpoint for an architecture that has OpenAI-lineage (QuickGELU)
-    weights must say which it is. open_clip itself only warns on a tag mismatch.
-    """
-    arch, explicit = spec["arch"], spec.get("quick_gelu")
-    declared, where = _declared_quick_gelu(arch, spec.get("pretrained"))
-    if declared is not None and explicit is not None and bool(explicit) != declared:
-        raise BackboneError(
-            f"backbone {name!r}: quick_gelu: {str(explicit).lower()} contradicts {where} (trained with quick_gelu={str(declared).lower()})"
-        )
-    if declared is not None:
-        return declared
-    if explicit is not None:
-        return bool(explicit)
-    if spec.get("checkpoint") is not None and _has_quick_gelu_weights(arch):
-        raise BackboneError(
-            f"backbone {name!r}: {arch} has OpenAI-lineage weights that need QuickGELU, so checkpoint "
-            f"{spec['checkpoint']} may too; set backbones.{name}.quick_gelu: true|false explicitly"
-        )
-    return False
-
-
-def _declared_quick_gelu(arch: str, tag: str | None) -> tuple[bool | None, str]:
-    open_clip = registered_open_clip()
-    if arch.startswith(("hf-hub:", "local-dir:")):
-        # the repo's open_clip_config.json is what open_clip builds; no quick_gelu there means GELU
-        return bool(open_clip.get_model_config(arch).get("quick_gelu", False)), f"{arch}'s open_clip_config.json"
-    tag_cfg = open_clip.get_pretrained_cfg(arch, tag) if tag else {}
-    if tag_cfg:
-        return bool(tag_cfg.get("quick_gelu", False)), f"pretrained tag {tag!r}"
-    if (open_clip.get_model_config(arch) or {}).get("quick_gelu"):
-        return True, f"architecture {arch}"
-    return None, ""
-
-
-def _has_quick_gelu_weights(arch: str) -> bool:
-    open_clip = registered_open_clip()
-    tags = open_clip.list_pretrained_tags_by_model(arch)
-    return any(open_clip.get_pretrained_cfg(arch, t).get("quick_gelu", False) for t in tags)
-
-
-def _tag_preprocess(arch: str, tag: str | None) -> dict[str, Any] | None:
-    tag_cfg = registered_open_clip().get_pretrained_cfg(arch, tag) if tag else {}
-    return {k: tag_cfg[k] for k in PREPROCESS_KEYS if k in tag_cfg} or None
+    return size, tuple(pp["mean"]), tuple(pp["std"])
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from medtune import backbones as backbone_registry
 from medtune import methods as method_registry
 from medtune import studies as study_registry
 from medtune.conditions import ALL, SUITES, TRAIN_CONDITIONS, augmented_condition, expand_conditions, parse_condition
@@ -123,6 +124,8 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     except RegistryError as err:
         raise ConfigError(f"config key method_modules: {err}") from None
     _check_finite(config)
+    if problem := backbone_registry.config_problem(config.get("backbones") if isinstance(config, dict) else None):
+        raise ConfigError(problem)
     schema = _schema(yaml.safe_load(schema_path.read_text()), config, registered)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(config), key=lambda e: (list(e.absolute_path), e.message))
@@ -179,7 +182,8 @@ def _check_finite(value: Any, key: str = "") -> None:
 
 def _schema(schema: dict[str, Any], config: Any, registered: dict[str, method_registry.Method]) -> dict[str, Any]:
     """The schema file completed from the registries: each method entry is validated against
-    its base method's declared parameters, and ``studies`` takes the registered studies."""
+    its base method's declared parameters, ``studies`` takes the registered studies and
+    ``backbones.<name>.family`` the registered backbone families."""
     entries = config.get("methods") if isinstance(config, dict) else None
     names = set(registered) | set(entries if isinstance(entries, dict) else {})
     properties = {}
@@ -195,6 +199,7 @@ def _schema(schema: dict[str, Any], config: Any, registered: dict[str, method_re
         properties[name] = {"type": "object", "additionalProperties": False, "properties": {**registered[base].params, **ENTRY_KEYS}}
     schema["properties"]["methods"] = {"type": "object", "additionalProperties": False, "properties": properties}
     schema["properties"]["studies"]["properties"] = {name: {"$ref": "#/$defs/study"} for name in study_registry.registered()}
+    schema["properties"]["backbones"]["additionalProperties"]["properties"]["family"]["enum"] = list(backbone_registry.registered())
     return schema
 
 
