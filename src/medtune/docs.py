@@ -137,6 +137,16 @@ def _rows(node: dict[str, Any], key: str, schema: dict[str, Any], defaults: dict
             yield from _rows(resolved, path, schema)
 
 
+def _sources_of(key_cell: str) -> str:
+    """The sources that read a dataset key (``datasets.<dataset>.sizes.train`` -> its ``sizes``)."""
+    from medtune.data.sources import COMMON_KEYS, SOURCES
+
+    key = key_cell.strip("`").split(".")[2]
+    if key in COMMON_KEYS:
+        return "all"
+    return ", ".join(f"{s.name}{' (required)' if key in s.required else ''}" for s in SOURCES.values() if key in s.keys)
+
+
 def _table(rows: list[list[str]], header: tuple[str, ...] = ("key", "type", "default", "description")) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -188,10 +198,21 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
         _table([*_rows({"properties": top}, "", schema),
                 *([_code(k), "mapping", "", f"[below](#{k})"] for k in ("datasets", "backbones", "methods", "studies"))]),
     ]
-    for key in ("datasets", "backbones"):
-        node = schema["properties"][key]
-        out += [f"## {key} {{#{key}}}", "", _text(node.get("description", "")) or f"One entry per {key[:-1]}, by name.", "",
-                _table(list(_rows({"properties": {key: node}}, "", schema))[1:])]
+    datasets = list(_rows({"properties": {"datasets": schema["properties"]["datasets"]}}, "", schema))[1:]
+    out += [
+        "## datasets {#datasets}",
+        "",
+        "One entry per dataset, by a name of your choice. Each `source` reads only the keys listed for it",
+        "(`medtune.data.sources`); any other key stops the run naming it.",
+        "",
+        _table([[*row, _sources_of(row[0])] for row in datasets], ("key", "type", "default", "description", "sources")),
+        "## backbones {#backbones}",
+        "",
+        "One entry per backbone, by a name of your choice: an open_clip model with pretrained weights, a",
+        "local checkpoint, or one the workflow pretrains itself (`pretrain`).",
+        "",
+        _table(list(_rows({"properties": {"backbones": schema["properties"]["backbones"]}}, "", schema))[1:]),
+    ]
     methods = schema["properties"]["methods"]
     out += [
         "## methods {#methods}",
