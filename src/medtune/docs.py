@@ -59,8 +59,8 @@ def _text(text: str) -> str:
 
 
 def _code(text: str) -> str:
-    # a pipe inside a code span still ends a table cell in Python-Markdown
-    return "`" + text.replace("|", "\\|") + "`"
+    # Python-Markdown's tables keep a pipe inside a code span in its cell (GitHub's would not)
+    return f"`{text}`"
 
 
 def _bounds(node: dict[str, Any]) -> list[str]:
@@ -80,6 +80,9 @@ def _bounds(node: dict[str, Any]) -> list[str]:
 def type_of(node: dict[str, Any], schema: dict[str, Any]) -> str:
     """A schema node's type in words: ``integer ≥ 1``, ``list of number > 0, 2 items``, ``one of a, b``."""
     node = _resolve(node, schema)
+    for either in ("oneOf", "anyOf"):
+        if either in node:
+            return " or ".join(type_of(option, schema) for option in node[either])
     if "enum" in node:
         return "one of " + ", ".join(_code(v if isinstance(v, str) else _value(v)) for v in node["enum"])
     kind = node.get("type", "any")
@@ -168,12 +171,14 @@ def _methods() -> list[method_registry.Method]:
     return sorted(method_registry.registered().values(), key=lambda m: (m.order, m.name))
 
 
-def method_defaults(method: method_registry.Method, key: str | None = None) -> str:
-    """A method's parameters: type, default (its SPEC's) and description."""
+def method_defaults(method: method_registry.Method, key: str = "") -> str:
+    """A method's parameters: type, default (its SPEC's) and description; keys below ``key``
+    (on the method's own page, the bare parameter names)."""
     if not method.params:
         return f"`{method.name}` has no settings.\n"
     node = {"type": "object", "properties": method.params}
-    return _table(list(_rows(node, key or f"methods.{method.name}", {}, method.defaults)))
+    header = (f"`methods.{method.name}.`" if not key else "key", "type", "default", "description")
+    return _table(list(_rows(node, key, {}, method.defaults)), header)
 
 
 def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
@@ -229,7 +234,7 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
             continue
         link = f" ([{method.label}]({pages[method.name]}))" if method.name in pages else ""
         out += [f"### methods.{method.name} {{#methods-{method.name.replace('_', '-')}}}", "",
-                f"{KIND[method.training].capitalize()}{link}.", "", method_defaults(method)]
+                f"{KIND[method.training].capitalize()}{link}.", "", method_defaults(method, f"methods.{method.name}")]
     study = schema["$defs"]["study"]
     registered = study_registry.registered()
     out += [
