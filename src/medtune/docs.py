@@ -141,13 +141,16 @@ def _rows(node: dict[str, Any], key: str, schema: dict[str, Any], defaults: dict
 
 
 def _sources_of(key_cell: str) -> str:
-    """The sources that read a dataset key (``datasets.<dataset>.sizes.train`` -> its ``sizes``)."""
+    """The sources that read a dataset key (``sizes.train``: those that read ``sizes``)."""
     from medtune.data.sources import COMMON_KEYS, SOURCES
 
-    key = key_cell.strip("`").split(".")[2]
+    key = key_cell.strip("`").split(".")[0]
     if key in COMMON_KEYS:
         return "all"
-    return ", ".join(f"{s.name}{' (required)' if key in s.required else ''}" for s in SOURCES.values() if key in s.keys)
+    using = [s for s in SOURCES.values() if key in s.keys]
+    if all(key in s.required for s in using):
+        return ", ".join(s.name for s in using) + " (required)"
+    return ", ".join(f"{s.name}{' (required)' if key in s.required else ''}" for s in using)
 
 
 def _table(rows: list[list[str]], header: tuple[str, ...] = ("key", "type", "default", "description")) -> str:
@@ -171,14 +174,17 @@ def _methods() -> list[method_registry.Method]:
     return sorted(method_registry.registered().values(), key=lambda m: (m.order, m.name))
 
 
-def method_defaults(method: method_registry.Method, key: str = "") -> str:
-    """A method's parameters: type, default (its SPEC's) and description; keys below ``key``
-    (on the method's own page, the bare parameter names)."""
+def _header(prefix: str) -> tuple[str, ...]:
+    """A table's header whose key column holds the keys below ``prefix``."""
+    return (f"`{prefix}`", "type", "default", "description")
+
+
+def method_defaults(method: method_registry.Method) -> str:
+    """A method's parameters: type, default (its SPEC's) and description, under ``methods.<name>.``."""
     if not method.params:
         return f"`{method.name}` has no settings.\n"
     node = {"type": "object", "properties": method.params}
-    header = (f"`methods.{method.name}.`" if not key else "key", "type", "default", "description")
-    return _table(list(_rows(node, key, {}, method.defaults)), header)
+    return _table(list(_rows(node, "", {}, method.defaults)), _header(f"methods.{method.name}."))
 
 
 def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
@@ -196,27 +202,28 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
         "The workflow checks a config against it before it builds a job, and stops on an unknown key or",
         "a bad value with one line naming it ([Troubleshooting](troubleshooting.md#config-errors)).",
         "`config/README.md` explains the config files and how to write one for your own data.",
-        "In the key column `<dataset>`, `<backbone>` and `<method>` stand for a name of your choice.",
+        "A table's keys lie under the prefix in its header; `<dataset>`, `<backbone>` and `<method>` stand for",
+        "a name of your choice.",
         "",
         "## Top level {#top-level}",
         "",
         _table([*_rows({"properties": top}, "", schema),
                 *([_code(k), "mapping", "", f"[below](#{k})"] for k in ("datasets", "backbones", "methods", "studies"))]),
     ]
-    datasets = list(_rows({"properties": {"datasets": schema["properties"]["datasets"]}}, "", schema))[1:]
+    datasets = list(_rows(schema["properties"]["datasets"]["additionalProperties"], "", schema))
     out += [
         "## datasets {#datasets}",
         "",
         "One entry per dataset, by a name of your choice. Each `source` reads only the keys listed for it",
         "(`medtune.data.sources`); any other key stops the run naming it.",
         "",
-        _table([[*row, _sources_of(row[0])] for row in datasets], ("key", "type", "default", "description", "sources")),
+        _table([[*row, _sources_of(row[0])] for row in datasets], ("`datasets.<dataset>.`", "type", "default", "description", "sources")),
         "## backbones {#backbones}",
         "",
         "One entry per backbone, by a name of your choice: an open_clip model with pretrained weights, a",
         "local checkpoint, or one the workflow pretrains itself (`pretrain`).",
         "",
-        _table(list(_rows({"properties": {"backbones": schema["properties"]["backbones"]}}, "", schema))[1:]),
+        _table(list(_rows(schema["properties"]["backbones"]["additionalProperties"], "", schema)), _header("backbones.<backbone>.")),
     ]
     methods = schema["properties"]["methods"]
     out += [
@@ -226,15 +233,15 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
         "with `base` takes that method's defaults, then the base's own entry, then its own keys",
         "([Methods](methods/index.md#settings-and-variants)). Keys every entry may hold:",
         "",
-        _table([[_code(f"methods.<method>.{k}"), type_of(v, schema), "", _text(v.get("description", ""))]
-                for k, v in plan.ENTRY_KEYS.items()]),
+        _table([[_code(k), type_of(v, schema), "", _text(v.get("description", ""))] for k, v in plan.ENTRY_KEYS.items()],
+               _header("methods.<method>.")),
     ]
     for method in _methods():
         if method.name not in methods["properties"]:
             continue
         link = f" ([{method.label}]({pages[method.name]}))" if method.name in pages else ""
         out += [f"### methods.{method.name} {{#methods-{method.name.replace('_', '-')}}}", "",
-                f"{KIND[method.training].capitalize()}{link}.", "", method_defaults(method, f"methods.{method.name}")]
+                f"{KIND[method.training].capitalize()}{link}.", "", method_defaults(method)]
     study = schema["$defs"]["study"]
     registered = study_registry.registered()
     out += [
@@ -243,7 +250,7 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
         "One entry per study to run, among the registered studies ([Studies](studies.md)): "
         + ", ".join(f"`{name}`" for name in registered) + ". Each entry holds:",
         "",
-        _table(list(_rows(study, "studies.<study>", schema))),
+        _table(list(_rows(study, "", schema)), _header("studies.<study>.")),
         "A study's `conditions` default to its module's:",
         "",
         _table([[_code(name), s.label, ", ".join(_code(c) for c in s.conditions)] for name, s in registered.items()],
