@@ -32,7 +32,7 @@ METHOD_PAGES = "methods"
 REGION = re.compile(r"(<!-- generated: (?P<what>[\w-]+)(?: (?P<arg>[\w-]+))? -->\n).*?(<!-- end generated -->)", re.S)
 KIND = {
     "none": "no training (the pretrained model)",
-    "frozen": "trained on cached features of the frozen backbone",
+    "frozen": "fitted on cached features of the frozen backbone",
     "backbone": "trained inside the backbone",
 }
 # the key column's placeholder for a free-form name under a mapping key
@@ -262,13 +262,17 @@ def configuration_page(docs_dir: Path = DOCS_DIR) -> str:
 # -- regions of hand-written pages -------------------------------------------------------------
 
 
+def _title(page: Path) -> str:
+    return next((line[2:].strip() for line in page.read_text().splitlines() if line.startswith("# ")), page.stem)
+
+
 def _method_list(docs_dir: Path) -> str:
     pages = method_pages(docs_dir)
     rows = []
     for m in _methods():
         page = pages.get(m.name)
         # links are relative to docs/methods/index.md, the page that holds this region
-        where = f"[{Path(page).stem}]({Path(page).name})" if page else "—"
+        where = f"[{_title(docs_dir / page)}]({Path(page).name})" if page else "—"
         kind = KIND[m.training] + (", runs the text encoder" if m.needs_text_encoder else "")
         rows.append([_code(m.name), _text(m.label), kind, where])
     return _table(rows, ("method", "label in tables", "kind", "page"))
