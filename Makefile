@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 CONFIG ?= config/config.yaml
 
-.PHONY: setup run test dry-run report clean
+.PHONY: setup run test dry-run report docs clean
 
 $(BIN)/snakemake: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ bench: setup
 .PHONY: bench-scale
 bench-scale: setup
 	$(BIN)/python -m medtune.bench.scale $(SCALE_ARGS)
+
+# The documentation site (docs/, mkdocs.yml) into site/: first the generated pages (the configuration
+# reference and the tables of the method and study pages, python -m medtune.docs), then the build
+docs: setup
+	$(BIN)/python -m medtune.docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 report: run
 	$(BIN)/snakemake --cores 1 --configfile $(CONFIG) --report results/report.html

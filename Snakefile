@@ -12,7 +12,6 @@ min_version("9.0")
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from medtune import plan  # noqa: E402  (pure Python: keeps DAG building fast)
 
-
 # --configfile replaces the embedded default instead of being merged into it, so a
 # paper config never inherits the synthetic datasets.
 if not workflow.overwrite_configfiles:
@@ -41,6 +40,6 @@ include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         all_outputs(),
-    default_target: True

@@ -24,7 +24,7 @@ from typing import Any, Iterable
 CORRUPTIONS = ("brightness", "contrast", "blur", "resolution", "saturation", "hue", "markup")
 
 COLOUR_FACTORS = {-2: 0.4, -1: 0.8, 1: 1.2, 2: 1.6}
-# Hue shift in turns = (factor - 1) / 4; written out so the table reads as the README does.
+# Hue shift in turns = (factor - 1) / 4; written out so the table reads as docs/robustness.md does.
 HUE_SHIFTS = {-2: -0.15, -1: -0.05, 1: 0.05, 2: 0.15}
 BLUR_SIGMAS = {1: 1.0, 2: 2.0, 3: 3.0, 4: 4.0}
 # Fraction of each side kept before scaling back up.

@@ -170,6 +170,16 @@ def _results_folder(results: str) -> str:
     return expanded
 
 
+def completed_schema(config: Any = None, schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
+    """The JSON schema a config is validated against, as :func:`validate` completes it: each
+    method entry takes its base method's declared parameters, ``studies`` the registered
+    studies (with no config: every registered method). The configuration reference is made
+    from it (:mod:`medtune.docs`)."""
+    config = config if isinstance(config, dict) else {}
+    registered = method_registry.registered(config.get("method_modules", []))
+    return _schema(yaml.safe_load(schema_path.read_text()), config, registered)
+
+
 def _check_finite(value: Any, key: str = "") -> None:
     """NaN and infinity pass JSON-schema bounds (every comparison with NaN is false): refuse
     them here, naming the key, rather than after hours of preparation and encoding."""

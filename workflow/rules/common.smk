@@ -122,7 +122,11 @@ def trained_inputs(wildcards):
         "test": feats("test"),
         "weights": backbone_weights(wildcards.backbone) if METHODS[wildcards.trained]["needs_text_encoder"] else [],
         # named only for methods that run the text encoder: a profile can ask for a GPU by it
-        **({"text_encoder": text_features(wildcards.backbone, wildcards.dataset)} if METHODS[wildcards.trained]["needs_text_encoder"] else {}),
+        **(
+            {"text_encoder": text_features(wildcards.backbone, wildcards.dataset)}
+            if METHODS[wildcards.trained]["needs_text_encoder"]
+            else {}
+        ),
     }
 
 

@@ -9,19 +9,19 @@ rule prepare_dataset:
     output:
         images=f"{RESULTS}/data/{{dataset}}/images.npy",
         samples=f"{RESULTS}/data/{{dataset}}/samples.csv",
-    params:
-        spec=lambda wc: DATASETS[wc.dataset],
-        progress=config["progress"],
-        source_state=source_state,
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_dataset/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
-    conda:
-        "../../envs/medtune.yaml"
+    params:
+        spec=lambda wc: DATASETS[wc.dataset],
+        progress=config["progress"],
+        source_state=source_state,
     script:
         "../scripts/prepare_dataset.py"

@@ -8,25 +8,25 @@ rule pretrain_backbone:
     output:
         weights=f"{RESULTS}/backbones/{{backbone}}/weights.pt",
         record=f"{RESULTS}/backbones/{{backbone}}/pretrain.json",
-    params:
-        spec=lambda wc: BACKBONES[wc.backbone],
-        device=config["device"],
-        progress=config["progress"],
-        # resumable state lives outside the outputs so a killed job can continue
-        state=lambda wc: f"{RESULTS}/backbones/{wc.backbone}/resume_state.pt",
     log:
         f"{RESULTS}/logs/pretrain_backbone/{{backbone}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/pretrain_backbone/{{backbone}}.tsv"
     # every model job waits for the backbone: start it before the many small subset jobs
     priority: 20
+    conda:
+        "../../envs/medtune.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
-    conda:
-        "../../envs/medtune.yaml"
+    params:
+        spec=lambda wc: BACKBONES[wc.backbone],
+        device=config["device"],
+        progress=config["progress"],
+        # resumable state lives outside the outputs so a killed job can continue
+        state=lambda wc: f"{RESULTS}/backbones/{wc.backbone}/resume_state.pt",
     script:
         "../scripts/pretrain_backbone.py"
 
@@ -36,24 +36,24 @@ rule encode_images:
         unpack(encode_inputs),
     output:
         directory(f"{RESULTS}/features/{{backbone}}/{{dataset}}/{{split}}"),
-    params:
-        spec=lambda wc: BACKBONES[wc.backbone],
-        conditions=split_conditions,
-        device=config["device"],
-        progress=config["progress"],
     log:
         f"{RESULTS}/logs/encode_images/{{backbone}}/{{dataset}}/{{split}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/encode_images/{{backbone}}/{{dataset}}/{{split}}.tsv"
     # the training and evaluation jobs wait for these features; fine-tuning does not
     priority: 10
+    conda:
+        "../../envs/medtune.yaml"
     threads: 2
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
-    conda:
-        "../../envs/medtune.yaml"
+    params:
+        spec=lambda wc: BACKBONES[wc.backbone],
+        conditions=split_conditions,
+        device=config["device"],
+        progress=config["progress"],
     script:
         "../scripts/encode_images.py"
 
@@ -63,18 +63,18 @@ rule encode_text:
         unpack(encode_inputs),
     output:
         f"{RESULTS}/features/{{backbone}}/{{dataset}}/text.npz",
-    params:
-        spec=lambda wc: BACKBONES[wc.backbone],
-        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
-        device=config["device"],
     log:
         f"{RESULTS}/logs/encode_text/{{backbone}}/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/encode_text/{{backbone}}/{{dataset}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/medtune.yaml"
+    params:
+        spec=lambda wc: BACKBONES[wc.backbone],
+        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        device=config["device"],
     script:
         "../scripts/encode_text.py"

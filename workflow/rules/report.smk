@@ -1,5 +1,6 @@
 # Tidy metric rows, then the tables and figures each study declares (medtune.studies).
 
+
 # seconds of work each: on a cluster they run where Snakemake runs instead of queueing
 localrules:
     collect_metrics,
@@ -32,16 +33,16 @@ rule tables:
     output:
         [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
         + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex")],
-    params:
-        studies=config["studies"],
-        methods=plan.method_labels(config),
-        folder=lambda wc, output: os.path.dirname(output[0]),
     log:
         f"{RESULTS}/logs/tables.log",
     benchmark:
         f"{RESULTS}/benchmarks/tables.tsv"
     conda:
         "../../envs/medtune.yaml"
+    params:
+        studies=config["studies"],
+        methods=plan.method_labels(config),
+        folder=lambda wc, output: os.path.dirname(output[0]),
     script:
         "../scripts/tables.py"
 
@@ -56,15 +57,15 @@ rule figure:
             category=lambda wc: figure_study(wc)[0].label,
         ),
         pdf=f"{RESULTS}/figures/{{figure}}.pdf",
-    params:
-        study=lambda wc: figure_study(wc)[2],
-        methods=plan.method_labels(config),
-        caption=lambda wc: figure_study(wc)[1].caption,
     log:
         f"{RESULTS}/logs/figures/{{figure}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/figures/{{figure}}.tsv"
     conda:
         "../../envs/medtune.yaml"
+    params:
+        study=lambda wc: figure_study(wc)[2],
+        methods=plan.method_labels(config),
+        caption=lambda wc: figure_study(wc)[1].caption,
     script:
         "../scripts/figure.py"

@@ -21,19 +21,19 @@ if SUBSETS:
             samples=f"{RESULTS}/data/{{dataset}}/samples.csv",
         output:
             [f"{RESULTS}/subsets/{{dataset}}/seed{seed}/{name}.csv" for seed, name in SUBSETS],
+        log:
+            f"{RESULTS}/logs/subsample/{{dataset}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/subsample/{{dataset}}.tsv"
+        conda:
+            "../../envs/medtune.yaml"
+        threads: 1
+        resources:
+            mem_mb=1000,
         params:
             subsets=SUBSETS,  # (seed, subset name) of each output, in order
             fractions=SUBSET_FRACTIONS,
             shots=SUBSET_SHOTS,
             class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),
-        log:
-            f"{RESULTS}/logs/subsample/{{dataset}}.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/subsample/{{dataset}}.tsv"
-        threads: 1
-        resources:
-            mem_mb=1000,
-        conda:
-            "../../envs/medtune.yaml"
         script:
             "../scripts/subsample.py"

@@ -12,8 +12,23 @@ rule train_frozen:
     output:
         # every fraction and shot count of the seed: {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json
         directory(f"{RESULTS}/runs/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}"),
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+        # of the frozen methods, only those that run the text encoder use a GPU
+        gpu=lambda wc: gpu_request(wc) if METHODS[wc.trained]["needs_text_encoder"] else 0,
     params:
-        method=lambda wc: {"name": wc.trained, **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")}},
+        method=lambda wc: {
+            "name": wc.trained,
+            **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")},
+        },
         runs=lambda wc: [r.labels() for r in seed_runs(wc)],
         subset_names=lambda wc: [r.subset for r in seed_runs(wc)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
@@ -22,18 +37,6 @@ rule train_frozen:
         class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subsets are ancient inputs
         device=config["device"],
         progress=config["progress"],
-    log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{trained}}/{{backbone}}/seed{{seed}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-        # of the frozen methods, only those that run the text encoder use a GPU
-        gpu=lambda wc: gpu_request(wc) if METHODS[wc.trained]["needs_text_encoder"] else 0,
-    conda:
-        "../../envs/medtune.yaml"
     script:
         "../scripts/train_frozen.py"
 
@@ -48,6 +51,17 @@ rule train_backbone:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/metrics.csv",
         predictions=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=240,
+        gpu=gpu_request,
     params:
         method=lambda wc: {"name": wc.tuned, **{k: METHODS[wc.tuned][k] for k in ("module", "params")}},
         run=lambda wc: backbone_run(wc).labels(),
@@ -59,16 +73,5 @@ rule train_backbone:
         progress=config["progress"],
         # resumable state lives outside the outputs so a killed job can continue
         state_dir=lambda wc: f"{RESULTS}/resume/{backbone_run(wc).path}",
-    log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=240,
-        gpu=gpu_request,
-    conda:
-        "../../envs/medtune.yaml"
     script:
         "../scripts/train_backbone.py"

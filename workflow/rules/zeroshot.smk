@@ -12,17 +12,17 @@ rule zeroshot:
         metrics=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/metrics.csv",
         predictions=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/{MANIFEST}",
-    params:
-        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, "zeroshot"),
-        run=lambda wc: plan.Run(wc.dataset, "zeroshot", wc.backbone).labels(),
     log:
         f"{RESULTS}/logs/zeroshot/{{dataset}}/{{backbone}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/zeroshot/{{dataset}}/{{backbone}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
     threads: 1
     resources:
         mem_mb=2000,
-    conda:
-        "../../envs/medtune.yaml"
+    params:
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, "zeroshot"),
+        run=lambda wc: plan.Run(wc.dataset, "zeroshot", wc.backbone).labels(),
     script:
         "../scripts/zeroshot.py"

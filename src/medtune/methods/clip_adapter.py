@@ -50,13 +50,13 @@ SPEC = {
     "params": {
         "reduction": {"type": "integer", "minimum": 1, "description": "bottleneck width is d // reduction (4)"},
         "ratio": {"type": "number", "minimum": 0, "maximum": 1, "description": "residual ratio: share of the adapted feature (0.2)"},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 10},
-        "momentum": {"type": "number", "minimum": 0, "maximum": 1},
-        "weight_decay": {"type": "number", "minimum": 0},
-        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "batch_size": {"type": "integer", "minimum": 1},
-        "warmup_epochs": {"type": "integer", "minimum": 0},
-        "warmup_lr": {"type": "number", "minimum": 0},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 10, "description": "SGD learning rate after the warm-up, cosine-decayed"},
+        "momentum": {"type": "number", "minimum": 0, "maximum": 1, "description": "SGD momentum"},
+        "weight_decay": {"type": "number", "minimum": 0, "description": "SGD weight decay"},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "passes over the training subset; the best validation epoch is kept"},
+        "batch_size": {"type": "integer", "minimum": 1, "description": "training features per step"},
+        "warmup_epochs": {"type": "integer", "minimum": 0, "description": "epochs at the constant warmup_lr before the cosine schedule"},
+        "warmup_lr": {"type": "number", "minimum": 0, "description": "learning rate during the warm-up"},
     },
 }
 

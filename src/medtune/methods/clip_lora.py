@@ -101,10 +101,10 @@ SPEC = {
             "description": "attention projections that get an update (o: the output projection)",
         },
         "encoders": {"enum": ["both", "image", "text"], "description": "the towers whose attention layers are adapted"},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "AdamW peak learning rate, cosine per step to min_lr"},
         "min_lr": {"type": "number", "minimum": 0, "description": "the cosine schedule's final learning rate"},
-        "weight_decay": {"type": "number", "minimum": 0},
-        "batch_size": {"type": "integer", "minimum": 1},
+        "weight_decay": {"type": "number", "minimum": 0, "description": "AdamW weight decay"},
+        "batch_size": {"type": "integer", "minimum": 1, "description": "training images per step"},
         "iterations_per_shot": {
             "type": "integer",
             "minimum": 1,

@@ -48,20 +48,20 @@ SPEC = {
     },
     "params": {
         "text": {"enum": ["caption", "label"], "description": "each training image's text: its caption or its class-label prompt"},
-        "epochs": {"type": "integer", "minimum": 1, "maximum": 1000},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "passes over the training pairs; the checkpoint with the lowest validation loss is kept"},
         "batch_size": {
             "type": "integer",
             "minimum": 2,
             "description": "the contrastive batch (each pair's negatives are the rest of its batch) and one optimiser step; grad_accum does not change it",
         },
-        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "weight_decay": {"type": "number", "minimum": 0},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "AdamW peak learning rate (FLYP: 1e-6 on ViT-B/16)"},
+        "weight_decay": {"type": "number", "minimum": 0, "description": "AdamW weight decay"},
         "warmup_steps": {
             "type": "integer",
             "minimum": 0,
             "description": "linear warm-up steps before the cosine decay (FLYP uses 500); capped at the run's optimiser steps - 1",
         },
-        "augment": {"type": "boolean"},
+        "augment": {"type": "boolean", "description": "random flips and quarter turns of the training images (tissue has no canonical orientation)"},
         "amp": {"type": "boolean", "description": "mixed precision on CUDA"},
         "grad_accum": {
             "type": "integer",

@@ -65,7 +65,7 @@ SPEC = {
             "description": "grid: every value (default); coarse_to_fine: half-decade pass, then halving around the peak "
             "(CLIP's parametric binary search), 29 fits instead of 97, may stop on a lower peak",
         },
-        "max_iter": {"type": "integer", "minimum": 1},
+        "max_iter": {"type": "integer", "minimum": 1, "description": "solver iterations per fit (scikit-learn's max_iter)"},
     },
 }
 

@@ -52,11 +52,11 @@ SPEC = {
         "final_relu": True,
     },
     "params": {
-        "alphas": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1},
-        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
-        "weight_decay": {"type": "number", "minimum": 0},
-        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000},
-        "batch_size": {"type": "integer", "minimum": 1},
+        "alphas": {"type": "array", "items": {"type": "number", "minimum": 0, "maximum": 1}, "minItems": 1, "description": "the residual ratios α tried, one adapter each, trained side by side; the best on validation is kept"},
+        "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "description": "Adam learning rate"},
+        "weight_decay": {"type": "number", "minimum": 0, "description": "Adam weight decay (L2, as torch.optim.Adam)"},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 10000, "description": "passes over the training subset"},
+        "batch_size": {"type": "integer", "minimum": 1, "description": "training features per step"},
         "hidden_widths": {
             "description": "adapter hidden layer widths: an integer, or 'd/N' for the feature width divided by N (CLIP_RFC: [d/4, 64, d/4])",
             "type": "array",

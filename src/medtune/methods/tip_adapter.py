@@ -47,7 +47,7 @@ SPEC = {
     },
     "params": {
         "init_beta": {"type": "number", "minimum": 0, "description": "beta kept when there is no search or no validation split"},
-        "init_alpha": {"type": "number", "minimum": 0},
+        "init_alpha": {"type": "number", "minimum": 0, "description": "alpha kept when there is no search or no validation split"},
         "search": {"type": "boolean", "description": "search beta and alpha on the validation split"},
         "search_scale": {
             "type": "array", "items": {"type": "number", "minimum": 0.1}, "minItems": 2, "maxItems": 2,

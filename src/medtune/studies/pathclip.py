@@ -37,7 +37,7 @@ SPEC = {
             "function": "gallery_figure",
             "inputs": ["images"],
             "caption": "One test image under every corruption and severity level (seed 002, Fig. 1). Definitions of hue "
-            "and markup are this pipeline's (see the README): hue shift = (factor − 1)/4 turns; markup = that many "
+            "and markup are this pipeline's (docs/robustness.md): hue shift = (factor − 1)/4 turns; markup = that many "
             "seeded pen strokes.",
         },
         "retrieval_examples": {
