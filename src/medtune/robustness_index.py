@@ -86,7 +86,7 @@ def robustness_index(
     """RI at k_opt with its bootstrap standard deviation, and the curves behind it (see the module)."""
     labels, sites = np.asarray(labels), np.asarray(sites).astype(str)
     if len(np.unique(sites)) < 2:
-        raise ValueError(f"the robustness index needs images of at least two sites; these {len(sites)} come from {sorted(set(sites))}")
+        raise ValueError(f"the robustness index needs images of at least two sites; these {len(sites)} come from {sorted(set(sites.tolist()))}")
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the robustness index needs at least two classes; these {len(labels)} images have one")
     ks = k_grid(min(k_max, len(labels) - 1))
