@@ -89,3 +89,10 @@ def calibration_half(labels: np.ndarray, seed: int = 0) -> np.ndarray:
         members = rng.permutation(np.flatnonzero(labels == c))
         mask[members[: max(1, len(members) // 2)]] = True
     return mask
+
+
+def read_logits(path) -> dict[str, np.ndarray]:
+    """A run's ``logits.npz`` (:func:`medtune.evaluate.write_logits`), as arrays in memory; read here,
+    where the tables job reads it, so that the tables need not import torch."""
+    with np.load(path) as saved:
+        return {key: saved[key] for key in saved.files}

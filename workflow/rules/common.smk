@@ -16,6 +16,8 @@ BACKBONES = config["backbones"]
 METHODS = config["methods"]
 TABLES = plan.tables(config)
 FIGURES = plan.figures(config)
+# runs whose jobs keep val and test logits (the conformal and centre-shift tables read them)
+LOGIT_RUNS = plan.logit_runs(config)
 
 
 def one_of(names):
@@ -133,10 +135,12 @@ def tuned_inputs(wildcards):
 
 
 def zeroshot_inputs(wildcards):
+    keeps_logits = plan.Run(wildcards.dataset, "zeroshot", wildcards.backbone).path in LOGIT_RUNS
     return {
         "text": text_features(wildcards.backbone, wildcards.dataset),
         "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
         "samples": dataset_files(wildcards.dataset)["samples"],
+        **({"val": features_dir(wildcards.backbone, wildcards.dataset, "val")} if keeps_logits else {}),
     }
 
 
@@ -176,6 +180,7 @@ def figure_inputs(wildcards):
         "images": dataset_files(dataset)["images"],
         "samples": dataset_files(dataset)["samples"],
         "test_features": features_dir(backbone, dataset, "test"),
+        "robustness_index": robustness_index_outputs(),
     }
     return {name: available[name] for name in figure.inputs}
 

@@ -16,6 +16,7 @@ rule train_frozen:
         method=lambda wc: {"name": wc.trained, **{k: METHODS[wc.trained][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")}},
         runs=lambda wc: [r.labels() for r in seed_runs(wc)],
         subset_names=lambda wc: [r.subset for r in seed_runs(wc)],
+        logit_subsets=lambda wc: [r.subset for r in seed_runs(wc) if r.path in LOGIT_RUNS],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
