@@ -29,7 +29,7 @@ SPEC = {
             "thunder": {"epsilons": [1.5e-3], "step": 1.0e-3, "steps": 5, "unit": "range"},
             "tecoa": {"epsilons": [1, 4], "step": 1, "steps": 10, "unit": "1/255"},
         },
-        "attack_images": 256,
+        "attack_images": 1000,
         "attack_batch_size": 128,
     },
     "params": {
