@@ -62,7 +62,7 @@ def test_kept_logits_are_the_evaluations_own(small_run):
             logits, predictions = np.load(run["files"]["logits"]), np.load(run["files"]["predictions"])
             clean = list(logits["conditions"]).index("clean")
             np.testing.assert_array_equal(logits["test_logits"][clean], predictions["logits"])
-            assert list(logits["conditions"]) == ["clean", "blur-2", "motion_blur-2"]
+            assert {"clean", "blur-2"} <= set(logits["conditions"])  # the conformal study's, among the run's others
             assert set(logits["test_site"]) == {"D"} and list(logits["train_sites"]) == ["A", "B"]
     shift = pd.read_csv(small_run / "results" / "tables" / "centre_shift_accuracy.csv")
     for backbone in ("tiny", "tiny-untrained"):
