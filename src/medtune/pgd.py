@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from medtune import attacks
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
-ATTACK_METRICS = ("accuracy", "balanced_accuracy")
+ATTACK_METRICS = ("accuracy", "balanced_accuracy", "ece15", "ece5")
 
 
 def radius(images: torch.Tensor, value: float, scale: float | None) -> torch.Tensor:
@@ -138,8 +138,8 @@ def attack_job(runs: list[dict[str, Any]], run_outputs, backbone: dict[str, Any]
             labels = test_rows["label"].to_numpy()[picked]
             logits = attack_logits(classifier(model, head), dataset.images, test_rows["index"].to_numpy()[picked], labels,
                                    model.image_size, settings, run["seed"] or 0, dev, batch_size)
-            # accuracy and balanced accuracy: what the table shows (top-3 or AUC on a few hundred attacked
-            # images would only crowd metrics.csv)
+            # accuracy, balanced accuracy and calibration, as every run reports under every condition;
+            # not top-k or AUC (top-3 of a few hundred attacked images could read 100.0 for every model)
             rows = [
                 (attacks.condition(protocol, e), "all", metric, value)
                 for e, found_logits in logits.items()
