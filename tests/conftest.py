@@ -76,6 +76,12 @@ SMALL_CONFIG = {
             "methods": ["zeroshot"],
             "conditions": ["clean", "jpeg_compression-3", "hed_shift-4", "blur-2"],
         },
+        # robustness beyond corruptions, cut to a few images and steps
+        "adversarial": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe"], "fractions": [50],
+                        "seeds": [1], "attack_images": 16, "attacks": {"thunder": {}, "tecoa": {"steps": 2}}},
+        "centre_shift": {"datasets": ["synth"], "backbones": ["tiny", "tiny-untrained"], "methods": ["zeroshot"], "bootstrap": 50},
+        "conformal": {"datasets": ["synth"], "backbones": ["tiny"], "methods": ["zeroshot", "linear_probe", "rfc"], "fractions": [50],
+                      "conditions": ["clean", "blur-2"]},
     },
 }
 
@@ -84,12 +90,13 @@ def _core_config() -> dict:
     """SMALL_CONFIG cut to one method of each kind for the tests that run the workflow again from
     scratch (kills and resumes, SLURM): zero-shot, a scikit-learn fit (linear probe), a torch fit
     (RFC), a fit that runs the text encoder (CoOp: a GPU job on SLURM) and both fine-tunings;
-    the PathCLIP study as it is, no MedMNIST-C study. About half of SMALL_CONFIG's jobs; every
+    the PathCLIP study as it is, no MedMNIST-C study nor the studies of robustness beyond corruptions. About half of SMALL_CONFIG's jobs; every
     result it has is one SMALL_CONFIG's run has too, compared row by row with ``small_run``'s."""
     config = copy.deepcopy(SMALL_CONFIG)
     config["studies"]["clipath"]["methods"] = ["zeroshot", "linear_probe", "rfc", "coop"]
     config["studies"]["pubmedvision"]["methods"] = ["zeroshot", "finetune_caption", "finetune_label"]
-    del config["studies"]["medmnistc"]
+    for study in ("medmnistc", "adversarial", "centre_shift", "conformal"):
+        del config["studies"][study]
     return config
 
 

@@ -58,8 +58,8 @@ def test_prepare_goes_through_the_registry(tmp_path):
 def test_prepare_names_a_missing_required_key_and_an_unknown_source(tmp_path):
     with pytest.raises(DatasetError, match=r"datasets\.raw\.path is required for source 'pcam'"):
         sources.prepare("raw", {"source": "pcam"}, tmp_path / "out")
-    with pytest.raises(DatasetError, match=r"datasets\.x\.source: unknown source .camelyon17."):
-        sources.prepare("x", {"source": "camelyon17"}, tmp_path / "out")
+    with pytest.raises(DatasetError, match=r"datasets\.x\.source: unknown source .camelyon16."):
+        sources.prepare("x", {"source": "camelyon16"}, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

@@ -171,7 +171,7 @@ def test_the_registries_declare_every_built_in_method_and_study():
         "clip_lora": "backbone",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
-    assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision"}
+    assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision", "adversarial", "centre_shift", "conformal"}
     # a module's declaration is its import's own SPEC, read without importing it
     from medtune.methods import linear_probe
 
@@ -196,6 +196,7 @@ def test_tables_and_figures_come_from_the_study_declarations():
     assert plan.tables(config) == [
         "clipath_accuracy", "clipath_cost", "adapted_robustness", "clipath_significance", "pubmedvision_topk",
         "pathclip_zeroshot", "pathclip_retrieval", "medmnistc_summary", "embedding_invariance",
+        "adversarial_accuracy", "robustness_index", "centre_shift_accuracy", "conformal_coverage",
     ]
     clean_only = copy.deepcopy(DEFAULT)
     clean_only["studies"]["clipath"]["conditions"] = ["clean"]
@@ -225,6 +226,7 @@ def test_shots_beside_fractions_make_runs_of_their_own():
     alone = copy.deepcopy(DEFAULT)
     del alone["studies"]["clipath"]["fractions"]
     alone["studies"]["clipath"]["shots"] = [2]
+    del alone["studies"]["conformal"]  # it names RFC at 50 % itself
     config = plan.validate(alone)
     assert config["studies"]["clipath"]["fractions"] == []
     assert {r.subset for r in plan.runs(config) if r.method == "rfc"} == {"shots2"}

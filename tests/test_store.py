@@ -56,7 +56,7 @@ def test_synthetic_prepared_chunk_by_chunk_is_the_generated_dataset(tmp_path, mo
     monkeypatch.setattr(synthetic, "generate_chunks", lambda s: real(s, chunk_size=32))  # several chunks in a split
     sources.prepare_synthetic("syn", spec, tmp_path / "chunked")  # the source alone: 5 test images miss classes
     images, rows = synthetic.generate(synthetic.SyntheticSpec(sizes=spec["sizes"], image_size=16, seed=3))
-    write_dataset(images, rows, tmp_path / "whole")
+    write_dataset(images, rows.assign(site=rows["centre"]), tmp_path / "whole")  # the centre is the store's site
     chunked, whole = load_dataset(tmp_path / "chunked"), load_dataset(tmp_path / "whole")
     assert np.array_equal(chunked.images, whole.images) and chunked.samples.equals(whole.samples)
 

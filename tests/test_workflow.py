@@ -182,7 +182,7 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
     assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness",
-                                         "pubmedvision_groups", "embedding_invariance"})
+                                         "pubmedvision_groups", "embedding_invariance", "adversarial_accuracy", "conformal_coverage"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
@@ -226,7 +226,8 @@ def test_report_embeds_every_table_and_figure(report):
     html = report.read_text(errors="replace")
     for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pubmedvision_groups.png",
                  "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md",
-                 "medmnistc_gallery.png", "embedding_invariance.png", "medmnistc_summary.md"):
+                 "medmnistc_gallery.png", "embedding_invariance.png", "medmnistc_summary.md", "adversarial_accuracy.png",
+                 "robustness_index.png", "conformal_coverage.png", "conformal_coverage.md", "centre_shift_accuracy.md"):
         assert name in html, name
     assert report.stat().st_size > 100_000
 
@@ -244,7 +245,7 @@ def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tm
         capture_output=True, text=True, timeout=300,
     )
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
-    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Tables", "Workflow"):
+    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Robustness beyond corruptions", "Tables", "Workflow"):
         assert f">{category}<" in rendered, category
 
 

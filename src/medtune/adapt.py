@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
+from medtune.evaluate import LOGITS, PREDICTIONS, evaluate_features, evaluate_run, write_logits, write_predictions
 from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.jobs import report
@@ -25,8 +25,17 @@ from medtune.records import write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 
-# what evaluation and the frozen fits read of samples.csv (not the captions: most of its bytes)
+# what evaluation and the frozen fits read of samples.csv (not the captions: most of its bytes),
+# and each image's site where the dataset has one (for the logits the centre-shift tables read)
 EVAL_COLUMNS = ["index", "split", "label", "label_name", "group"]
+
+
+def eval_table(samples) -> pd.DataFrame:
+    table = read_samples(samples, columns=lambda c: c in (*EVAL_COLUMNS, "site"))
+    missing = [c for c in EVAL_COLUMNS if c not in table.columns]
+    if missing:
+        raise DatasetError(f"{samples}: no column(s) {missing}")
+    return table
 
 
 def load_text(path) -> tuple[np.ndarray, float]:
@@ -34,18 +43,29 @@ def load_text(path) -> tuple[np.ndarray, float]:
         return text["classifier"], float(text["logit_scale"])
 
 
-def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir) -> None:
+def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir, val_dir=None) -> None:
     """The pretrained model's class-prompt classifier under every test condition: ``out_dir/``
-    ``{head.pt, metrics.csv, predictions.npz, runs.json}``."""
+    ``{head.pt, metrics.csv, predictions.npz, runs.json}``, and ``logits.npz`` when ``val_dir`` is given."""
     classifier, scale = load_text(text)
     out_dir = Path(out_dir)
     save_torch({**zeroshot.state(classifier, scale), "run": run}, out_dir / "head.pt")
-    table = read_samples(samples, columns=EVAL_COLUMNS)
+    table = eval_table(samples)
     test_rows = table[table["split"] == "test"]
     write_csv(evaluate_run(out_dir / "head.pt", test_dir, test_rows, conditions, run), out_dir / "metrics.csv")
     clean = {"clean": np.load(Path(test_dir) / "clean.npy", mmap_mode="r")}
-    write_predictions(load_head(out_dir / "head.pt"), clean, test_rows, out_dir / PREDICTIONS)
-    write_manifest([{**run, "files": {"head": "head.pt", "metrics": "metrics.csv", "predictions": PREDICTIONS}}], out_dir)
+    head = load_head(out_dir / "head.pt")
+    write_predictions(head, clean, test_rows, out_dir / PREDICTIONS)
+    files = {"head": "head.pt", "metrics": "metrics.csv", "predictions": PREDICTIONS}
+    if val_dir is not None:
+        val_features, val_rows = split_features(val_dir, table, "val")
+        test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
+        write_logits(head, val_features, val_rows, test_features, test_rows, _train_sites(table), out_dir / LOGITS)
+        files["logits"] = LOGITS
+    write_manifest([{**run, "files": files}], out_dir)
+
+
+def _train_sites(table: pd.DataFrame) -> list[str]:
+    return table.loc[table["split"] == "train", "site"].tolist() if "site" in table.columns else []
 
 
 def split_features(features_dir, samples: pd.DataFrame, split: str, condition: str = "clean") -> tuple[np.ndarray, pd.DataFrame]:
@@ -81,9 +101,11 @@ def train_frozen(
     prompts: dict | None = None,
     device: str = "cpu",
     progress: bool = True,
+    logit_subsets=(),
 ) -> None:
     """Fit a frozen-backbone method on cached features for every training subset (fraction or
-    shot count) of one seed, and evaluate each fit on the test conditions.
+    shot count) of one seed, and evaluate each fit on the test conditions; the subsets named in
+    ``logit_subsets`` also keep their val and test logits (``logits.npz``).
 
     ``method`` is the configured method (``config["methods"][name]``); ``runs`` the labels of
     the runs to make, one per subset, and ``subsets`` maps each run's subset name (``frac5``,
@@ -95,7 +117,7 @@ def train_frozen(
     (``backbone``: name, spec, weights); the others need features alone.
     """
     params, seed = method["params"], runs[0]["seed"]
-    table = read_samples(samples, columns=EVAL_COLUMNS)
+    table = eval_table(samples)
     train_features, train_rows = split_features(train_dir, table, "train")
     val_features, val_rows = split_features(val_dir, table, "val")
     augmented = None
@@ -146,6 +168,9 @@ def train_frozen(
             write_csv(evaluate_features(head, test_features, test_rows, run), tmp / folder / "metrics.csv")
             write_predictions(head, test_features, test_rows, tmp / folder / PREDICTIONS)
             files = {"head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
+            if folder in logit_subsets:
+                write_logits(head, val_x, val_rows, test_features, test_rows, _train_sites(table), tmp / folder / LOGITS)
+                files["logits"] = LOGITS
             manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
             report(f"subset {folder} fitted and evaluated ({done}/{len(subsets)})")
         write_manifest(manifest, tmp)

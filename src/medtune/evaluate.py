@@ -22,6 +22,7 @@ from medtune.retrieval import retrieval_metrics
 
 RETRIEVAL_KS = (5, 10)
 PREDICTIONS = "predictions.npz"
+LOGITS = "logits.npz"
 METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
 
 
@@ -99,6 +100,24 @@ def write_predictions(head, features: Mapping[str, np.ndarray], test_samples: pd
         raise ValueError(f"clean test features have {len(logits)} rows, the test split {len(test_samples)}")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, logits=logits, labels=test_samples["label"].to_numpy(), index=test_samples["index"].to_numpy())
+
+
+def write_logits(head, val_features: np.ndarray, val_rows: pd.DataFrame, test_features: Mapping[str, np.ndarray],
+                 test_rows: pd.DataFrame, train_sites, path) -> None:
+    """What the conformal and centre-shift tables read of a run, so that no job runs a head again: its
+    logits on the clean validation split (``val_*``) and on the test split under every condition
+    (``test_logits``: conditions x N x C, in the order of ``conditions``), with labels, sample indices,
+    each image's site and the training split's sites where the dataset has a ``site`` column."""
+    arrays = {
+        "val_logits": predict(head, val_features), "val_labels": val_rows["label"].to_numpy(), "val_index": val_rows["index"].to_numpy(),
+        "conditions": np.array(list(test_features)), "test_logits": np.stack([predict(head, f) for f in test_features.values()]),
+        "test_labels": test_rows["label"].to_numpy(), "test_index": test_rows["index"].to_numpy(),
+    }
+    if "site" in val_rows.columns:
+        arrays |= {"val_site": val_rows["site"].to_numpy(str), "test_site": test_rows["site"].to_numpy(str),
+                   "train_sites": np.array(sorted(set(train_sites)), dtype=str)}
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
 
 
 def read_predictions(path) -> dict[str, np.ndarray]:

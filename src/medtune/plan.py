@@ -143,6 +143,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     config.setdefault("seeds", [1, 2, 3])
     config["methods"] = _resolve_methods(config.get("methods", {}), registered)
     for study_name, study in config["studies"].items():
+        _fill_settings(study, study_registry.registered()[study_name].defaults, f"studies.{study_name}")
         # a study that gives shots alone trains on shots alone
         study.setdefault("fractions", [] if study.get("shots") else DEFAULT_FRACTIONS)
         study.setdefault("shots", [])
@@ -180,6 +181,22 @@ def completed_schema(config: Any = None, schema_path: Path = SCHEMA_PATH) -> dic
     return _schema(yaml.safe_load(schema_path.read_text()), config, registered)
 
 
+def _fill_settings(study: dict[str, Any], defaults: dict[str, Any], where: str) -> None:
+    """A study's own settings, defaults filled in. A setting that names entries (the adversarial study's
+    ``attacks: {tecoa: {steps: 100}}``) keeps the entries named, each completed from the default entry
+    of its name; an entry of another name gives every field itself."""
+    for key, default in defaults.items():
+        if key not in study:
+            study[key] = copy.deepcopy(default)
+        elif isinstance(default, dict) and default and all(isinstance(v, dict) for v in default.values()):
+            fields = set().union(*default.values())
+            study[key] = {name: {**default.get(name, {}), **(given or {})} for name, given in study[key].items()}
+            for name, entry in study[key].items():
+                if missing := sorted(fields - set(entry)):
+                    raise ConfigError(f"config key {where}.{key}.{name}: {', '.join(missing)} not given "
+                                      f"(only {', '.join(default)} take defaults)")
+
+
 def _check_finite(value: Any, key: str = "") -> None:
     """NaN and infinity pass JSON-schema bounds (every comparison with NaN is false): refuse
     them here, naming the key, rather than after hours of preparation and encoding."""
@@ -208,7 +225,11 @@ def _schema(schema: dict[str, Any], config: Any, registered: dict[str, method_re
             )
         properties[name] = {"type": "object", "additionalProperties": False, "properties": {**registered[base].params, **ENTRY_KEYS}}
     schema["properties"]["methods"] = {"type": "object", "additionalProperties": False, "properties": properties}
-    schema["properties"]["studies"]["properties"] = {name: {"$ref": "#/$defs/study"} for name in study_registry.registered()}
+    # every study takes the common keys ($defs/study) and the settings its SPEC declares
+    base = schema["$defs"]["study"]
+    schema["properties"]["studies"]["properties"] = {
+        name: {**base, "properties": {**base["properties"], **study.params}} for name, study in study_registry.registered().items()
+    }
     schema["properties"]["backbones"]["additionalProperties"]["properties"]["family"]["enum"] = list(backbone_registry.registered())
     return schema
 
@@ -250,6 +271,11 @@ def _check_references(config: dict[str, Any]) -> None:
                 raise ConfigError(f"config key studies.{study_name}.backbones: unknown backbone {name!r}")
         for condition in study["conditions"]:
             _check_condition(condition, f"studies.{study_name}.conditions")
+        if "attacks" in study:  # PGD runs the backbone the head was trained on: a frozen one
+            tuned = [m for m in study["methods"] if config["methods"][m]["training"] == "backbone"]
+            if tuned:
+                raise ConfigError(f"config key studies.{study_name}.methods: {tuned[0]!r} trains its backbone; "
+                                  "the adversarial study attacks heads on a frozen backbone (zero-shot and frozen-feature methods)")
         reference = study.get("reference_backbone")
         if reference is not None and reference not in study["backbones"]:
             raise ConfigError(f"config key studies.{study_name}.reference_backbone: {reference!r} is not one of the study's backbones")
@@ -341,6 +367,18 @@ def seeds_for(config: dict[str, Any], dataset: str) -> list[int]:
         if dataset in study["datasets"] and _trains(config, study):
             found += [s for s in study["seeds"] if s not in found]
     return found
+
+
+def logit_runs(config: dict[str, Any]) -> set[str]:
+    """Paths of the runs whose jobs keep val and test logits (logits.npz): those of the studies that ask (SPEC ``logits``)."""
+    registered = study_registry.registered()
+    asking = {name: study for name, study in config["studies"].items() if registered[name].logits}
+    return {r.path for r in runs({**config, "studies": asking})}
+
+
+def study_runs(config: dict[str, Any], study_name: str) -> list[Run]:
+    """The runs of one study."""
+    return runs({**config, "studies": {study_name: config["studies"][study_name]}})
 
 
 def tables(config: dict[str, Any]) -> list[str]:

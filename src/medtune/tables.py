@@ -84,6 +84,25 @@ def usage(fraction: float, shots: float = 0) -> str:
     return "zero-shot" if fraction == 0 else f"{fraction:g}%"
 
 
+def model_label(methods: dict[str, dict[str, Any]], method: str, fraction: float, shots: int) -> str:
+    """A run's method and data usage as a table row names it: ``linear probe @ 50%``, ``zero-shot``."""
+    from medtune.figures import label
+
+    return label(methods, method) + ("" if fraction == 0 and shots == 0 else f" @ {usage(fraction, shots)}")
+
+
+def in_study(run: dict[str, Any], study: dict) -> bool:
+    """Whether a run (a manifest entry's labels) is one of the study's: its dataset, backbone, method,
+    and for a trained run one of its seeds and fractions or shot counts."""
+    if run["dataset"] not in study["datasets"] or run["backbone"] not in study["backbones"] or run["method"] not in study["methods"]:
+        return False
+    if run.get("seed") is None:
+        return True
+    usage_ok = run.get("shots") in study.get("shots", []) if run.get("shots") is not None else any(
+        float(run["fraction"]) == float(f) for f in study.get("fractions", []))
+    return run["seed"] in study.get("seeds", [run["seed"]]) and usage_ok
+
+
 def registered_methods() -> dict[str, dict[str, Any]]:
     """Label and order of every registered method: what a table shows when the caller passes none."""
     from medtune import methods
@@ -182,19 +201,21 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
 
 
 def write_study_tables(
-    metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder, methods: dict | None = None, run_outputs: Iterable[str] = ()
+    metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder, methods: dict | None = None, run_outputs: Iterable[str] = (),
+    index_files: Iterable[str] = (),
 ) -> list[str]:
     """Every table each configured study declares (and its config asks for). A table that
-    declares ``inputs: [runs]`` also gets the runs of ``run_outputs`` (the jobs' manifests)."""
+    declares ``inputs: [runs]`` also gets the runs of ``run_outputs`` (the jobs' manifests), and
+    one that declares ``robustness_index`` the records of ``index_files``."""
     from medtune import studies as registry
 
     methods = methods or registered_methods()
-    runs = read_runs(run_outputs)
+    available = {"runs": read_runs(run_outputs), "robustness_index": [read_json(p) for p in index_files]}
     written = []
     for name, study in studies.items():
         module = registry.registered()[name].load()
         for table in registry.tables(name, study):
-            extra = {"runs": runs} if "runs" in table.inputs else {}
+            extra = {key: available[key] for key in table.inputs}
             numbers, pretty, best = getattr(module, table.function)(metrics, costs, study, methods, **extra)
             write_table(numbers, pretty, folder, table.name, table.title, best)
             written.append(table.name)

@@ -17,6 +17,8 @@ BACKBONES = config["backbones"]
 METHODS = config["methods"]
 TABLES = plan.tables(config)
 FIGURES = plan.figures(config)
+# runs whose jobs keep val and test logits (the conformal and centre-shift tables read them)
+LOGIT_RUNS = plan.logit_runs(config)
 
 
 def one_of(names):
@@ -147,10 +149,12 @@ def tuned_inputs(wildcards):
 
 
 def zeroshot_inputs(wildcards):
+    keeps_logits = plan.Run(wildcards.dataset, "zeroshot", wildcards.backbone).path in LOGIT_RUNS
     return {
         "text": text_features(wildcards.backbone, wildcards.dataset),
         "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
         "samples": dataset_files(wildcards.dataset)["samples"],
+        **({"val": features_dir(wildcards.backbone, wildcards.dataset, "val")} if keeps_logits else {}),
     }
 
 
@@ -190,6 +194,7 @@ def figure_inputs(wildcards):
         "images": dataset_files(dataset)["images"],
         "samples": dataset_files(dataset)["samples"],
         "test_features": features_dir(backbone, dataset, "test"),
+        "robustness_index": robustness_index_outputs(),
     }
     return {name: available[name] for name in figure.inputs}
 
@@ -197,3 +202,34 @@ def figure_inputs(wildcards):
 def gpu_request(wildcards):
     """One GPU for heavy jobs when the configured device is CUDA; none on a CPU-only setup."""
     return devices.gpu_slots(config["device"])
+
+
+# the robustness studies beyond corruptions (robustness.smk)
+ADVERSARIAL = config["studies"].get("adversarial")
+CENTRE_SHIFT = config["studies"].get("centre_shift")
+
+
+def attack_outputs():
+    """One folder per dataset x attacked method x backbone x protocol of the adversarial study."""
+    if not ADVERSARIAL:
+        return []
+    return [
+        f"{RESULTS}/attacks/{d}/{m}/{b}/{p}"
+        for d in ADVERSARIAL["datasets"]
+        for m in ADVERSARIAL["methods"]
+        for b in ADVERSARIAL["backbones"]
+        for p in ADVERSARIAL["attacks"]
+    ]
+
+
+def attacked_runs(wildcards):
+    key = (wildcards.dataset, wildcards.attacked, wildcards.backbone)
+    return [r for r in plan.study_runs(config, "adversarial") if (r.dataset, r.method, r.backbone) == key]
+
+
+def robustness_index_outputs():
+    if not CENTRE_SHIFT:
+        return []
+    return [
+        f"{RESULTS}/robustness_index/{d}/{b}.json" for d in CENTRE_SHIFT["datasets"] for b in CENTRE_SHIFT["backbones"]
+    ]

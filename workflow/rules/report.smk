@@ -10,7 +10,8 @@ localrules:
 
 rule collect_metrics:
     input:
-        all_run_outputs(),
+        # the attacks' metric rows carry their runs' labels, as the runs' own do
+        all_run_outputs() + attack_outputs(),
     output:
         metrics=f"{RESULTS}/metrics.csv",
         costs=f"{RESULTS}/costs.csv",
@@ -30,6 +31,7 @@ rule tables:
         costs=f"{RESULTS}/costs.csv",
         # run manifests: tables that declare inputs [runs] read the runs' predictions
         runs=all_run_outputs(),
+        robustness_index=robustness_index_outputs(),
     output:
         [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
         + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex")],

@@ -31,6 +31,7 @@ rule train_frozen:
         },
         runs=lambda wc: [r.labels() for r in seed_runs(wc)],
         subset_names=lambda wc: [r.subset for r in seed_runs(wc)],
+        logit_subsets=lambda wc: [r.subset for r in seed_runs(wc) if r.path in LOGIT_RUNS],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],

@@ -19,6 +19,7 @@ def main(smk):
         prompts=smk.params.prompts,
         device=smk.params.device,
         progress=smk.params.progress,
+        logit_subsets=smk.params.logit_subsets,
     )
 
 

@@ -13,6 +13,7 @@ def main(smk):
         test_dir=smk.input.test,
         conditions=smk.params.conditions,
         out_dir=os.path.dirname(smk.output.manifest),
+        val_dir=dict(smk.input.items()).get("val"),
     )
 
 

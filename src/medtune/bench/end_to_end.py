@@ -41,7 +41,7 @@ def startup_kind(rule: str, path: str, methods: dict[str, dict[str, Any]]) -> st
     Snakemake's benchmark files carry no labels: a training job's method is the folder of
     its benchmark path named like a configured method (``methods``: the validated config's).
     """
-    if rule in ("prepare_dataset", "subsample"):
+    if rule in ("prepare_dataset", "subsample", "robustness_index"):  # the index: numpy and pandas, no torch
         return "data"
     if rule in REPORT_RULES:
         return "report"

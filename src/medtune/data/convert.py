@@ -147,16 +147,20 @@ def samples_table(
     class_names: Sequence[str],
     captions: Sequence[str] | None = None,
     groups: Sequence[str] | str = "",
+    sites: Sequence[str] | str | None = None,
 ) -> pd.DataFrame:
+    """The samples table; ``sites`` (one for all, or one per image) adds the optional ``site`` column."""
     n = len(labels)
     labels = np.asarray(labels, dtype=np.int64)
     if len(splits) != n or (captions is not None and len(captions) != n):
         raise DatasetError(f"{n} labels but {len(splits)} splits / {n if captions is None else len(captions)} captions")
     if not isinstance(groups, str) and len(groups) != n:
         raise DatasetError(f"{n} labels but {len(groups)} groups")
+    if sites is not None and not isinstance(sites, str) and len(sites) != n:
+        raise DatasetError(f"{n} labels but {len(sites)} sites")
     if n and (labels.min() < 0 or labels.max() >= len(class_names)):
         raise DatasetError(f"label outside 0..{len(class_names) - 1} for classes {list(class_names)}")
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {
             "index": np.arange(n),
             "split": list(splits),
@@ -166,6 +170,9 @@ def samples_table(
             "group": [groups] * n if isinstance(groups, str) else [str(g) for g in groups],
         }
     )
+    if sites is not None:
+        table["site"] = [sites] * n if isinstance(sites, str) else [str(s) for s in sites]
+    return table
 
 
 def write_image_dataset(
@@ -178,9 +185,10 @@ def write_image_dataset(
     size: int = DEFAULT_SIZE,
     captions: Sequence[str] | None = None,
     groups: Sequence[str] | str = "",
+    sites: Sequence[str] | str | None = None,
     desc: str = "images",
 ) -> Path:
-    """Decode, resize and store ``images`` with their labels as a canonical dataset.
+    """Decode, resize and store ``images`` with their labels (and sites, when known) as a canonical dataset.
 
     Images identical after decoding and resizing (the same file placed twice, a slide exported
     twice) in different splits would put test images into training: every copy outside the
@@ -193,7 +201,7 @@ def write_image_dataset(
         raise DatasetError(f"{folder}: {len(images)} images but {len(labels)} labels")
     if not images:
         raise DatasetError(f"{folder}: no images to convert")
-    samples = samples_table(labels, splits, class_names, captions, groups)
+    samples = samples_table(labels, splits, class_names, captions, groups, sites)
     with image_writer(folder, (len(images), size, size, 3)) as out:
         digests = []
         for i, source in enumerate(tqdm(images, desc=desc, unit="img", disable=None)):

@@ -6,10 +6,12 @@ splits are a seeded, class-stratified draw by ``fractions``. Folder names become
 class names and must be UTF-8.
 
 (b) :func:`from_manifest`: a CSV with columns ``path, label`` and optionally
-``caption, split, group``. A relative path is relative to the manifest's folder
-and must stay inside it, links resolved (``../../etc/passwd``, or a link in the
-folder to a file outside it, is refused); an absolute path is read where it points.
-Each row must name a regular file (not a FIFO or a device).
+``caption, split, group, site`` (``site``: the centre an image comes from, for the
+centre-shift study; an image folder names one for all its images with the ``site`` key).
+A relative path is relative to the manifest's folder and must stay inside it, links
+resolved (``../../etc/passwd``, or a link in the folder to a file outside it, is refused);
+an absolute path is read where it points. Each row must name a regular file (not a FIFO
+or a device).
 A row repeating an earlier row for the same file (the same resolved path) in every
 column is dropped with a warning; the same file with any other difference (label,
 split, caption, group) is refused naming both lines, since one image in two rows
@@ -132,8 +134,9 @@ def from_image_folder(
     seed: int = 0,
     size: int = DEFAULT_SIZE,
     group: str = "",
+    site: str | None = None,
 ) -> Path:
-    """Convert ``root/[split/]class/image`` files to the canonical store."""
+    """Convert ``root/[split/]class/image`` files to the canonical store (``site``: the centre every image comes from)."""
     root = Path(root)
     items = scan_image_folder(root)
     if not items:
@@ -144,7 +147,7 @@ def from_image_folder(
     else:
         splits = carve_missing_validation(labels, [s for _, s, _ in items], seed, str(root))
     return write_image_dataset(
-        [p for p, _, _ in items], labels, splits, names, out_folder, size=size, groups=group, desc=root.name
+        [p for p, _, _ in items], labels, splits, names, out_folder, size=size, groups=group, sites=site, desc=root.name
     )
 
 
@@ -157,7 +160,7 @@ def from_manifest(
     seed: int = 0,
     size: int = DEFAULT_SIZE,
 ) -> Path:
-    """Convert the images listed in a ``path, label[, caption, split, group]`` CSV to the canonical store."""
+    """Convert the images listed in a ``path, label[, caption, split, group, site]`` CSV to the canonical store."""
     manifest = Path(manifest)
     table = read_table(manifest, ["path", "label"])
     if table.empty:
@@ -175,8 +178,12 @@ def from_manifest(
         splits = stratified_splits(labels, fractions, seed)
     captions = table["caption"].tolist() if "caption" in table.columns else None
     groups = table["group"].tolist() if "group" in table.columns else ""
+    sites = table["site"].tolist() if "site" in table.columns else None
+    if sites is not None and "" in sites:
+        row = table.index[table["site"] == ""][0]
+        raise DatasetError(f"{manifest_line(manifest, row, table.at[row, 'path'])}: empty site (give every image its centre, or drop the column)")
     return write_image_dataset(
-        paths, labels, splits, names, out_folder, size=size, captions=captions, groups=groups, desc=manifest.name
+        paths, labels, splits, names, out_folder, size=size, captions=captions, groups=groups, sites=sites, desc=manifest.name
     )
 
 
@@ -253,7 +260,7 @@ def prepare_image_folder(name: str, spec: Mapping[str, Any], out_dir: Path) -> N
     """The registered prepare function of ``source: image_folder`` (:mod:`medtune.data.sources`)."""
     from medtune.data.sources import dataset_path, size_and_seed
 
-    from_image_folder(dataset_path(spec), out_dir, classes=spec.get("classes"), **size_and_seed(spec))
+    from_image_folder(dataset_path(spec), out_dir, classes=spec.get("classes"), site=spec.get("site"), **size_and_seed(spec))
 
 
 def prepare_manifest(name: str, spec: Mapping[str, Any], out_dir: Path) -> None:

@@ -63,10 +63,11 @@ SOURCES: dict[str, Source] = {
         Source("mhist", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("osteosarcoma", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
         Source("wsss4luad", "medtune.data.manual:prepare_source", (*_REAL, "label_map"), required=("path",)),
-        Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes"), required=("path",),
+        Source("image_folder", "medtune.data.folder:prepare_image_folder", (*_REAL, "classes", "site"), required=("path",),
                files="medtune.data.inventory:image_folder_files"),
         Source("manifest", "medtune.data.folder:prepare_manifest", (*_REAL, "classes"), required=("path",),
                files="medtune.data.inventory:manifest_files"),
+        Source("camelyon17", "medtune.data.camelyon17:prepare_source", ("path", "image_size", "id_val"), required=("path",)),
         Source("pubmedvision", "medtune.data.pubmedvision:prepare_source",
                (*_REAL, "url", "n_samples", "zips", "full_download"), required=("path",), fetches=True),
     )
@@ -176,4 +177,5 @@ def prepare_synthetic(name: str, spec: Mapping[str, Any], out_dir: Path) -> None
             start = int(chunk_rows["index"].iloc[0])
             out[start : start + len(images)] = images
             rows.append(chunk_rows)
-    write_samples(pd.concat(rows, ignore_index=True), total, out_dir)
+    samples = pd.concat(rows, ignore_index=True)
+    write_samples(samples.assign(site=samples["centre"]), total, out_dir)

@@ -28,6 +28,9 @@ import pandas as pd
 from medtune.io import atomic_path, write_csv
 
 SAMPLE_COLUMNS = ["index", "split", "label", "label_name", "caption", "group"]
+# optional: the centre (hospital, scanner) an image comes from, for the centre-shift study;
+# written after SAMPLE_COLUMNS when a source knows it, absent otherwise
+SITE = "site"
 SPLITS = ("pretrain", "train", "val", "test")
 
 
@@ -221,12 +224,15 @@ def read_rows(images: np.ndarray, indices: np.ndarray | slice) -> np.ndarray:
 
 def write_samples(samples: pd.DataFrame, n_images: int, folder: str | Path) -> None:
     validate_samples(samples, n_images, str(folder))
-    write_csv(samples[SAMPLE_COLUMNS], Path(folder) / "samples.csv")
+    columns = SAMPLE_COLUMNS + ([SITE] if SITE in samples.columns else [])
+    if SITE in samples.columns and (samples[SITE].astype(str) == "").any():
+        raise DatasetError(f"{folder}: sample {int(samples.loc[samples[SITE].astype(str) == '', 'index'].iloc[0])} has an empty site")
+    write_csv(samples[columns], Path(folder) / "samples.csv")
 
 
 def read_samples(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     """samples.csv, or only ``columns`` of it (PCam's 327,680 captions are most of the file)."""
-    dtype = {"caption": str, "group": str, "label_name": str}
+    dtype = {"caption": str, "group": str, "label_name": str, SITE: str}
     try:
         return pd.read_csv(path, keep_default_na=False, dtype=dtype, usecols=columns)
     except ValueError as err:  # a column asked for is absent

@@ -7,6 +7,9 @@ A study module declares, as a literal at its top, ::
         "conditions": ["clean"],            # test conditions when the config names none
         "tables": {name: {"function": ..., "title": ..., "when": ...}},
         "figures": {name: {"function": ..., "inputs": [...], "caption": ..., "when": ...}},
+        "defaults": {...},                  # its own settings (optional), validated by "params",
+        "params": {...},                    # JSON-schema properties, as a method's
+        "logits": True,                     # (optional) its runs keep their val and test logits
     }
 
 and the functions it names. A table function takes ``(metrics, costs, study, methods)``
@@ -40,11 +43,13 @@ FIGURE_INPUTS = {
     "images": "images.npy of the study's first dataset",
     "samples": "samples.csv of the study's first dataset",
     "test_features": "clean and corrupted test features of the study's first backbone on its first dataset",
+    "robustness_index": "the robustness index of every backbone of the centre_shift study (results/robustness_index/)",
 }
 
 # what a table may ask for beyond metrics and costs, passed as a keyword of that name
 TABLE_INPUTS = {
     "runs": "every run's manifest entry (medtune.records.read_runs): labels and files, such as the clean-test predictions",
+    "robustness_index": "the robustness index of every backbone of the centre_shift study: a list of its JSON records",
 }
 
 
@@ -66,6 +71,9 @@ class Study:
     conditions: tuple[str, ...] = ("clean",)
     tables: dict[str, Output] = field(default_factory=dict)
     figures: dict[str, Output] = field(default_factory=dict)
+    defaults: dict[str, Any] = field(default_factory=dict)  # the study's own settings
+    params: dict[str, Any] = field(default_factory=dict)  # JSON-schema properties validating them
+    logits: bool = False  # its runs keep val and test logits (logits.npz)
 
     def load(self):
         return import_module(self.source)
@@ -98,6 +106,9 @@ def registered() -> dict[str, Study]:
             conditions=tuple(spec.get("conditions", ("clean",))),
             tables=_outputs(spec.get("tables", {}), path, "table"),
             figures=_outputs(spec.get("figures", {}), path, "figure"),
+            defaults=dict(spec.get("defaults", {})),
+            params=dict(spec.get("params", {})),
+            logits=bool(spec.get("logits", False)),
         )
         for name in [*study.tables, *(f"figure {f}" for f in study.figures)]:
             if name in seen:

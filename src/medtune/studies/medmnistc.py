@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from medtune.conditions import MEDMNISTC_CORRUPTIONS, SEVERITY_LABEL, SUITE_CORRUPTIONS, SUITES, parse_condition
-from medtune.figures import PALETTE, label, save
+from medtune.figures import PALETTE, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import format_cell, method_order, select, usage
+from medtune.tables import format_cell, method_order, model_label, select
 
 SPEC = {
     "label": "MedMNIST-C robustness",
@@ -92,16 +92,12 @@ def summary_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, metho
         numbers["rbe"] = (errors[own].sub(errors["clean"], axis=0) / lost.where(lost.abs() > 1e-12)).mean(axis=1)
     numbers = method_order(numbers.reset_index(), methods)
     pretty = numbers[["dataset", "backbone"]].copy()
-    pretty["model"] = [_model(methods, meth, f, k) for meth, f, k in zip(numbers["method"], numbers["fraction"], numbers["shots"])]
+    pretty["model"] = [model_label(methods, meth, f, k) for meth, f, k in zip(numbers["method"], numbers["fraction"], numbers["shots"])]
     for column in ["clean", *corruptions, "mean_corrupted"]:
         pretty[column.replace("_", " ")] = numbers[column].map(lambda v: format_cell(v, float("nan"), "accuracy"))
     for column in ("be", "rbe"):
         pretty[{"be": "BE", "rbe": "rBE"}[column]] = numbers[column].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
     return numbers, pretty, None
-
-
-def _model(methods: dict, method: str, fraction: float, shots: int) -> str:
-    return label(methods, method) + ("" if fraction == 0 and shots == 0 else f" @ {usage(fraction, shots)}")
 
 
 def invariance_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
