@@ -26,6 +26,9 @@ try:
     config = plan.validate(config)
 except plan.ConfigError as err:
     sys.exit(f"medtune: {err}")
+# once, when the DAG is built: each (method, backbone) pair the plan leaves out, and why
+for line in plan.skip_messages(config):
+    print(f"medtune: {line}", file=sys.stderr)
 
 
 report: "workflow/report/workflow.rst"
