@@ -176,3 +176,44 @@ def serve_locally(handler):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+# --- a Hugging Face hub cache written by the test (hf-hub: ids without a network) -------------
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any socket connection fails: a loader that tried to download would say so."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in a test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """A Hugging Face hub cache folder, with the hub switched to offline mode.
+
+    huggingface_hub reads its environment once on import, so its constants are
+    patched as well as the variables.
+    """
+    import huggingface_hub.constants as hub
+
+    cache = tmp_path / "hub"
+    for var, value in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}.items():
+        monkeypatch.setenv(var, value)
+        monkeypatch.setattr(hub, var, value if var == "HF_HUB_CACHE" else True)
+    return cache
+
+
+def put_in_hub(cache, repo, files):
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    root = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = root / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(revision)
+    for name, write in files.items():
+        write(snapshot / name)

@@ -5,11 +5,11 @@ downloaded and the network is switched off.
 """
 
 import json
-import socket
 
 import pytest
 import torch
 
+from conftest import put_in_hub
 from medtune import hf_clip
 from medtune.backbones.open_clip import resolve_quick_gelu
 from medtune.models import OPENAI_MEAN, OPENAI_STD, BackboneError, load_backbone
@@ -30,12 +30,7 @@ class NotATensor:
     """Anything torch.load(weights_only=True) must refuse to rebuild."""
 
 
-@pytest.fixture(autouse=True)
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network access in a test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
+pytestmark = pytest.mark.usefixtures("no_network")
 
 
 @pytest.fixture(scope="module")
@@ -206,33 +201,6 @@ def test_unknown_open_clip_id():
 
 
 # --- hf-hub ids from a local hub cache ---------------------------------------------------
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """A Hugging Face hub cache folder, with the hub switched to offline mode.
-
-    huggingface_hub reads its environment once on import, so its constants are
-    patched as well as the variables.
-    """
-    import huggingface_hub.constants as hub
-
-    cache = tmp_path / "hub"
-    for var, value in {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}.items():
-        monkeypatch.setenv(var, value)
-        monkeypatch.setattr(hub, var, value if var == "HF_HUB_CACHE" else True)
-    return cache
-
-
-def put_in_hub(cache, repo, files):
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    root = cache / f"models--{repo.replace('/', '--')}"
-    snapshot = root / "snapshots" / revision
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text(revision)
-    for name, write in files.items():
-        write(snapshot / name)
 
 
 def tiny_hub_repo(cache, repo, model, **model_cfg_overrides):

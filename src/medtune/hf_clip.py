@@ -24,7 +24,6 @@ from typing import Any
 import torch
 
 CLIP_VOCAB_SIZE = 49408  # the BPE open_clip's SimpleTokenizer ships
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 # HF serialises only what differs from these (CLIPTextConfig / CLIPVisionConfig defaults).
 TEXT_DEFAULTS = dict(vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12,
@@ -72,23 +71,9 @@ def read_hf_clip(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise HFClipError(f"{folder}: no config.json next to the weights (expected a save_pretrained folder)")
-    weights = path if path.is_file() else _weights_file(folder)
-    return json.loads(config_file.read_text()), _load_weights(weights)
+    from medtune.models import read_weights
 
-
-def _weights_file(folder: Path) -> Path:
-    for name in WEIGHT_FILES:
-        if (folder / name).is_file():
-            return folder / name
-    raise HFClipError(f"{folder}: none of {', '.join(WEIGHT_FILES)} (sharded checkpoints are not supported)")
-
-
-def _load_weights(file: Path) -> dict[str, torch.Tensor]:
-    if file.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(file), device="cpu")
-    return torch.load(file, map_location="cpu", weights_only=True)
+    return json.loads(config_file.read_text()), read_weights(path)
 
 
 def tower_configs(hf_config: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -176,6 +176,46 @@ def load_backbone(name: str, spec: dict[str, Any], weights: str | Path | None = 
     return backbone
 
 
+# the weight files of a Hugging Face model folder (save_pretrained, or a hub snapshot), in the order tried
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def weights_file(path: str | Path) -> Path:
+    """The weights file ``path`` names: itself, or the first of :data:`WEIGHT_FILES` in the folder it is."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise BackboneError(f"{path}: none of {', '.join(WEIGHT_FILES)} (sharded checkpoints are not supported)")
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint file or folder: safetensors, or a torch pickle read with weights_only=True."""
+    file = weights_file(path)
+    if file.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(file), device="cpu")
+    return torch.load(file, map_location="cpu", weights_only=True)
+
+
+def load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str, ignore: tuple[str, ...] = ()) -> None:
+    """Every parameter of ``module`` from ``state`` and nothing left over (keys starting with one of
+    ``ignore`` aside), or one line saying which keys are missing, unexpected or of another shape."""
+    state = {k: v for k, v in state.items() if not k.startswith(ignore)} if ignore else state
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own if k in state and state[k].shape != own[k].shape]
+    problems = [f"{len(keys)} {kind} (e.g. {keys[0]})" for kind, keys in
+                (("missing", missing), ("unexpected", unexpected), ("of another shape", shapes)) if keys]
+    if problems:
+        raise BackboneError(f"{what} does not fit the model: keys {'; '.join(problems)}")
+    module.load_state_dict(state, strict=True)
+
+
 def preprocess_of(model: torch.nn.Module) -> tuple[int, tuple[float, ...], tuple[float, ...]]:
     """Input side, mean and std an open_clip model declares (its tag, hub config or HF processor)."""
     pp = model.visual.preprocess_cfg
