@@ -13,7 +13,8 @@ PAPER_CONFIGS = sorted((REPO / "config" / "paper").glob("*.yaml"))
 
 
 def test_there_is_one_config_per_seed_and_one_for_all():
-    assert [p.stem for p in PAPER_CONFIGS] == ["all", "clipath", "pathclip", "pubmedvision"]
+    # and the leaderboard of today's backbones (beyond the seeds)
+    assert [p.stem for p in PAPER_CONFIGS] == ["all", "clipath", "leaderboard", "pathclip", "pubmedvision"]
 
 
 @pytest.mark.parametrize("path", PAPER_CONFIGS, ids=lambda p: p.stem)

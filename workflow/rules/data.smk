@@ -6,7 +6,7 @@ rule prepare_dataset:
         images=f"{RESULTS}/data/{{dataset}}/images.npy",
         samples=f"{RESULTS}/data/{{dataset}}/samples.csv",
     params:
-        spec=lambda wc: DATASETS[wc.dataset],
+        spec=lambda wc: data_sources.prepare_spec(DATASETS[wc.dataset]),
         progress=config["progress"],
     log:
         f"{RESULTS}/logs/prepare_dataset/{{dataset}}.log",

@@ -6,10 +6,10 @@ def main(smk):
 
     from medtune.tables import write_study_tables
 
-    runs = smk.input.runs
+    as_list = lambda files: [files] if isinstance(files, str) else list(files)
     write_study_tables(
         pd.read_csv(smk.input.metrics), pd.read_csv(smk.input.costs), smk.params.studies, smk.params.folder, smk.params.methods,
-        run_outputs=[runs] if isinstance(runs, str) else list(runs),
+        run_outputs=as_list(smk.input.runs), cards=smk.params.cards, encodings=as_list(smk.input.encodings),
     )
 
 
