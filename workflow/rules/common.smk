@@ -169,13 +169,14 @@ def all_run_outputs(runs=RUNS):
 
 
 def evaluated_test_features():
-    """The test features of every (dataset, backbone) pair some study evaluates a method on."""
+    """The test features every (dataset, backbone) pair's frozen-backbone runs are evaluated on
+    (backbone training encodes its test split itself, with its own encoder)."""
     pairs = {
         (dataset, backbone)
         for study in config["studies"].values()
         for dataset in study["datasets"]
         for backbone in study["backbones"]
-        if any(plan.runs_on(config, m, backbone) for m in study["methods"])
+        if any(plan.runs_on(config, m, backbone) and METHODS[m]["training"] != "backbone" for m in study["methods"])
     }
     return sorted(features_dir(backbone, dataset, "test") for dataset, backbone in pairs)
 
