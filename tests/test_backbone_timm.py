@@ -163,3 +163,34 @@ def test_the_tiny_test_backbone_runs_on_its_own():
     assert backbone.model.num_prefix_tokens == 5
     with torch.no_grad():
         assert backbone.model.encode_image(torch.rand(2, 3, 32, 32)).shape == (2, 64)
+
+
+def test_the_encode_job_writes_a_vision_only_backbones_features(tmp_path, capsys):
+    """What the workflow's encode_images rule runs, on Virchow2's tiny variant loaded from its HF folder:
+    the job states its memory estimate, and each condition's rows are the normalised embeddings of the
+    resized images under that condition, as the public embedding rule gives them."""
+    import numpy as np
+    import pandas as pd
+    import torch.nn.functional as F
+
+    from medtune.corrupt import apply
+    from medtune.data.store import write_dataset
+    from medtune.encode import encode_split
+    from medtune.preprocess import normalize, resize_crop
+
+    reference = reference_model("virchow2", seed=5)
+    folder = write_hf_repo(tmp_path / "virchow2", "virchow2", reference)
+    images = np.random.default_rng(0).integers(0, 256, (6, 40, 40, 3), dtype=np.uint8)
+    samples = pd.DataFrame({"index": range(6), "split": ["test"] * 6, "label": [0, 1] * 3, "label_name": ["a", "b"] * 3,
+                            "caption": [""] * 6, "group": [""] * 6})
+    write_dataset(images, samples, tmp_path / "ds")
+    spec = {**user_spec("virchow2", folder), "encode_batch_size": 4}
+    encode_split("virchow2", spec, None, tmp_path / "ds", "test", ["clean", "blur-2"], tmp_path / "features", device="cpu", progress=False)
+    assert "medtune: estimated peak memory of backbone virchow2 at batch size 4 (encoding, fp32)" in capsys.readouterr().out
+    x = resize_crop(torch.from_numpy(images).permute(0, 3, 1, 2), 28)
+    for condition in ("clean", "blur-2"):
+        features = np.load(tmp_path / "features" / f"{condition}.npy")
+        xc = apply(x, condition, keys=torch.arange(6)) if condition != "clean" else x
+        with torch.no_grad():
+            expected = F.normalize(reference_embedding("virchow2", reference, normalize(xc, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))), dim=-1)
+        np.testing.assert_allclose(features, expected.numpy(), rtol=1e-5, atol=1e-6)

@@ -2,30 +2,20 @@
 
 import copy
 
-import pytest
 import yaml
 
 from medtune import backbones, plan
-
-DEFAULT = yaml.safe_load(open(plan.SCHEMA_PATH.parents[1] / "config.yaml"))
-
-
-def _bad(mutate):
-    config = copy.deepcopy(DEFAULT)
-    mutate(config)
-    with pytest.raises(plan.ConfigError) as err:
-        plan.validate(config)
-    message = str(err.value)
-    assert "\n" not in message
-    return message
+from test_plan import DEFAULT, _bad  # the default config, and a mutation of it that must fail in one line
 
 
 def test_the_registry_declares_every_family_and_its_text_tower():
     found = backbones.registered()
     assert {name: f.text_tower for name, f in found.items()} == {
-        "open_clip": True, "hf_clip": True, "conch": True, "timm": False, "transformers": False,
+        "open_clip": True, "hf_clip": True, "conch": True, "timm": False, "transformers": False, "torchvision": False,
     }
     assert found["timm"].source == "medtune.backbones.timm"
+    # CONCH encodes text, but its towers are not open_clip's CLIP: CoOp and CLIP-LoRA cannot reach into them
+    assert {name for name, f in found.items() if f.open_clip_towers} == {"open_clip", "hf_clip"}
 
 
 def test_a_spec_names_its_family_and_open_clip_is_the_default():

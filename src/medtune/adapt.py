@@ -207,6 +207,7 @@ def train_backbone(
     Training changes the image encoder, so unlike the frozen methods this job re-encodes
     the test split (every condition) with its own encoder.
     """
+    from medtune import memory
     from medtune.data.store import load_dataset
     from medtune.encode import class_prompts, encode_batch_size, encode_images, prompt_ensemble
     from medtune.methods import load
@@ -222,6 +223,8 @@ def train_backbone(
     train_rows = train_rows.iloc[subset_positions(train_rows.reset_index(drop=True), subset)]
     val_rows, test_rows = dataset.split("val"), dataset.split("test")
     backbone = load_backbone(run["backbone"], backbone_spec, weights=backbone_weights, device=str(dev))
+    # each optimiser step holds one micro-batch's activations (grad_accum splits the batch)
+    memory.announce(backbone, -(-params.get("batch_size", 1) // params.get("grad_accum", 1)), dev, training=True)
     clock = Stopwatch()
     pretrained, kept, info = module.tune(backbone, dataset.images, train_rows, val_rows, params, prompts, seed, dev, state_dir, progress)
     seconds = clock.seconds

@@ -127,6 +127,7 @@ def encode_split(
     """
     from pathlib import Path
 
+    from medtune import memory
     from medtune.data.store import load_dataset
     from medtune.io import atomic_dir, write_json
     from medtune.models import load_backbone
@@ -138,6 +139,7 @@ def encode_split(
     rows = dataset.split(split)
     backbone = load_backbone(name, spec, weights=weights, device=str(dev))
     batch_size = encode_batch_size(spec)
+    memory.announce(backbone, batch_size, dev)
     feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress, f"the {split} split")
     record = encode_record(backbone, spec, Path(dataset_dir).name, split, rows["index"].to_numpy(), conditions, dev, batch_size)
     with atomic_dir(out_dir) as tmp:

@@ -25,6 +25,8 @@ USAGE_PREFIX = "medtune usage: "
 
 def run(main: Callable[[object], None], smk) -> None:
     log_path = smk.log[0] if len(smk.log) else None
+    if "medtune.memory" in sys.modules:  # an estimate stated by an earlier job of this process is not this job's
+        sys.modules["medtune.memory"].forget()
     threads = max(1, int(getattr(smk, "threads", 1) or 1))
     # torch sizes its thread pool from this when it is first imported; light jobs
     # (subsets, tables, figures) never import it and should not pay for it
@@ -118,6 +120,14 @@ def oom_message(smk) -> str:
     hyper, name = method.get("params", {}), method.get("name", "<method>")
     spec = getattr(params, "spec", None) or {}
     rule = getattr(smk, "rule", "job")
+    backbone = getattr(getattr(smk, "wildcards", None), "backbone", None) or "<name>"
+    # the estimate the job stated at its start (medtune.memory) gives a batch size that fits this GPU
+    memory = sys.modules.get("medtune.memory")
+    advice = memory.out_of_memory_advice() if memory is not None else None
+    return _oom_setting(rule, name, hyper, spec, backbone) + (f": {advice}" if advice else "")
+
+
+def _oom_setting(rule: str, name: str, hyper: dict, spec: dict, backbone: str) -> str:
     if "grad_accum" in hyper and "batch_size" in hyper:
         # grad_accum splits each contrastive batch into micro-batches with the batch's
         # exact loss and gradients (medtune.contrastive), so raising it is a true remedy
@@ -131,8 +141,8 @@ def oom_message(smk) -> str:
     if "batch_size" in hyper:
         where, size = f"methods.{name}.batch_size (now {hyper['batch_size']})", hyper["batch_size"]
     elif "batch_size" in spec.get("pretrain", {}):
-        where, size = "backbones.<name>.pretrain.batch_size", spec["pretrain"]["batch_size"]
+        where, size = f"backbones.{backbone}.pretrain.batch_size", spec["pretrain"]["batch_size"]
     else:
         size = int(spec.get("encode_batch_size", 256))  # encode.ENCODE_BATCH_SIZE; importing it would import torch
-        where = f"backbones.<name>.encode_batch_size (now {size})"
+        where = f"backbones.{backbone}.encode_batch_size (now {size})"
     return f"out of GPU memory in rule {rule} at batch size {size}; lower {where}"

@@ -12,6 +12,7 @@ from typing import Any
 
 from pathlib import Path
 
+from medtune import memory
 from medtune.contrastive import ContrastiveConfig, train_contrastive
 from medtune.data.store import DatasetError, load_dataset
 from medtune.io import save_torch, write_json
@@ -42,6 +43,7 @@ def pretrain_backbone(
     dev = resolve_device(device)
     seed_everything(cfg.seed)
     backbone = load_backbone(name, {k: v for k, v in spec.items() if k != "pretrain"}, device=str(dev))
+    memory.announce(backbone, -(-cfg.batch_size // cfg.grad_accum), dev, training=True)
     clock = Stopwatch()
     history = train_contrastive(
         backbone, dataset.images, rows["index"].to_numpy(), captions, cfg, dev, state_path=state_path, progress=progress

@@ -5,6 +5,8 @@ A family module declares, as a literal at its top, ::
     SPEC = {
         "label": "timm vision encoder",      # how docs and tables name the family
         "text_tower": False,                 # True: zero-shot, prompts and text methods can run on it
+        "open_clip_towers": False,           # True: the model is an open_clip CLIP, whose towers CoOp (learned
+                                             # token embeddings) and CLIP-LoRA (packed attention) reach into
         "keys": ["model", "arch", ...],      # config keys it honours besides COMMON_KEYS
         "required": [["model", "arch"]],     # each inner list: at least one of these keys must be given
         "presets": {name: {...}},            # published models by name (`backbones.<name>.model`)
@@ -32,7 +34,7 @@ DEFAULT_FAMILY = "open_clip"
 COMMON_KEYS = ("family", "init_seed", "encode_batch_size")
 # config keys that were replaced, and by what (a config written for an older medtune says so in one line)
 RETIRED_KEYS = {"format": "family (format: hf_clip is now family: hf_clip)"}
-_SPEC_KEYS = {"label", "text_tower", "keys", "required", "presets"}
+_SPEC_KEYS = {"label", "text_tower", "open_clip_towers", "keys", "required", "presets"}
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,7 @@ class Family:
     text_tower: bool
     label: str
     source: str  # dotted module name
+    open_clip_towers: bool = False
     keys: tuple[str, ...] = ()
     required: tuple[tuple[str, ...], ...] = ()
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -60,6 +63,7 @@ def _family(name: str, spec: dict[str, Any], source: str, where: Path) -> Family
         text_tower=spec["text_tower"],
         label=str(spec.get("label", name)),
         source=source,
+        open_clip_towers=bool(spec.get("open_clip_towers", False)),
         keys=tuple(spec.get("keys", ())),
         required=tuple(tuple(alternatives) for alternatives in spec.get("required", ())),
         presets=dict(spec.get("presets", {})),
@@ -89,12 +93,6 @@ def family_of(spec: Mapping[str, Any]) -> Family:
 def has_text_tower(spec: Mapping[str, Any]) -> bool:
     """Whether the backbone encodes text (zero-shot, prompt tuning, text-side adapters need it)."""
     return family_of(spec).text_tower
-
-
-def preset_of(spec: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The published model a ``model:`` key names in its family's presets, or None without one."""
-    model = spec.get("model")
-    return None if model is None else family_of(spec).presets[model]
 
 
 def config_problem(backbones: Any) -> str | None:

@@ -15,6 +15,7 @@ from medtune.models import Backbone, BackboneError, check_architecture, preproce
 SPEC = {
     "label": "Hugging Face CLIPModel",
     "text_tower": True,
+    "open_clip_towers": True,
     "keys": ["arch", "checkpoint", "quick_gelu"],
     "required": [["arch"], ["checkpoint"]],
 }

@@ -17,6 +17,7 @@ from medtune.models import Backbone, BackboneError, check_architecture, preproce
 SPEC = {
     "label": "open_clip CLIP",
     "text_tower": True,
+    "open_clip_towers": True,
     "keys": ["arch", "pretrained", "checkpoint", "quick_gelu", "pretrain"],
     "required": [["arch"]],
 }

@@ -245,6 +245,11 @@ def create(spec: dict[str, Any], name: str = "", pretrained: bool = False) -> to
     return timm.create_model(arch, pretrained=pretrained, **create_kwargs(spec, name))
 
 
+def encoder(spec: dict[str, Any]) -> TimmEncoder:
+    """The backbone's model with random weights (under ``torch.device('meta')``: no memory)."""
+    return TimmEncoder(create(spec), spec.get("embedding") or preset(spec).get("embedding", "cls"))
+
+
 def build(name: str, spec: dict[str, Any], weights: str | Path | None = None) -> Backbone:
     """``weights`` (a state dict in the model's published layout) replaces ``checkpoint``."""
     found = preset(spec)
