@@ -27,15 +27,18 @@ def _with_vision_backbone(study="clipath"):
 
 def test_every_built_in_method_says_what_it_requires():
     # read off each method's code: the class-prompt features or the text encoder, or image features alone
-    text = {"zeroshot", "rfc", "coop", "clip_adapter", "tip_adapter", "tip_adapter_f", "clip_lora", "finetune"}
+    # ... and an open_clip CLIP's own towers: CoOp's token embeddings, CLIP-LoRA's packed attention,
+    # fine-tuning's model(images, tokens)
+    text = {"zeroshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f"}
     registered = method_registry.registered()
     assert {n: m.requires for n, m in registered.items()} == {
-        **{n: ("text_tower",) for n in text}, **{n: () for n in ("linear_probe", "knn", "simpleshot")}
+        **{n: ("text_tower",) for n in text}, **{n: () for n in ("linear_probe", "knn", "simpleshot")},
+        **{n: ("text_tower", "open_clip_towers") for n in ("coop", "clip_lora", "finetune")},
     }
 
 
 @pytest.mark.parametrize("spec, expected", [
-    ('{"training": "frozen"}', "SPEC requires must be a list of ['text_tower']"),
+    ('{"training": "frozen"}', "SPEC requires must be a list of ['text_tower', 'open_clip_towers']"),
     ('{"training": "frozen", "requires": ["gpu"]}', "not ['gpu']"),
     ('{"training": "frozen", "requires": [], "needs_text_encoder": True}', "needs_text_encoder is true, so requires must name 'text_tower'"),
 ])
@@ -62,8 +65,28 @@ def test_the_plan_runs_a_method_only_where_the_backbone_has_what_it_requires():
     assert plan.train_conditions(config, "synthetic", "tiny-path") == ["clean", "augmented", "augmented-medmnistc"]
     skipped = {s["method"]: s for s in config["studies"]["clipath"]["skipped"]}
     assert set(skipped) == {"zeroshot", "rfc", "coop", "rfc_augmented"} and skipped["zeroshot"]["embedding_only"]
-    assert skipped["coop"]["reason"] == "coop requires a text tower, which vit (timm vision encoder) lacks"
-    assert all(s["backbone"] == "vit" and s["missing"] == ["text_tower"] for s in skipped.values())
+    assert skipped["coop"]["reason"] == "coop requires a text tower and an open_clip CLIP's towers, which vit (timm vision encoder) lacks"
+    assert skipped["coop"]["missing"] == ["text_tower", "open_clip_towers"] and skipped["rfc"]["missing"] == ["text_tower"]
+
+
+def test_a_text_tower_that_is_not_open_clip_gets_the_methods_that_read_class_text_alone():
+    """CONCH encodes text, but CoOp, CLIP-LoRA and fine-tuning reach into an open_clip CLIP's towers."""
+    config = copy.deepcopy(DEFAULT)
+    config["backbones"]["conch"] = {"family": "conch"}
+    for study in ("clipath", "pubmedvision"):
+        config["studies"][study]["backbones"].append("conch")
+    config = plan.validate(config)
+    on_conch = {r.method for r in plan.runs(config) if r.backbone == "conch"}
+    assert on_conch == {"zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "rfc_augmented", "linear_probe_aug_medmnistc"}
+    lines = [line for line in plan.skip_messages(config) if " on conch " in line]
+    assert lines == [
+        "skipped coop on conch (study clipath): coop requires an open_clip CLIP's towers, which conch (CONCH (CoCa)) lacks",
+        "skipped finetune_caption on conch (study pubmedvision): finetune_caption requires an open_clip CLIP's towers, which conch "
+        "(CONCH (CoCa)) lacks",
+        "skipped finetune_label on conch (study pubmedvision): finetune_label requires an open_clip CLIP's towers, which conch "
+        "(CONCH (CoCa)) lacks",
+        "skipped clip_lora on conch (study pubmedvision): clip_lora requires an open_clip CLIP's towers, which conch (CONCH (CoCa)) lacks",
+    ]
 
 
 def test_each_left_out_pair_is_said_once_naming_every_study_that_lists_it():
@@ -76,7 +99,7 @@ def test_each_left_out_pair_is_said_once_naming_every_study_that_lists_it():
         "no zeroshot classification on vit (studies clipath, pathclip): zeroshot requires a text tower, which vit "
         "(timm vision encoder) lacks; its embedding's retrieval (HA@K) and invariance still run",
         "skipped rfc on vit (study clipath): rfc requires a text tower, which vit (timm vision encoder) lacks",
-        "skipped coop on vit (study clipath): coop requires a text tower, which vit (timm vision encoder) lacks",
+        "skipped coop on vit (study clipath): coop requires a text tower and an open_clip CLIP's towers, which vit (timm vision encoder) lacks",
         "skipped rfc_augmented on vit (study clipath): rfc_augmented requires a text tower, which vit (timm vision encoder) lacks",
     ]
     # the default's own vision-only backbone: in two studies that run zero-shot alone
@@ -147,7 +170,8 @@ def test_the_workflow_routes_a_vision_only_backbone_beside_a_text_one(tmp_path):
     assert lines == [
         "medtune: no zeroshot classification on tiny-vit (studies leaderboard, medmnistc): zeroshot requires a text tower, "
         "which tiny-vit (timm vision encoder) lacks; its embedding's retrieval (HA@K) and invariance still run",
-        "medtune: skipped coop on tiny-vit (study leaderboard): coop requires a text tower, which tiny-vit (timm vision encoder) lacks",
+        "medtune: skipped coop on tiny-vit (study leaderboard): coop requires a text tower and an open_clip CLIP's towers, which tiny-vit "
+        "(timm vision encoder) lacks",
     ]
     plan_text = snakemake(tmp_path, "-n").stdout
     assert "results/features/tiny-vit/synth/text.npz" not in plan_text

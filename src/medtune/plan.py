@@ -266,14 +266,15 @@ class Skip:
                 "embedding_only": self.embedding_only}
 
 
-CAPABILITY_WORDS = {"text_tower": "a text tower"}
+CAPABILITY_WORDS = {"text_tower": "a text tower", "open_clip_towers": "an open_clip CLIP's towers"}
 
 
 def backbone_capabilities(spec: dict[str, Any]) -> set[str]:
     """What a backbone offers the methods (medtune.methods.CAPABILITIES), from its family's declaration."""
     from medtune import backbones
 
-    return {"text_tower"} if backbones.has_text_tower(spec) else set()
+    family = backbones.family_of(spec)
+    return {name for name, has in (("text_tower", family.text_tower), ("open_clip_towers", family.open_clip_towers)) if has}
 
 
 def missing_capabilities(config: dict[str, Any], method: str, backbone: str) -> tuple[str, ...]:

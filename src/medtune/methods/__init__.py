@@ -6,7 +6,8 @@ A method module declares, as a literal at its top, ::
         "training": "frozen",          # none (zero-shot) | frozen (cached features) | backbone
         "needs_text_encoder": False,   # frozen methods that back-propagate through the text tower
         "requires": [],                # what a backbone must have for it: "text_tower" (class text
-                                       # features or the text encoder); [] runs on any backbone
+                                       # features or the text encoder), "open_clip_towers" (it reaches
+                                       # into an open_clip CLIP's towers); [] runs on any backbone
         "label": "CLIP + RFC",         # how tables and figures name it
         "order": 30,                   # where it sorts in tables and legends
         "defaults": {...},             # its hyperparameters
@@ -37,8 +38,10 @@ from typing import Any, Iterable
 from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
 TRAINING_KINDS = ("none", "frozen", "backbone")
-# what a method may require of a backbone (medtune.backbones: each family declares whether it has a text tower)
-CAPABILITIES = ("text_tower",)
+# what a method may require of a backbone, as each family declares it (medtune.backbones): a text
+# tower, and an open_clip CLIP's own towers (CoOp's learned token embeddings, CLIP-LoRA's packed
+# attention, fine-tuning's model(images, tokens)), which CONCH's are not
+CAPABILITIES = ("text_tower", "open_clip_towers")
 _SPEC_KEYS = {"training", "needs_text_encoder", "requires", "label", "order", "defaults", "params"}
 
 
