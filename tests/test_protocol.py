@@ -54,6 +54,14 @@ def test_a_prompt_change_reaches_only_the_cards_of_tables_that_depend_on_prompts
     assert "prompts" not in after["pathclip_retrieval"]["datasets"]["synth"]
 
 
+def test_no_prompts_on_a_card_whose_study_classifies_with_no_text():
+    config = copy.deepcopy(SMALL_CONFIG)
+    config["studies"]["pathclip"]["backbones"] = ["tiny-vit"]  # zero-shot there measures the embedding alone
+    cards = protocol.plan_cards(plan.validate(config))
+    assert "prompts" not in cards["pathclip_zeroshot"]["datasets"]["synth"]
+    assert "prompts" in cards["clipath_accuracy"]["datasets"]["synth"]
+
+
 def _planned_jobs(dry_run: str) -> list[tuple[str, dict[str, str]]]:
     """(rule, wildcards) of each job a dry run lists."""
     jobs, rule = [], None

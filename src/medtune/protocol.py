@@ -131,14 +131,15 @@ def plan_cards(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     takes it as a parameter, so a change here reruns the tables)."""
     from medtune import backbones
     from medtune import studies as study_registry
-    from medtune.plan import runs_on
+    from medtune.plan import missing_capabilities
 
     cards = {}
     for study_name, study in config["studies"].items():
         methods = config["methods"]
         trains = any(methods[m]["training"] != "none" for m in study["methods"])
+        # some method of the study reads the class text of a backbone that has it
         text_runs = any(
-            "text_tower" in methods[m]["requires"] and runs_on(config, m, b) for m in study["methods"] for b in study["backbones"]
+            "text_tower" in methods[m]["requires"] and not missing_capabilities(config, m, b) for m in study["methods"] for b in study["backbones"]
         )
         for table in study_registry.tables(study_name, study):
             card: dict[str, Any] = {"table": table.name, "study": study_name}
