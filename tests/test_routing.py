@@ -102,9 +102,9 @@ def test_each_left_out_pair_is_said_once_naming_every_study_that_lists_it():
         "skipped coop on vit (study clipath): coop requires a text tower and an open_clip CLIP's towers, which vit (timm vision encoder) lacks",
         "skipped rfc_augmented on vit (study clipath): rfc_augmented requires a text tower, which vit (timm vision encoder) lacks",
     ]
-    # the default's own vision-only backbone: in two studies that run zero-shot alone
+    # the default's own vision-only backbone, in the PathCLIP study
     assert plan.skip_messages(plan.validate(copy.deepcopy(DEFAULT))) == [
-        "no zeroshot classification on tiny-vit (studies pathclip, medmnistc): zeroshot requires a text tower, which tiny-vit "
+        "no zeroshot classification on tiny-vit (study pathclip): zeroshot requires a text tower, which tiny-vit "
         "(timm vision encoder) lacks; its embedding's retrieval (HA@K) and invariance still run"
     ]
 
