@@ -127,6 +127,15 @@ def test_a_method_that_needs_no_text_fits_the_same_without_class_text(name):
         assert torch.equal(value, alone[key]) if isinstance(value, torch.Tensor) else value == alone[key], key
 
 
+def test_a_fit_that_knows_no_class_count_says_so():
+    from medtune.heads import FitData, fit
+
+    x, y = np.eye(4, 8, dtype=np.float32), np.array([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="FitData knows no class count: give n_classes"):
+        fit("simpleshot", FitData(x, y, x, y), {}, 0)
+    assert FitData(x, y, x, y, class_names=["a", "b", "c"]).n_classes == 3
+
+
 def test_zero_shot_without_a_text_tower_measures_the_embedding_alone(tmp_path):
     """The same test features with and without class text: the retrieval and invariance rows are
     equal (they never read the prompts), the classification rows exist only with text."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -167,8 +168,6 @@ def measured(card: Mapping[str, Any], encodings: Mapping[tuple[str, str], Mappin
     """``card`` (:func:`plan_cards`'s) completed from the jobs' records: ``encodings`` maps
     (dataset, backbone) to the test split's ``encode.json``; ``runs`` are the manifests' entries
     (:func:`medtune.records.read_runs`) whose ``train.json`` give the subsets' digests."""
-    from medtune.io import read_json
-
     card = {**card, "backbones": {b: dict(v) for b, v in card["backbones"].items()},
             "datasets": {d: dict(v) for d, v in card["datasets"].items()}}
     found: dict[str, dict[str, dict[str, Any]]] = {}  # backbone -> key -> dataset -> value
@@ -192,7 +191,7 @@ def measured(card: Mapping[str, Any], encodings: Mapping[tuple[str, str], Mappin
         if (run["dataset"] not in card["datasets"] or run["backbone"] not in card["backbones"]
                 or run["method"] not in card["methods"] or "record" not in run["files"]):
             continue
-        digest = read_json(run["files"]["record"]).get("subset_sha256")
+        digest = _subset_digest(run["files"]["record"])
         if digest is not None:
             name = f"seed{run['seed']}/" + (f"shots{run['shots']}" if run.get("shots") is not None else f"frac{run['fraction']:g}")
             subsets.setdefault(run["dataset"], {}).setdefault(name, set()).add(digest)
@@ -200,6 +199,14 @@ def measured(card: Mapping[str, Any], encodings: Mapping[tuple[str, str], Mappin
         # one digest per subset; several would mean runs of the same subset trained on different images
         card["subsets"] = {d: {k: v.pop() if len(v) == 1 else sorted(v) for k, v in sorted(s.items())} for d, s in sorted(subsets.items())}
     return card
+
+
+@lru_cache(maxsize=None)
+def _subset_digest(record: str) -> str | None:
+    """A run's training-subset digest from its ``train.json``, read once however many tables show the run."""
+    from medtune.io import read_json
+
+    return read_json(record).get("subset_sha256")
 
 
 def markdown(card: Mapping[str, Any]) -> str:
@@ -218,7 +225,7 @@ def markdown(card: Mapping[str, Any]) -> str:
         shown = f"{name} ({b['family']}: {source})"
         differs = {k: b[k]["differs"] for k in ENCODING_KEYS if isinstance(b.get(k), dict) and "differs" in b[k]}
         if "weights" not in b:
-            shown += ": not encoded"
+            shown += ": no encoding record (its features predate encode.json, or no frozen-feature run uses them)"
         elif not differs:
             shown += ": " + _encoding(b)
         else:  # encoded differently for different datasets

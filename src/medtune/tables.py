@@ -265,7 +265,8 @@ def write_study_tables(
 
     methods = methods or registered_methods()
     runs = read_runs(run_outputs)
-    records = [read_json(Path(folder_) / ENCODE_RECORD) for folder_ in encodings]
+    # features encoded before medtune wrote encode.json have none: their card says so
+    records = [read_json(Path(f) / ENCODE_RECORD) for f in encodings if (Path(f) / ENCODE_RECORD).is_file()]
     by_pair = {(r["dataset"], r["backbone"]): r for r in records}
     environment = software() if cards else None
     written = []

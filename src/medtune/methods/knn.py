@@ -95,7 +95,7 @@ def fit(data, params, seed):
         "mean": mean,
         "keys": centre_normalise(x, mean),
         "labels": labels_tensor(data.train_labels),
-        "n_classes": data.n_classes,
+        "n_classes": data.class_count(),
         "k": int(params["k"]),
     }
     head = build_head(state)

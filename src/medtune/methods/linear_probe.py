@@ -109,7 +109,7 @@ def search_indices(score, n: int, stride: int, search: str) -> int:
 
 
 def fit(data, params, seed):
-    n_classes = data.n_classes
+    n_classes = data.class_count()
     present = np.unique(data.train_labels)
     grid = c_grid(params["C_range"], params["steps_per_decade"])
     fits: dict[float, tuple[LogisticRegression, float]] = {}

@@ -45,7 +45,7 @@ class PrototypeHead(nn.Module):
 
 def fit(data, params, seed):
     x, y = tensor(data.train_features), labels_tensor(data.train_labels)
-    n_classes = data.n_classes
+    n_classes = data.class_count()
     mean = x.mean(0)
     normalised = centre_normalise(x, mean)
     counts = torch.bincount(y, minlength=n_classes).float()
