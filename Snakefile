@@ -25,6 +25,11 @@ try:
     config = plan.validate(config)
 except plan.ConfigError as err:
     sys.exit(f"medtune: {err}")
+# once, when the DAG is built: each (method, backbone) pair the plan leaves out, and why (not again
+# in every job's log where a cluster job parses this file anew)
+if workflow.is_main_process:
+    for line in plan.skip_messages(config):
+        print(f"medtune: {line}", file=sys.stderr)
 
 
 report: "workflow/report/workflow.rst"

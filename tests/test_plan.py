@@ -67,7 +67,8 @@ def test_runs_cover_every_study_once():
     trained = [r for r in runs if r.method == "rfc"]
     assert len(trained) == 3 * 6
     zeroshot = {r.backbone for r in runs if r.method == "zeroshot"}
-    assert zeroshot == {"tiny-path", "tiny-generic", "tiny-untrained"}
+    # the vision-only tiny-vit too: its zero-shot run measures its embedding alone
+    assert zeroshot == {"tiny-path", "tiny-generic", "tiny-untrained", "tiny-vit"}
     assert plan.fractions_for(config, "synthetic") == ["0.1", "0.5", "1", "5", "10", "50"]
 
 
@@ -171,7 +172,9 @@ def test_the_registries_declare_every_built_in_method_and_study():
         "clip_lora": "backbone",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
-    assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision", "adversarial", "centre_shift", "conformal"}
+    assert set(studies.registered()) == {
+        "clipath", "leaderboard", "medmnistc", "pathclip", "pubmedvision", "adversarial", "centre_shift", "conformal"
+    }
     # a module's declaration is its import's own SPEC, read without importing it
     from medtune.methods import linear_probe
 

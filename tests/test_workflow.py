@@ -77,16 +77,20 @@ def test_tables_have_the_seed_shapes(small_run):
     assert trained_on["linear_probe@50%"] == "clean" and trained_on["linear_probe_aug_medmnistc@2-shot"] == "medmnistc"
     assert trained_on["zeroshot"] == "–" and trained_on["clip_lora@50%"] == "clean"
     summary = pd.read_csv(tables / "medmnistc_summary.csv")
-    assert set(summary["backbone"]) == {"tiny", "tiny-untrained"} and list(summary.columns[5:]) == [
-        "clean", "jpeg_compression", "hed_shift", "mean_corrupted", "be", "rbe"
+    assert set(summary["backbone"]) == {"tiny", "tiny-vit", "tiny-untrained"} and list(summary.columns[5:10]) == [
+        "clean", "jpeg_compression", "hed_shift", "mean_corrupted", "be"
     ]
     assert summary.set_index("backbone").loc["tiny-untrained", "be"] == 1  # the default reference: the last backbone
+    # the vision-only backbone has no zero-shot errors: its row is "—", and why
+    assert summary.set_index("backbone").loc["tiny-vit", "not_run"].startswith("zeroshot requires a text tower")
     invariance = pd.read_csv(tables / "embedding_invariance.csv")
     assert list(invariance["condition"]) == ["jpeg_compression-3", "hed_shift-4", "blur-2", "mean pathclip", "mean medmnistc"]
-    assert invariance[["synth/tiny", "synth/tiny-untrained"]].stack().between(-1, 1).all()
+    # ... but it has its own embedding, whose invariance is measured like the others'
+    assert invariance[["synth/tiny", "synth/tiny-vit", "synth/tiny-untrained"]].stack().between(-1, 1).all()
     figures = small_run / "results" / "figures"
     for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups",
-                   "pathclip_robustness", "corruption_gallery", "retrieval_examples", "medmnistc_gallery", "embedding_invariance"):
+                   "pathclip_robustness", "corruption_gallery", "retrieval_examples", "medmnistc_gallery", "embedding_invariance",
+                   "leaderboard"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
         assert (figures / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
 
@@ -131,7 +135,11 @@ def test_metrics_are_tidy(small_run):
     few = metrics[metrics["shots"].notna()]
     assert set(few["shots"]) == {2} and few["fraction"].isna().all() and set(few["seed"]) == {1, 2}
     assert set(metrics.loc[metrics["fraction"].notna(), "shots"].isna()) == {True}
-    # balanced accuracy and calibration for every run under every condition
+    # balanced accuracy and calibration for every run under every condition; the vision-only backbone's
+    # zero-shot run has its embedding's retrieval and invariance alone
+    embedding_only = (metrics["method"] == "zeroshot") & (metrics["backbone"] == "tiny-vit")
+    assert set(metrics.loc[embedding_only, "metric"]) == {"ha@5", "ha@10", "p@5", "p@10", "cosine_to_clean"}
+    metrics = metrics[~embedding_only]
     overall = metrics[metrics["group"] == "all"]
     per_run = overall.groupby(["dataset", "method", "backbone", "seed", "fraction", "shots", "condition"], dropna=False)["metric"].apply(set)
     assert per_run.map(lambda found: {"balanced_accuracy", "ece15", "ece5"} <= found).all()
@@ -159,6 +167,9 @@ def test_every_run_lists_its_clean_test_predictions(small_run):
     manifests = sorted(runs.glob("**/runs.json"))
     found = read_runs(manifests)
     assert {r["method"] for r in found} >= {"zeroshot", "rfc", "finetune_label"}
+    # but a zero-shot run without a text tower, which has no classifier
+    assert [(r["method"], r["backbone"]) for r in found if "predictions" not in r["files"]] == [("zeroshot", "tiny-vit")]
+    found = [r for r in found if "predictions" in r["files"]]
     samples = pd.read_csv(small_run / "results" / "data" / "synth" / "samples.csv").query("split == 'test'")
     for run in found:
         saved = np.load(run["files"]["predictions"])
@@ -182,7 +193,8 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
     assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness",
-                                         "pubmedvision_groups", "embedding_invariance", "adversarial_accuracy", "conformal_coverage"})
+                                         "pubmedvision_groups", "embedding_invariance", "adversarial_accuracy", "conformal_coverage",
+                                         "leaderboard"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 
@@ -227,7 +239,8 @@ def test_report_embeds_every_table_and_figure(report):
     for name in ("clipath_accuracy.png", "clipath_confusion.png", "clipath_reliability.png", "clipath_significance.md", "pubmedvision_groups.png",
                  "pathclip_robustness.png", "corruption_gallery.png", "retrieval_examples.png", "clipath_accuracy.md", "pathclip_retrieval.md",
                  "medmnistc_gallery.png", "embedding_invariance.png", "medmnistc_summary.md", "adversarial_accuracy.png",
-                 "robustness_index.png", "conformal_coverage.png", "conformal_coverage.md", "centre_shift_accuracy.md"):
+                 "robustness_index.png", "conformal_coverage.png", "conformal_coverage.md", "centre_shift_accuracy.md",
+                 "leaderboard.md", "leaderboard.png"):
         assert name in html, name
     assert report.stat().st_size > 100_000
 
@@ -245,7 +258,8 @@ def test_report_opens_in_a_headless_browser_with_a_category_per_study(report, tm
         capture_output=True, text=True, timeout=300,
     )
     rendered = re.sub(r"<(script|style)\b.*?</\1>", "", result.stdout, flags=re.S)
-    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Robustness beyond corruptions", "Tables", "Workflow"):
+    for category in ("CLIPath", "PubMedVision", "PathCLIP robustness", "MedMNIST-C robustness", "Robustness beyond corruptions",
+                     "Leaderboard", "Tables", "Workflow"):
         assert f">{category}<" in rendered, category
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower"],  # absent classes keep their prompt feature
     "label": "toy centroids",
     "order": 90,
     "defaults": {"temperature": 10.0},

@@ -21,6 +21,7 @@ from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.jobs import report
 from medtune.methods import zeroshot
+from medtune.protocol import ids_digest
 from medtune.records import write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
@@ -44,23 +45,30 @@ def load_text(path) -> tuple[np.ndarray, float]:
 
 
 def zeroshot_run(run: dict, text, samples, test_dir, conditions, out_dir, val_dir=None) -> None:
-    """The pretrained model's class-prompt classifier under every test condition: ``out_dir/``
-    ``{head.pt, metrics.csv, predictions.npz, runs.json}``, and ``logits.npz`` when ``val_dir`` is given."""
-    classifier, scale = load_text(text)
+    """The pretrained model under every test condition: its class-prompt classifier and its own
+    embedding's retrieval and invariance: ``out_dir/{head.pt, metrics.csv, predictions.npz, runs.json}``,
+    and ``logits.npz`` when ``val_dir`` is given. Without ``text`` (a backbone with no text tower)
+    there is no classifier: the metrics are the embedding's alone and there are no predictions
+    or logits."""
+    classifier, scale = load_text(text) if text is not None else (None, None)
     out_dir = Path(out_dir)
     save_torch({**zeroshot.state(classifier, scale), "run": run}, out_dir / "head.pt")
     table = eval_table(samples)
     test_rows = table[table["split"] == "test"]
     write_csv(evaluate_run(out_dir / "head.pt", test_dir, test_rows, conditions, run), out_dir / "metrics.csv")
-    clean = {"clean": np.load(Path(test_dir) / "clean.npy", mmap_mode="r")}
-    head = load_head(out_dir / "head.pt")
-    write_predictions(head, clean, test_rows, out_dir / PREDICTIONS)
-    files = {"head": "head.pt", "metrics": "metrics.csv", "predictions": PREDICTIONS}
-    if val_dir is not None:
-        val_features, val_rows = split_features(val_dir, table, "val")
-        test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
-        write_logits(head, val_features, val_rows, test_features, test_rows, _train_sites(table), out_dir / LOGITS)
-        files["logits"] = LOGITS
+    files = {"head": "head.pt", "metrics": "metrics.csv"}
+    if classifier is None:
+        report(f"backbone {run['backbone']} has no text tower: no zero-shot classification, its embedding's retrieval and invariance only")
+    else:
+        clean = {"clean": np.load(Path(test_dir) / "clean.npy", mmap_mode="r")}
+        head = load_head(out_dir / "head.pt")
+        write_predictions(head, clean, test_rows, out_dir / PREDICTIONS)
+        files["predictions"] = PREDICTIONS
+        if val_dir is not None:
+            val_features, val_rows = split_features(val_dir, table, "val")
+            test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
+            write_logits(head, val_features, val_rows, test_features, test_rows, _train_sites(table), out_dir / LOGITS)
+            files["logits"] = LOGITS
     write_manifest([{**run, "files": files}], out_dir)
 
 
@@ -113,8 +121,9 @@ def train_frozen(
     Writes ``out_dir/{subset}/{head.pt,train.json,metrics.csv,predictions.npz}`` and ``out_dir/runs.json``, the
     whole folder at once. One job covers all subsets because
     a fit from cached features takes about a second, less than starting Python and importing
-    torch and scikit-learn. A method that needs the text encoder gets the frozen backbone
-    (``backbone``: name, spec, weights); the others need features alone.
+    torch and scikit-learn. ``text`` (the class-prompt features) is given for the methods that
+    require a text tower, None for the others. A method that needs the text encoder gets the frozen
+    backbone (``backbone``: name, spec, weights); the others need features alone.
     """
     params, seed = method["params"], runs[0]["seed"]
     table = eval_table(samples)
@@ -125,7 +134,9 @@ def train_frozen(
     if condition is not None:
         augmented, _ = split_features(train_dir, table, "train", condition)
     val_x, val_y = np.array(val_features), val_rows["label"].to_numpy()
-    classifier, scale = load_text(text)
+    # class text for the methods that require a text tower; the others get the class count alone
+    classifier, scale = load_text(text) if text is not None else (None, None)
+    n_classes = int(table["label"].nunique())
     test_rows = table[table["split"] == "test"]
     test_features = {c: np.load(Path(test_dir) / f"{c}.npy", mmap_mode="r") for c in conditions}
     dev = resolve_device(device if method["needs_text_encoder"] else "cpu")
@@ -140,7 +151,7 @@ def train_frozen(
             # each training image twice: clean, and under its own corruption
             train_x, train_y = np.concatenate([train_x, augmented[picked]]), np.concatenate([train_y, train_y])
         return FitData(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
-                       class_text=classifier, logit_scale=scale, **text_encoder)
+                       class_text=classifier, logit_scale=scale, n_classes=n_classes, **text_encoder)
 
     positions = {folder: subset_positions(train_rows, subset) for folder, subset in subsets.items()}
     # A job's first fit pays its one-off costs (the method's imports, torch's first kernels and
@@ -160,7 +171,8 @@ def train_frozen(
             if trainable is None:
                 trainable = sum(v.numel() for k, v in _tensors(state) if k != "class_text")
             save_torch({**state, "run": run}, tmp / folder / "head.pt")
-            record = {**run, "n_train": int(len(picked)), "chosen": info, "params": params}
+            record = {**run, "n_train": int(len(picked)), "subset_sha256": ids_digest(train_rows["index"].to_numpy()[picked]),
+                      "chosen": info, "params": params}
             record.update(cost_record(dev, seconds, trainable, len(picked) * params.get("epochs", 1)))
             write_json(record, tmp / folder / "train.json")
             # evaluate what was saved, on the test features loaded once for all subsets
@@ -264,7 +276,7 @@ def train_backbone(
             save_torch({**zeroshot.state(head.class_text, head.logit_scale), "run": run}, out_dir / "head.pt")
             write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
     save_torch(kept, out_dir / "weights.pt")
-    record = {**run, "n_train": len(train_rows), "chosen": info, "params": params}
+    record = {**run, "n_train": len(train_rows), "subset_sha256": ids_digest(train_rows["index"].to_numpy()), "chosen": info, "params": params}
     record.update(cost_record(dev, seconds, trainable, images_seen))
     write_json(record, out_dir / "train.json")
     write_csv(pd.concat(frames, ignore_index=True), out_dir / "metrics.csv")

@@ -76,8 +76,10 @@ def encode_images(
     """
     from medtune.corrupt import apply_many
 
+    from medtune.protocol import precision
+
     device = torch.device(device)
-    use_amp = device.type == "cuda"
+    use_amp = precision(device) != "float32"  # what the protocol card reports
     memory_format = torch.channels_last if use_amp else torch.contiguous_format  # faster convolutions on GPUs
     if use_amp:
         backbone.model.to(memory_format=memory_format)
@@ -116,15 +118,20 @@ def encode_split(
     device: str = "auto",
     progress: bool = True,
 ) -> None:
-    """Write ``{out_dir}/{condition}.npy`` for every condition, rows in samples.csv order.
+    """Write ``{out_dir}/{condition}.npy`` for every condition, rows in samples.csv order, and
+    ``encode.json``: how they were made (:func:`medtune.protocol.encode_record`: weight digest,
+    input size, mean/std, precision, the images' ids digest, software), for the protocol cards.
 
     The folder is filled under a temporary name and renamed at the end, so a
     killed job leaves no partial feature set behind.
     """
+    from pathlib import Path
+
     from medtune import memory
     from medtune.data.store import load_dataset
-    from medtune.io import atomic_dir
+    from medtune.io import atomic_dir, write_json
     from medtune.models import load_backbone
+    from medtune.protocol import ENCODE_RECORD, encode_record
     from medtune.training import resolve_device
 
     dev = resolve_device(device)
@@ -134,9 +141,11 @@ def encode_split(
     batch_size = encode_batch_size(spec)
     memory.announce(backbone, batch_size, dev)
     feats = encode_images(backbone, dataset.images, rows["index"].to_numpy(), conditions, dev, batch_size, progress, f"the {split} split")
+    record = encode_record(backbone, spec, Path(dataset_dir).name, split, rows["index"].to_numpy(), conditions, dev, batch_size)
     with atomic_dir(out_dir) as tmp:
         for condition, array in feats.items():
             np.save(tmp / f"{condition}.npy", array)
+        write_json(record, tmp / ENCODE_RECORD)
 
 
 def encode_class_text(name: str, spec: dict, weights, samples, prompts: dict, out, device: str = "auto") -> None:

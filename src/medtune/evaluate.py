@@ -30,17 +30,21 @@ def evaluate_head(head, features: np.ndarray, labels: np.ndarray, groups: np.nda
     """Rows ``group, metric, value``; group ``all`` holds the overall metrics.
 
     Heads with an ``embed`` method (zero-shot: the backbone's own feature; RFC: the
-    adapted feature) are also scored on image-image retrieval (HA@K, P@K). A K that
+    adapted feature) are also scored on image-image retrieval (HA@K, P@K); a head that only
+    embeds (``classifies = False``: a backbone without a text tower) gets those alone. A K that
     needs more images than the test split has (K neighbours besides the query) is
     undefined: its rows are NaN, shown as "–" in the tables.
     """
-    logits = predict(head, features)
-    overall = classification_metrics(labels, logits)
+    classifies = getattr(head, "classifies", True)
+    logits = predict(head, features) if classifies else None
+    overall = classification_metrics(labels, logits) if classifies else {}
     if hasattr(head, "embed"):
         fitting = [k for k in RETRIEVAL_KS if k < len(labels)]
         found = retrieval_metrics(embed(head, features), labels, ks=fitting) if fitting else {}
         overall |= {f"{name}@{k}": found.get(f"{name}@{k}", float("nan")) for name in ("ha", "p") for k in RETRIEVAL_KS}
     overall = pd.DataFrame([("all", name, value) for name, value in overall.items()], columns=["group", "metric", "value"])
+    if not classifies:
+        return overall
     return pd.concat([overall, per_group_top_k(labels, logits, groups)], ignore_index=True)
 
 

@@ -23,12 +23,29 @@ class FitData:
     train_labels: np.ndarray
     val_features: np.ndarray
     val_labels: np.ndarray
-    class_text: np.ndarray  # C x D normalised class-prompt features
-    logit_scale: float
+    # C x D normalised class-prompt features and the backbone's logit scale: given to the methods
+    # whose SPEC requires "text_tower", None for the others (and on a backbone without one)
+    class_text: np.ndarray | None = None
+    logit_scale: float | None = None
     # only for methods whose SPEC says needs_text_encoder: the frozen backbone and the
     # words of each class (in label order) that its prompts are built from
     backbone: Any = None
     class_names: Sequence[str] = ()
+    # how many classes the dataset has (labels 0..C-1), whether or not every one is in the subset;
+    # taken from class_text (or class_names) when not given; 0: not known (see class_count)
+    n_classes: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.n_classes and self.class_text is not None:
+            self.n_classes = int(np.asarray(self.class_text).shape[0])
+        elif not self.n_classes and len(self.class_names):
+            self.n_classes = len(self.class_names)
+
+    def class_count(self) -> int:
+        """The number of classes, for a method that reads no class text (linear probe, kNN, SimpleShot)."""
+        if not self.n_classes:
+            raise ValueError("FitData knows no class count: give n_classes (or class_text)")
+        return self.n_classes
 
 
 def fit(method: str, data: FitData, params: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:

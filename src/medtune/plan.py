@@ -114,7 +114,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     naming the first problem.
 
     ``config["methods"][name]`` becomes ``{base, module, training, needs_text_encoder,
-    train_conditions, label, order, params}``: a variant (an entry with ``base``) takes
+    requires, train_conditions, label, order, params}``: a variant (an entry with ``base``) takes
     the base method's defaults, then the base's own config entry, then its own keys.
     """
     import jsonschema
@@ -153,6 +153,9 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     for dataset in config["datasets"].values():
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
+    for study in config["studies"].values():
+        # what the tables show as "—" (medtune.tables.skipped_rows); the plan leaves these runs out
+        study["skipped"] = [skip.record() for skip in _study_skips(config, study)]
     return config
 
 
@@ -247,6 +250,7 @@ def _resolve_methods(entries: dict[str, Any], registered: dict[str, method_regis
             "module": base.source,
             "training": base.training,
             "needs_text_encoder": base.needs_text_encoder,
+            "requires": list(base.requires),
             "train_conditions": train_conditions,
             "label": label,
             # a variant sorts right after its base
@@ -294,13 +298,90 @@ def _check_condition(condition: str, key: str) -> None:
         raise ConfigError(f"config key {key}: {err}, or a suite ({', '.join([*SUITES, ALL])})") from None
 
 
+@dataclass(frozen=True)
+class Skip:
+    """A (method, backbone) pair of a study that does not run: the method requires what the
+    backbone lacks. A method without training (zero-shot) still runs on such a backbone, for
+    what needs no text tower: the backbone's own embedding (retrieval, invariance)."""
+
+    method: str
+    backbone: str
+    missing: tuple[str, ...]
+    family: str  # how the backbone's family is named (medtune.backbones)
+    embedding_only: bool
+
+    def reason(self) -> str:
+        lacks = " and ".join(CAPABILITY_WORDS.get(c, c) for c in self.missing)
+        return f"{self.method} requires {lacks}, which {self.backbone} ({self.family}) lacks"
+
+    def record(self) -> dict[str, Any]:
+        return {"method": self.method, "backbone": self.backbone, "missing": list(self.missing), "reason": self.reason(),
+                "embedding_only": self.embedding_only}
+
+
+CAPABILITY_WORDS = {"text_tower": "a text tower", "open_clip_towers": "an open_clip CLIP's towers"}
+
+
+def backbone_capabilities(spec: dict[str, Any]) -> set[str]:
+    """What a backbone offers the methods (medtune.methods.CAPABILITIES), from its family's declaration."""
+    from medtune import backbones
+
+    family = backbones.family_of(spec)
+    return {name for name, has in (("text_tower", family.text_tower), ("open_clip_towers", family.open_clip_towers)) if has}
+
+
+def missing_capabilities(config: dict[str, Any], method: str, backbone: str) -> tuple[str, ...]:
+    """What ``method`` requires that ``backbone`` lacks; empty when the pair runs."""
+    have = backbone_capabilities(config["backbones"][backbone])
+    return tuple(r for r in config["methods"][method]["requires"] if r not in have)
+
+
+def runs_on(config: dict[str, Any], method: str, backbone: str) -> bool:
+    """Whether the plan makes ``method``'s runs on ``backbone``: a compatible pair, or a method
+    without training (its job measures the backbone's own embedding whatever the backbone)."""
+    return config["methods"][method]["training"] == "none" or not missing_capabilities(config, method, backbone)
+
+
+def _study_skips(config: dict[str, Any], study: dict[str, Any]) -> list[Skip]:
+    from medtune import backbones
+
+    found = []
+    for backbone in study["backbones"]:
+        for method in study["methods"]:
+            missing = missing_capabilities(config, method, backbone)
+            if missing:
+                family = backbones.family_of(config["backbones"][backbone]).label
+                found.append(Skip(method, backbone, missing, family, config["methods"][method]["training"] == "none"))
+    return found
+
+
+def skip_messages(config: dict[str, Any]) -> list[str]:
+    """One line per skipped (method, backbone) pair, naming the studies that list it and why."""
+    studies: dict[Skip, list[str]] = {}
+    for name, study in config["studies"].items():
+        for skip in _study_skips(config, study):
+            studies.setdefault(skip, []).append(name)
+    lines = []
+    for skip, names in studies.items():
+        where = f"(stud{'ies' if len(names) > 1 else 'y'} {', '.join(names)})"
+        if skip.embedding_only:
+            lines.append(f"no {skip.method} classification on {skip.backbone} {where}: {skip.reason()}; "
+                         "its embedding's retrieval (HA@K) and invariance still run")
+        else:
+            lines.append(f"skipped {skip.method} on {skip.backbone} {where}: {skip.reason()}")
+    return lines
+
+
 def runs(config: dict[str, Any]) -> list[Run]:
-    """Every run any study needs, each once, in a stable order."""
+    """Every run any study needs, each once, in a stable order; a method only on the backbones
+    that have what it requires (:func:`runs_on`)."""
     out: dict[str, Run] = {}
     for study in config["studies"].values():
         for dataset in study["datasets"]:
             for backbone in study["backbones"]:
                 for method in study["methods"]:
+                    if not runs_on(config, method, backbone):
+                        continue
                     if config["methods"][method]["training"] == "none":
                         found = [Run(dataset, method, backbone)]
                     else:
@@ -327,7 +408,7 @@ def train_conditions(config: dict[str, Any], dataset: str, backbone: str) -> lis
     found = ["clean"]
     for study in config["studies"].values():
         if dataset in study["datasets"] and backbone in study["backbones"]:
-            for method in study["methods"]:
+            for method in (m for m in study["methods"] if runs_on(config, m, backbone)):
                 augmented = augmented_condition(config["methods"][method]["train_conditions"])
                 if augmented and augmented not in found:
                     found.append(augmented)
@@ -340,7 +421,8 @@ def conditions_for(config: dict[str, Any], dataset: str, backbone: str, method: 
     found = ["clean"]
     for study in config["studies"].values():
         if dataset in study["datasets"] and backbone in study["backbones"]:
-            if method is None or method in study["methods"]:
+            evaluated = [m for m in study["methods"] if runs_on(config, m, backbone)]
+            if method in evaluated or (method is None and evaluated):
                 found += [c for c in study["conditions"] if c not in found]
     return found
 

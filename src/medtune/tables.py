@@ -13,7 +13,7 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from medtune.io import read_json, write_csv, write_text
+from medtune.io import read_json, write_csv, write_json, write_text
 from medtune.jobs import report
 from medtune.records import read_runs
 
@@ -180,11 +180,75 @@ def to_latex(pretty: pd.DataFrame, bold: pd.DataFrame | None, caption: str) -> s
     return styler.to_latex(hrules=True, caption=caption.replace("%", r"\%"), convert_css=True, column_format="l" * len(pretty.columns))
 
 
-def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str, best: dict | None = None) -> None:
-    """CSV (numbers), Markdown and LaTeX (booktabs; best value per column in bold).
+NOT_RUN = "—"
+
+
+def not_run(study: dict, embedding: bool = False) -> list[dict]:
+    """The study's (method, backbone) pairs the plan left out (:func:`medtune.plan.Skip.record`).
+    For a table of image embeddings (``embedding``: retrieval, invariance) a method without
+    training did run on every backbone: only the other pairs are missing there."""
+    return [s for s in study.get("skipped", []) if not (embedding and s["embedding_only"])]
+
+
+def not_run_note(skips: list[dict]) -> str:
+    return f"{NOT_RUN} not run: " + "; ".join(s["reason"] for s in skips) + "."
+
+
+def add_note(pretty: pd.DataFrame, note: str) -> pd.DataFrame:
+    pretty.attrs["notes"] = [*pretty.attrs.get("notes", []), note]
+    return pretty
+
+
+def add_not_run_rows(numbers: pd.DataFrame, pretty: pd.DataFrame, study: dict, skips: list[dict], key: str = "method", name=None):
+    """A row per dataset x skipped (method, backbone) pair, "—" in every cell but its labels, and
+    the reason under the table; for tables with a row per ``backbone`` and method (the ``key``
+    column shows it, as ``name(method)``: by default its name). ``numbers`` gets the same rows, NaN,
+    with the reason in a ``not_run`` column."""
+    if not skips or key not in pretty or "backbone" not in pretty:
+        return numbers, pretty
+    present = set(zip(numbers["backbone"], numbers["method"])) if {"backbone", "method"} <= set(numbers.columns) else set()
+    extra_numbers, extra_pretty = [], []
+    # a row per dataset where the table has a dataset column, else one
+    for dataset in study["datasets"] if "dataset" in pretty else [None]:
+        where = {} if dataset is None else {"dataset": dataset}
+        for skip in skips:
+            if (skip["backbone"], skip["method"]) in present:
+                continue
+            shown = name(skip["method"]) if name else skip["method"]
+            extra_numbers.append({**where, "backbone": skip["backbone"], "method": skip["method"], "not_run": skip["reason"]})
+            extra_pretty.append({**{c: NOT_RUN for c in pretty.columns}, **where, "backbone": skip["backbone"], key: shown})
+    if not extra_pretty:
+        return numbers, pretty
+    notes = pretty.attrs.get("notes", [])
+    numbers = pd.concat([numbers, pd.DataFrame(extra_numbers)], ignore_index=True)
+    pretty = pd.concat([pretty, pd.DataFrame(extra_pretty, columns=pretty.columns)], ignore_index=True)
+    pretty.attrs["notes"] = notes
+    return numbers, add_note(pretty, not_run_note(skips))
+
+
+def add_not_run_columns(numbers: pd.DataFrame, pretty: pd.DataFrame, study: dict, skips: list[dict], metric_names, column):
+    """A "—" column for each skipped pair's metrics, in a table with a column per dataset, backbone,
+    method and metric (``column(dataset, backbone, method, metric)`` names it), and the reason
+    under the table; NaN in ``numbers``."""
+    added = False
+    for dataset in study["datasets"]:
+        for skip in skips:
+            for metric in metric_names:
+                name = column(dataset, skip["backbone"], skip["method"], metric)
+                if name not in pretty:
+                    numbers[name], pretty[name], added = float("nan"), NOT_RUN, True
+    return numbers, add_note(pretty, not_run_note(skips)) if added else pretty
+
+
+def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, title: str, best: dict | None = None,
+                card: dict | None = None) -> None:
+    """CSV (numbers), Markdown and LaTeX (booktabs; best value per column in bold), and the
+    table's protocol card (:mod:`medtune.protocol`) as ``{name}.card.json`` and under the Markdown.
 
     Lines in ``pretty.attrs["notes"]`` (a legend of markers) go under the Markdown table
     and into the LaTeX caption."""
+    from medtune.protocol import markdown
+
     write_csv(numbers, Path(folder) / f"{name}.csv")
     bold = best_cells(numbers, best) if best and len(numbers) else None
     shown = pretty.copy()
@@ -194,7 +258,10 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
     body = shown.to_markdown(index=False) if len(pretty) else "_no rows: the study produced no metrics_"
     notes = pretty.attrs.get("notes", []) if len(pretty) else []
     legend = "".join(f"\n{line}\n" for line in notes)
-    write_text(f"### {title}\n\n{body}\n{legend}", Path(folder) / f"{name}.md")
+    protocol = f"\n{markdown(card)}" if card else ""
+    write_text(f"### {title}\n\n{body}\n{legend}{protocol}", Path(folder) / f"{name}.md")
+    if card:
+        write_json(card, Path(folder) / f"{name}.card.json")
     caption = f"{title}. {' '.join(notes)}" if notes else title
     write_text(to_latex(pretty, bold, caption) if len(pretty) else f"% {title}: no rows\n", Path(folder) / f"{name}.tex")
     report(f"table {name} written")
@@ -202,21 +269,35 @@ def write_table(numbers: pd.DataFrame, pretty: pd.DataFrame, folder, name: str, 
 
 def write_study_tables(
     metrics: pd.DataFrame, costs: pd.DataFrame, studies: dict, folder, methods: dict | None = None, run_outputs: Iterable[str] = (),
-    index_files: Iterable[str] = (),
+    index_files: Iterable[str] = (), cards: dict | None = None, encodings: Iterable[str] = (),
 ) -> list[str]:
     """Every table each configured study declares (and its config asks for). A table that
     declares ``inputs: [runs]`` also gets the runs of ``run_outputs`` (the jobs' manifests), and
-    one that declares ``robustness_index`` the records of ``index_files``."""
+    one that declares ``robustness_index`` the records of ``index_files``.
+    A table with a row per ``method`` and ``backbone`` shows the pairs the plan left out as "—"
+    (the others place them themselves: :func:`add_not_run_rows`, :func:`add_not_run_columns`).
+
+    ``cards`` (:func:`medtune.protocol.plan_cards`), completed from the test features'
+    encoding records in the folders ``encodings`` and the runs' records, are written beside
+    the tables; without them no card is written."""
     from medtune import studies as registry
+    from medtune.protocol import ENCODE_RECORD, measured, software
 
     methods = methods or registered_methods()
-    available = {"runs": read_runs(run_outputs), "robustness_index": [read_json(p) for p in index_files]}
+    runs = read_runs(run_outputs)
+    available = {"runs": runs, "robustness_index": [read_json(p) for p in index_files]}
+    # features encoded before medtune wrote encode.json have none: their card says so
+    records = [read_json(Path(f) / ENCODE_RECORD) for f in encodings if (Path(f) / ENCODE_RECORD).is_file()]
+    by_pair = {(r["dataset"], r["backbone"]): r for r in records}
+    environment = software() if cards else None
     written = []
     for name, study in studies.items():
         module = registry.registered()[name].load()
         for table in registry.tables(name, study):
             extra = {key: available[key] for key in table.inputs}
             numbers, pretty, best = getattr(module, table.function)(metrics, costs, study, methods, **extra)
-            write_table(numbers, pretty, folder, table.name, table.title, best)
+            numbers, pretty = add_not_run_rows(numbers, pretty, study, not_run(study, embedding=not table.prompts))
+            card = {**measured(cards[table.name], by_pair, runs), "software": environment} if cards else None
+            write_table(numbers, pretty, folder, table.name, table.title, best, card)
             written.append(table.name)
     return written

@@ -4,14 +4,20 @@
 import os
 import re
 
-from medtune import devices
+from medtune import devices, protocol
 from medtune import studies as study_registry
 from medtune.data import inventory
+from medtune.data import sources as data_sources
 from medtune.records import MANIFEST
 
 RESULTS = config["results"]
 RUNS = plan.runs(config)
 RUN_BY_PATH = {r.path: r for r in RUNS}
+# a train_frozen job's runs, looked up per job: a scan of every run per job was seconds of DAG
+# building for the leaderboard's ~11,000 runs
+RUNS_BY_SEED = {}
+for _run in RUNS:
+    RUNS_BY_SEED.setdefault((_run.dataset, _run.method, _run.backbone, _run.seed), []).append(_run)
 DATASETS = config["datasets"]
 BACKBONES = config["backbones"]
 METHODS = config["methods"]
@@ -109,8 +115,16 @@ def run_dir(run):
 
 def seed_runs(wildcards):
     """The runs one train_frozen job makes: every fraction and shot count of its method and seed."""
-    key = (wildcards.dataset, wildcards.trained, wildcards.backbone, int(wildcards.seed))
-    return [r for r in RUNS if (r.dataset, r.method, r.backbone, r.seed) == key]
+    return RUNS_BY_SEED.get((wildcards.dataset, wildcards.trained, wildcards.backbone, int(wildcards.seed)), [])
+
+
+def class_text_input(method, wildcards):
+    """The class-prompt features, for a method that requires a text tower (then its backbone
+    has one: the plan runs no other pair); nothing for the others, whose runs stay as they
+    are when a prompt changes."""
+    if "text_tower" in METHODS[method]["requires"]:
+        return text_features(wildcards.backbone, wildcards.dataset)
+    return []
 
 
 def trained_inputs(wildcards):
@@ -118,7 +132,7 @@ def trained_inputs(wildcards):
     return {
         "train": feats("train"),
         "val": feats("val"),
-        "text": text_features(wildcards.backbone, wildcards.dataset),
+        "text": class_text_input(wildcards.trained, wildcards),
         "subsets": [subset_input(r) for r in seed_runs(wildcards)],
         "samples": dataset_files(wildcards.dataset)["samples"],
         "test": feats("test"),
@@ -149,9 +163,11 @@ def tuned_inputs(wildcards):
 
 
 def zeroshot_inputs(wildcards):
-    keeps_logits = plan.Run(wildcards.dataset, "zeroshot", wildcards.backbone).path in LOGIT_RUNS
+    # a backbone without a text tower: its embedding's retrieval and invariance alone (no logits)
+    has_text = "text_tower" in plan.backbone_capabilities(BACKBONES[wildcards.backbone])
+    keeps_logits = has_text and plan.Run(wildcards.dataset, "zeroshot", wildcards.backbone).path in LOGIT_RUNS
     return {
-        "text": text_features(wildcards.backbone, wildcards.dataset),
+        "text": text_features(wildcards.backbone, wildcards.dataset) if has_text else [],
         "test": features_dir(wildcards.backbone, wildcards.dataset, "test"),
         "samples": dataset_files(wildcards.dataset)["samples"],
         **({"val": features_dir(wildcards.backbone, wildcards.dataset, "val")} if keeps_logits else {}),
@@ -168,6 +184,19 @@ def run_output(run):
 
 def all_run_outputs(runs=RUNS):
     return sorted({run_output(r) for r in runs})
+
+
+def evaluated_test_features():
+    """The test features every (dataset, backbone) pair's frozen-backbone runs are evaluated on
+    (backbone training encodes its test split itself, with its own encoder)."""
+    pairs = {
+        (dataset, backbone)
+        for study in config["studies"].values()
+        for dataset in study["datasets"]
+        for backbone in study["backbones"]
+        if any(plan.runs_on(config, m, backbone) and METHODS[m]["training"] != "backbone" for m in study["methods"])
+    }
+    return sorted(features_dir(backbone, dataset, "test") for dataset, backbone in pairs)
 
 
 def all_outputs():

@@ -20,7 +20,7 @@ rule prepare_dataset:
         mem_mb=4000,
         runtime=120,
     params:
-        spec=lambda wc: DATASETS[wc.dataset],
+        spec=lambda wc: data_sources.prepare_spec(DATASETS[wc.dataset]),
         progress=config["progress"],
         source_state=source_state,
     script:

@@ -32,9 +32,11 @@ rule tables:
         # run manifests: tables that declare inputs [runs] read the runs' predictions
         runs=all_run_outputs(),
         robustness_index=robustness_index_outputs(),
+        # the test features' encoding records: weights, preprocessing and precision for the protocol cards
+        encodings=evaluated_test_features(),
     output:
         [report(f"{RESULTS}/tables/{name}.md", category="Tables") for name in TABLES]
-        + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex")],
+        + [f"{RESULTS}/tables/{name}.{ext}" for name in TABLES for ext in ("csv", "tex", "card.json")],
     log:
         f"{RESULTS}/logs/tables.log",
     benchmark:
@@ -44,6 +46,8 @@ rule tables:
     params:
         studies=config["studies"],
         methods=plan.method_labels(config),
+        # each table's protocol card as the config makes it (a prompt change reaches only the cards that show prompts)
+        cards=protocol.plan_cards(config),
         folder=lambda wc, output: os.path.dirname(output[0]),
     script:
         "../scripts/tables.py"

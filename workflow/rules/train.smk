@@ -34,7 +34,9 @@ rule train_frozen:
         logit_subsets=lambda wc: [r.subset for r in seed_runs(wc) if r.path in LOGIT_RUNS],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.trained),
         spec=lambda wc: BACKBONES[wc.backbone],
-        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        # the class words of a method that runs the text encoder (CoOp); the others read the class
+        # text features, if any, as an input, so a prompt change reruns only what uses prompts
+        prompts=lambda wc: DATASETS[wc.dataset]["prompts"] if METHODS[wc.trained]["needs_text_encoder"] else {},
         class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subsets are ancient inputs
         device=config["device"],
         progress=config["progress"],

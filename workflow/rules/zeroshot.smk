@@ -1,7 +1,8 @@
 # Zero-shot: the pretrained model's class-prompt classifier, evaluated under every test
 # condition its dataset x backbone needs, in one job (the head is a copy of the text
-# features, so a job of its own would be all start-up). Trained methods evaluate inside
-# their training job (train.smk).
+# features, so a job of its own would be all start-up), with its own image embedding's
+# retrieval and invariance; a backbone without a text tower gets those alone. Trained
+# methods evaluate inside their training job (train.smk).
 
 
 rule zeroshot:
@@ -10,7 +11,7 @@ rule zeroshot:
     output:
         head=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/head.pt",
         metrics=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/metrics.csv",
-        predictions=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/predictions.npz",
+        # and predictions.npz beside them where the backbone has a text tower (the manifest lists it)
         manifest=f"{RESULTS}/runs/{{dataset}}/zeroshot/{{backbone}}/pretrained/{MANIFEST}",
     log:
         f"{RESULTS}/logs/zeroshot/{{dataset}}/{{backbone}}.log",

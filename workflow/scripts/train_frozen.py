@@ -11,7 +11,7 @@ def main(smk):
         out_dir=smk.output[0],
         train_dir=smk.input.train,
         val_dir=smk.input.val,
-        text=smk.input.text,
+        text=smk.input.text or None,  # only for a method that requires a text tower
         samples=smk.input.samples,
         test_dir=smk.input.test,
         conditions=smk.params.conditions,

@@ -8,7 +8,7 @@ def main(smk):
 
     zeroshot_run(
         smk.params.run,
-        text=smk.input.text,
+        text=smk.input.text or None,  # none on a backbone without a text tower
         samples=smk.input.samples,
         test_dir=smk.input.test,
         conditions=smk.params.conditions,

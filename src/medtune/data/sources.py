@@ -29,6 +29,13 @@ from medtune.data import inventory
 # honoured by every source: the prompts are read by the text encoder and class_balance by
 # the subsets, not by prepare
 COMMON_KEYS = ("source", "prompts", "class_balance")
+NOT_PREPARED = ("prompts", "class_balance")
+
+
+def prepare_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What preparing a dataset reads of its entry: a new prompt template or class balance must
+    not rebuild the canonical store (and, after it, every feature and run)."""
+    return {k: v for k, v in spec.items() if k not in NOT_PREPARED}
 
 
 @dataclass(frozen=True)

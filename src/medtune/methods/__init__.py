@@ -5,6 +5,9 @@ A method module declares, as a literal at its top, ::
     SPEC = {
         "training": "frozen",          # none (zero-shot) | frozen (cached features) | backbone
         "needs_text_encoder": False,   # frozen methods that back-propagate through the text tower
+        "requires": [],                # what a backbone must have for it: "text_tower" (class text
+                                       # features or the text encoder), "open_clip_towers" (it reaches
+                                       # into an open_clip CLIP's towers); [] runs on any backbone
         "label": "CLIP + RFC",         # how tables and figures name it
         "order": 30,                   # where it sorts in tables and legends
         "defaults": {...},             # its hyperparameters
@@ -35,7 +38,11 @@ from typing import Any, Iterable
 from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
 TRAINING_KINDS = ("none", "frozen", "backbone")
-_SPEC_KEYS = {"training", "needs_text_encoder", "label", "order", "defaults", "params"}
+# what a method may require of a backbone, as each family declares it (medtune.backbones): a text
+# tower, and an open_clip CLIP's own towers (CoOp's learned token embeddings, CLIP-LoRA's packed
+# attention, fine-tuning's model(images, tokens)), which CONCH's are not
+CAPABILITIES = ("text_tower", "open_clip_towers")
+_SPEC_KEYS = {"training", "needs_text_encoder", "requires", "label", "order", "defaults", "params"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Method:
     order: float
     source: str  # dotted module name, or a file path for a module outside the package
     needs_text_encoder: bool = False
+    requires: tuple[str, ...] = ()  # of CAPABILITIES
     defaults: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # JSON-schema properties
 
@@ -59,6 +67,16 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
         raise RegistryError(f"{where}: unknown SPEC key {sorted(unknown)[0]!r}; expected {sorted(_SPEC_KEYS)}")
     if spec.get("training") not in TRAINING_KINDS:
         raise RegistryError(f"{where}: SPEC training must be one of {TRAINING_KINDS}, not {spec.get('training')!r}")
+    requires = spec.get("requires")
+    # no default: a method that reads class text but forgot to say so would crash on a
+    # vision-only backbone after its features were encoded, instead of being skipped
+    if not isinstance(requires, list) or any(r not in CAPABILITIES for r in requires):
+        raise RegistryError(
+            f"{where}: SPEC requires must be a list of {list(CAPABILITIES)} ([] for a method that needs image features "
+            f"alone), not {requires!r}"
+        )
+    if spec.get("needs_text_encoder") and "text_tower" not in requires:
+        raise RegistryError(f"{where}: SPEC needs_text_encoder is true, so requires must name 'text_tower'")
     return Method(
         name=name,
         training=spec["training"],
@@ -66,6 +84,7 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
         order=float(spec.get("order", 1000)),
         source=source,
         needs_text_encoder=bool(spec.get("needs_text_encoder", False)),
+        requires=tuple(requires),
         defaults=dict(spec.get("defaults", {})),
         params=dict(spec.get("params", {})),
     )

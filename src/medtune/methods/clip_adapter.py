@@ -34,6 +34,7 @@ from medtune.training import FunctionalSGD, check_finite, history_record, seed_e
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower"],
     "label": "CLIP-Adapter",
     "order": 35,
     "defaults": {

@@ -66,6 +66,7 @@ from medtune.training import TrainingError, check_finite, load_resume_state
 
 SPEC = {
     "training": "backbone",
+    "requires": ["text_tower", "open_clip_towers"],
     "label": "CLIP-LoRA",
     "order": 75,
     "defaults": {

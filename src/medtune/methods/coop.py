@@ -59,6 +59,7 @@ from medtune.training import check_finite, history_record, seed_everything
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower", "open_clip_towers"],
     "needs_text_encoder": True,  # back-propagates into the context through the frozen text tower
     "label": "CLIP + CoOp",
     "order": 50,

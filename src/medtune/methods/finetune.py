@@ -32,6 +32,7 @@ from medtune.models import Backbone
 
 SPEC = {
     "training": "backbone",
+    "requires": ["text_tower", "open_clip_towers"],
     "label": "full fine-tuning",
     "order": 70,
     "defaults": {

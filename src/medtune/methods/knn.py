@@ -27,6 +27,7 @@ from medtune.methods._features import centre_normalise, labels_tensor, row_block
 
 SPEC = {
     "training": "frozen",
+    "requires": [],
     "label": "kNN",
     "order": 12,
     "defaults": {"k": 20},
@@ -94,7 +95,7 @@ def fit(data, params, seed):
         "mean": mean,
         "keys": centre_normalise(x, mean),
         "labels": labels_tensor(data.train_labels),
-        "n_classes": int(data.class_text.shape[0]),
+        "n_classes": data.class_count(),
         "k": int(params["k"]),
     }
     head = build_head(state)

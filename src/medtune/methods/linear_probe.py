@@ -42,6 +42,7 @@ from torch import nn
 
 SPEC = {
     "training": "frozen",
+    "requires": [],
     "label": "linear probe",
     "order": 10,
     # CLIP's protocol: C = 1/lambda over 1e-6..1e6, 8 values a decade (96 steps), chosen on validation
@@ -108,7 +109,7 @@ def search_indices(score, n: int, stride: int, search: str) -> int:
 
 
 def fit(data, params, seed):
-    n_classes = data.class_text.shape[0]
+    n_classes = data.class_count()
     present = np.unique(data.train_labels)
     grid = c_grid(params["C_range"], params["steps_per_decade"])
     fits: dict[float, tuple[LogisticRegression, float]] = {}

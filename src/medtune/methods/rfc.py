@@ -40,6 +40,7 @@ from medtune.training import FunctionalAdam, check_finite, seed_everything
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower"],
     "label": "CLIP + RFC",
     "order": 30,
     "defaults": {

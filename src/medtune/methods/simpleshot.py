@@ -19,6 +19,7 @@ from medtune.methods._features import centre_normalise, labels_tensor, tensor
 
 SPEC = {
     "training": "frozen",
+    "requires": [],
     "label": "SimpleShot",
     "order": 14,
     "defaults": {},
@@ -44,7 +45,7 @@ class PrototypeHead(nn.Module):
 
 def fit(data, params, seed):
     x, y = tensor(data.train_features), labels_tensor(data.train_labels)
-    n_classes = int(data.class_text.shape[0])
+    n_classes = data.class_count()
     mean = x.mean(0)
     normalised = centre_normalise(x, mean)
     counts = torch.bincount(y, minlength=n_classes).float()

@@ -35,6 +35,7 @@ from medtune.methods._features import BLOCK_ELEMENTS, labels_tensor, row_blocks,
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower"],
     "label": "Tip-Adapter",
     "order": 40,
     "defaults": {

@@ -29,6 +29,7 @@ from medtune.training import FunctionalAdam, check_finite, cosine_lrs, history_r
 
 SPEC = {
     "training": "frozen",
+    "requires": ["text_tower"],
     "label": "Tip-Adapter-F",
     "order": 41,
     "defaults": {

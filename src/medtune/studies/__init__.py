@@ -5,7 +5,7 @@ A study module declares, as a literal at its top, ::
     SPEC = {
         "label": "CLIPath",                 # its category in the report
         "conditions": ["clean"],            # test conditions when the config names none
-        "tables": {name: {"function": ..., "title": ..., "when": ...}},
+        "tables": {name: {"function": ..., "title": ..., "when": ..., "prompts": ...}},
         "figures": {name: {"function": ..., "inputs": [...], "caption": ..., "when": ...}},
         "defaults": {...},                  # its own settings (optional), validated by "params",
         "params": {...},                    # JSON-schema properties, as a method's
@@ -19,7 +19,9 @@ figure function takes ``(inputs, study, methods, path)`` where ``inputs`` maps e
 name in the figure's ``inputs`` to its file (see :data:`FIGURE_INPUTS`). ``when``
 (optional) names a condition on the study's config under which the table or figure
 is made: ``corrupted`` (the study evaluates under a corruption) or ``paper:<key>``
-(the config carries published numbers under ``paper.<key>``).
+(the config carries published numbers under ``paper.<key>``). A table whose numbers come from
+image embeddings alone (retrieval, invariance) says ``"prompts": False``: its protocol card
+(:mod:`medtune.protocol`) leaves the prompt set out, so a prompt change leaves it as it was.
 
 Like :mod:`medtune.methods` this reads the declarations without importing the
 modules, so the DAG is built without pandas or matplotlib.
@@ -61,6 +63,7 @@ class Output:
     caption: str = ""
     inputs: tuple[str, ...] = ()
     when: str | None = None
+    prompts: bool = True  # a table: whether its numbers may depend on the class prompts
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ def _outputs(entries: dict[str, Any], where: Path, kind: str) -> dict[str, Outpu
         unknown = [i for i in inputs if i not in allowed]
         if unknown:
             raise RegistryError(f"{where}: {kind} {name!r} asks for unknown input {unknown[0]!r}; expected one of {list(allowed)}")
-        out[name] = Output(name, entry["function"], entry.get("title", ""), entry.get("caption", ""), inputs, entry.get("when"))
+        out[name] = Output(name, entry["function"], entry.get("title", ""), entry.get("caption", ""), inputs, entry.get("when"),
+                           bool(entry.get("prompts", True)))
     return out
 
 

@@ -14,7 +14,8 @@ from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
 from medtune.significance import ALPHA, compare, per_usage, winners
-from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
+from medtune.tables import (add_not_run_rows, add_paper, fill_unused_labels, format_cell, format_seconds, method_order, not_run, select,
+                            summarise, usage)
 
 SPEC = {
     "label": "CLIPath",
@@ -232,7 +233,7 @@ def robustness_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, me
     pretty = numbers.copy()
     for col in numbers.columns[4:]:
         pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "accuracy"))
-    return numbers, pretty, None
+    return (*add_not_run_rows(numbers, pretty, study, not_run(study), "model"), None)
 
 
 def _trained_on(methods: dict, method: str, fraction: float, shots: int) -> str:

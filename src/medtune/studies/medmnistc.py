@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from medtune.conditions import MEDMNISTC_CORRUPTIONS, SEVERITY_LABEL, SUITE_CORRUPTIONS, SUITES, parse_condition
-from medtune.figures import PALETTE, save
+from medtune.figures import PALETTE, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import format_cell, method_order, model_label, select
+from medtune.tables import add_not_run_rows, format_cell, method_order, model_label, not_run, select
 
 SPEC = {
     "label": "MedMNIST-C robustness",
@@ -33,6 +33,7 @@ SPEC = {
             "title": "Embedding invariance: mean cosine similarity between each test image's clean and corrupted "
             "embedding (the backbone's own feature), per condition",
             "when": "corrupted",
+            "prompts": False,
         },
     },
     "figures": {
@@ -97,7 +98,7 @@ def summary_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, metho
         pretty[column.replace("_", " ")] = numbers[column].map(lambda v: format_cell(v, float("nan"), "accuracy"))
     for column in ("be", "rbe"):
         pretty[{"be": "BE", "rbe": "rBE"}[column]] = numbers[column].map(lambda v: "–" if np.isnan(v) else f"{v:.3f}")
-    return numbers, pretty, None
+    return (*add_not_run_rows(numbers, pretty, study, not_run(study), "model", lambda m: label(methods, m)), None)
 
 
 def invariance_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):

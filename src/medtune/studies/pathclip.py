@@ -10,7 +10,7 @@ import pandas as pd
 from medtune.conditions import CORRUPTIONS, SEVERITY_LABEL, parse_condition
 from medtune.figures import PALETTE, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import select, summarise
+from medtune.tables import add_not_run_columns, not_run, select, summarise
 
 SPEC = {
     "label": "PathCLIP robustness",
@@ -23,6 +23,7 @@ SPEC = {
         "pathclip_retrieval": {
             "function": "retrieval_table",
             "title": "PathCLIP Table 2: image-image retrieval HA@5 / HA@10 per corruption and severity",
+            "prompts": False,  # the backbones' own image embeddings
         },
     },
     "figures": {
@@ -89,12 +90,17 @@ def zeroshot_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, meth
 
 
 def retrieval_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
-    return _table(metrics, study, "pathclip_retrieval", ["ha@5", "ha@10"])
+    """A backbone without a text tower has its retrieval columns: they need its image embedding alone."""
+    return _table(metrics, study, "pathclip_retrieval", ["ha@5", "ha@10"], embedding=True)
 
 
-def _table(metrics: pd.DataFrame, study: dict, name: str, metric_names: list[str]):
+def _table(metrics: pd.DataFrame, study: dict, name: str, metric_names: list[str], embedding: bool = False):
     numbers, pretty = pathclip_table(metrics, study, metric_names, study.get("paper", {}).get(name))
-    return numbers, pretty, {c: c for c in numbers.columns[3:] if "(paper)" not in c}
+    best = {c: c for c in numbers.columns[3:] if "(paper)" not in c}
+    if len(numbers):
+        skips = [s for s in not_run(study, embedding) if s["method"] == "zeroshot"]
+        numbers, pretty = add_not_run_columns(numbers, pretty, study, skips, metric_names, lambda d, b, m, metric: f"{d}/{b}/{metric}")
+    return numbers, pretty, best
 
 
 def robustness_figure(inputs: dict, study: dict, methods: dict, path, metric_names=("accuracy", "ha@5")) -> None:

@@ -8,7 +8,7 @@ import pandas as pd
 
 from medtune.figures import PALETTE, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
-from medtune.tables import format_cell, method_order, select, summarise
+from medtune.tables import add_not_run_columns, format_cell, method_order, not_run, select, summarise
 
 SPEC = {
     "label": "PubMedVision",
@@ -45,7 +45,11 @@ def topk_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods:
     pretty = numbers.copy()
     for col in numbers.columns[2:]:
         pretty[col] = numbers[col].map(lambda v: format_cell(v, float("nan"), "top1"))
-    return numbers, pretty, {c: c for c in numbers.columns[2:]}
+    best = {c: c for c in numbers.columns[2:]}
+    if len(numbers):
+        numbers, pretty = add_not_run_columns(numbers, pretty, {**study, "datasets": [None]}, not_run(study), ["top1", "top3"],
+                                              lambda d, b, meth, metric: f"{b}/{meth}/{metric}")
+    return numbers, pretty, best
 
 
 def paper_table(metrics: pd.DataFrame, costs: pd.DataFrame, study: dict, methods: dict):
