@@ -5,6 +5,7 @@ A method module declares, as a literal at its top, ::
     SPEC = {
         "training": "frozen",          # none (zero-shot) | frozen (cached features) | backbone
         "needs_text_encoder": False,   # frozen methods that back-propagate through the text tower
+        "requires": ["text_tower"],    # what it needs of a backbone: class text features or the text encoder
         "label": "CLIP + RFC",         # how tables and figures name it
         "order": 30,                   # where it sorts in tables and legends
         "defaults": {...},             # its hyperparameters
@@ -12,7 +13,9 @@ A method module declares, as a literal at its top, ::
     }
 
 and the functions its kind needs: ``fit(data, params, seed)`` and ``build_head(state)``
-for frozen methods (see :mod:`medtune.heads`), ``tune(...)`` and ``mixes(...)`` for
+for frozen methods (see :mod:`medtune.heads`), ``refine(base_state, data, params, seed)`` and
+``build_head(state)`` for a transductive stage on other methods' runs (see
+:mod:`medtune.methods.transclip`), ``tune(...)`` and ``mixes(...)`` for
 backbone training (see :mod:`medtune.methods.finetune` and :mod:`medtune.methods.clip_lora`;
 ``tune``'s info may give ``trainable_parameters`` and ``images_seen`` for the cost record,
 else the parameters left trainable and the training images times ``epochs`` are counted). Its name is the module's
@@ -34,18 +37,24 @@ from typing import Any, Iterable
 
 from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
-TRAINING_KINDS = ("none", "frozen", "backbone")
-_SPEC_KEYS = {"training", "needs_text_encoder", "label", "order", "defaults", "params"}
+# none: zero-shot; frozen: fits on cached features; backbone: trains inside the backbone;
+# transductive: refines the test predictions of each method its ``on`` names, a run ``{base}+{name}``
+# per run of the base; soup: averages the weights of the backbone-trained runs its ``on`` names
+TRAINING_KINDS = ("none", "frozen", "backbone", "transductive", "soup")
+# kinds whose runs are made from other methods' runs, named by the param ``on``
+STAGE_KINDS = ("transductive", "soup")
+_SPEC_KEYS = {"training", "needs_text_encoder", "requires", "label", "order", "defaults", "params"}
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
-    training: str  # none | frozen | backbone
+    training: str  # one of TRAINING_KINDS
     label: str
     order: float
     source: str  # dotted module name, or a file path for a module outside the package
     needs_text_encoder: bool = False
+    requires: tuple[str, ...] = ()  # what it needs of a backbone, e.g. ("text_tower",)
     defaults: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)  # JSON-schema properties
 
@@ -59,6 +68,11 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
         raise RegistryError(f"{where}: unknown SPEC key {sorted(unknown)[0]!r}; expected {sorted(_SPEC_KEYS)}")
     if spec.get("training") not in TRAINING_KINDS:
         raise RegistryError(f"{where}: SPEC training must be one of {TRAINING_KINDS}, not {spec.get('training')!r}")
+    requires = spec.get("requires", [])
+    if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
+        raise RegistryError(f"{where}: SPEC requires must be a list of strings, not {requires!r}")
+    if spec["training"] in STAGE_KINDS and "on" not in spec.get("params", {}):
+        raise RegistryError(f"{where}: a {spec['training']} method needs the param 'on' (the methods whose runs it uses)")
     return Method(
         name=name,
         training=spec["training"],
@@ -66,6 +80,7 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
         order=float(spec.get("order", 1000)),
         source=source,
         needs_text_encoder=bool(spec.get("needs_text_encoder", False)),
+        requires=tuple(requires),
         defaults=dict(spec.get("defaults", {})),
         params=dict(spec.get("params", {})),
     )
