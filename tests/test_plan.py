@@ -168,7 +168,8 @@ def test_the_registries_declare_every_built_in_method_and_study():
     assert {n: m.training for n, m in registered.items()} == {
         "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none",
         "knn": "frozen", "simpleshot": "frozen", "clip_adapter": "frozen", "tip_adapter": "frozen", "tip_adapter_f": "frozen",
-        "clip_lora": "backbone", "lp_plus_plus": "frozen", "clap": "frozen",
+        "clip_lora": "backbone", "lp_plus_plus": "frozen", "clap": "frozen", "transclip": "transductive", "lp_ft": "backbone",
+        "soup": "soup",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
     assert set(studies.registered()) == {"clipath", "medmnistc", "pathclip", "pubmedvision"}

@@ -111,7 +111,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     """The config with defaults filled in and every method entry resolved, or ConfigError
     naming the first problem.
 
-    ``config["methods"][name]`` becomes ``{base, module, training, needs_text_encoder,
+    ``config["methods"][name]`` becomes ``{base, module, training, needs_text_encoder, requires,
     train_conditions, label, order, params}``: a variant (an entry with ``base``) takes
     the base method's defaults, then the base's own config entry, then its own keys.
     """
@@ -195,6 +195,7 @@ def _resolve_methods(entries: dict[str, Any], registered: dict[str, method_regis
             "module": base.source,
             "training": base.training,
             "needs_text_encoder": base.needs_text_encoder,
+            "requires": list(base.requires),
             "train_conditions": train_conditions,
             "label": label,
             # a variant sorts right after its base
@@ -210,6 +211,8 @@ def _check_references(config: dict[str, Any]) -> None:
         for name in study["methods"]:
             if name not in config["methods"]:
                 raise ConfigError(f"config key studies.{study_name}.methods: unknown method {name!r}; configured: {', '.join(config['methods'])}")
+        for name in study["methods"]:
+            _check_stage(config, study_name, study, name)
         for name in study["datasets"]:
             if name not in datasets:
                 raise ConfigError(f"config key studies.{study_name}.datasets: unknown dataset {name!r}")
@@ -229,11 +232,70 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key backbones.{name}: 'pretrain' cannot be combined with 'pretrained'/'checkpoint'")
 
 
+# what a stage's ``on`` may name: a transductive stage refines test predictions made from the
+# cached features; a soup averages the weights of runs trained inside the backbone
+STAGE_BASES = {"transductive": ("none", "frozen"), "soup": ("backbone",)}
+
+
+def _check_stage(config: dict[str, Any], study_name: str, study: dict[str, Any], name: str) -> None:
+    """A stage's ``on`` names methods of the kind it builds on, each run by the same study
+    (a soup's ingredients: variants of one backbone-training method, so their weights average)."""
+    method = config["methods"][name]
+    if method["training"] not in STAGE_BASES:
+        return
+    key = f"config key methods.{name}.on"
+    for base in method["params"]["on"]:
+        if base not in config["methods"]:
+            raise ConfigError(f"{key}: unknown method {base!r}; configured: {', '.join(config['methods'])}")
+        kind = config["methods"][base]["training"]
+        if kind not in STAGE_BASES[method["training"]]:
+            raise ConfigError(f"{key}: {base!r} is a {kind} method; a {method['training']} method builds on "
+                              f"{' or '.join(STAGE_BASES[method['training']])} methods")
+        if base not in study["methods"]:
+            raise ConfigError(f"config key studies.{study_name}.methods: {name} builds on {base}, which the study does not run; add it")
+    if method["training"] == "soup":
+        modules = {config["methods"][base]["module"] for base in method["params"]["on"]}
+        if len(modules) > 1:
+            raise ConfigError(f"{key}: a soup averages variants of one method (the same weights and head); "
+                              f"{', '.join(method['params']['on'])} come from {len(modules)} methods")
+
+
+def stage_of(config: dict[str, Any], method: str) -> tuple[str, str] | None:
+    """``(base, stage)`` of a transductive stage's run (``linear_probe+transclip``), else None
+    (a method's own runs, and the WiSE-FT mixes ``finetune+wise0.5``, which are not runs)."""
+    base, plus, stage = method.partition("+")
+    if plus and config["methods"].get(stage, {}).get("training") == "transductive":
+        return base, stage
+    return None
+
+
+def training_of(config: dict[str, Any], method: str) -> str:
+    """The training kind of a run's method (a stage's run: ``transductive``)."""
+    return "transductive" if stage_of(config, method) else config["methods"][method]["training"]
+
+
 def _check_condition(condition: str, key: str) -> None:
     try:
         parse_condition(condition)
     except ValueError as err:
         raise ConfigError(f"config key {key}: {err}, or a suite ({', '.join([*SUITES, ALL])})") from None
+
+
+def _method_runs(config: dict[str, Any], study: dict[str, Any], dataset: str, backbone: str, method: str) -> list[Run]:
+    """A method's runs in a study: one without training data, else one per seed and fraction or
+    shot count; a transductive stage's, one on each run of each method it refines."""
+    kind = config["methods"][method]["training"]
+    if kind == "transductive":
+        return [
+            Run(r.dataset, f"{base}+{method}", r.backbone, r.seed, r.fraction, r.shots)
+            for base in config["methods"][method]["params"]["on"]
+            for r in _method_runs(config, study, dataset, backbone, base)
+        ]
+    if kind == "none":
+        return [Run(dataset, method, backbone)]
+    return [Run(dataset, method, backbone, seed, format_fraction(f)) for seed in study["seeds"] for f in study["fractions"]] + [
+        Run(dataset, method, backbone, seed, shots=int(k)) for seed in study["seeds"] for k in study["shots"]
+    ]
 
 
 def runs(config: dict[str, Any]) -> list[Run]:
@@ -243,15 +305,7 @@ def runs(config: dict[str, Any]) -> list[Run]:
         for dataset in study["datasets"]:
             for backbone in study["backbones"]:
                 for method in study["methods"]:
-                    if config["methods"][method]["training"] == "none":
-                        found = [Run(dataset, method, backbone)]
-                    else:
-                        found = [
-                            Run(dataset, method, backbone, seed, format_fraction(f))
-                            for seed in study["seeds"]
-                            for f in study["fractions"]
-                        ] + [Run(dataset, method, backbone, seed, shots=int(k)) for seed in study["seeds"] for k in study["shots"]]
-                    out.update({r.path: r for r in found})
+                    out.update({r.path: r for r in _method_runs(config, study, dataset, backbone, method)})
     return list(out.values())
 
 
