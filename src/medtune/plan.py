@@ -19,6 +19,7 @@ import yaml
 from medtune import methods as method_registry
 from medtune import studies as study_registry
 from medtune.conditions import ALL, SUITES, TRAIN_CONDITIONS, augmented_condition, expand_conditions, parse_condition
+from medtune.methods import STAGE_PARAM
 from medtune.registry import RegistryError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
@@ -232,19 +233,19 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key backbones.{name}: 'pretrain' cannot be combined with 'pretrained'/'checkpoint'")
 
 
-# what a stage's ``on`` may name: a transductive stage refines test predictions made from the
+# what a stage's ``methods`` may name: a transductive stage refines test predictions made from the
 # cached features; a soup averages the weights of runs trained inside the backbone
 STAGE_BASES = {"transductive": ("none", "frozen"), "soup": ("backbone",)}
 
 
 def _check_stage(config: dict[str, Any], study_name: str, study: dict[str, Any], name: str) -> None:
-    """A stage's ``on`` names methods of the kind it builds on, each run by the same study
+    """A stage's ``methods`` names methods of the kind it builds on, each run by the same study
     (a soup's ingredients: variants of one backbone-training method, so their weights average)."""
     method = config["methods"][name]
     if method["training"] not in STAGE_BASES:
         return
-    key = f"config key methods.{name}.on"
-    for base in method["params"]["on"]:
+    key = f"config key methods.{name}.{STAGE_PARAM}"
+    for base in method["params"][STAGE_PARAM]:
         if base not in config["methods"]:
             raise ConfigError(f"{key}: unknown method {base!r}; configured: {', '.join(config['methods'])}")
         kind = config["methods"][base]["training"]
@@ -254,10 +255,10 @@ def _check_stage(config: dict[str, Any], study_name: str, study: dict[str, Any],
         if base not in study["methods"]:
             raise ConfigError(f"config key studies.{study_name}.methods: {name} builds on {base}, which the study does not run; add it")
     if method["training"] == "soup":
-        modules = {config["methods"][base]["module"] for base in method["params"]["on"]}
+        modules = {config["methods"][base]["module"] for base in method["params"][STAGE_PARAM]}
         if len(modules) > 1:
             raise ConfigError(f"{key}: a soup averages variants of one method (the same weights and head); "
-                              f"{', '.join(method['params']['on'])} come from {len(modules)} methods")
+                              f"{', '.join(method['params'][STAGE_PARAM])} come from {len(modules)} methods")
 
 
 def stage_of(config: dict[str, Any], method: str) -> tuple[str, str] | None:
@@ -288,7 +289,7 @@ def _method_runs(config: dict[str, Any], study: dict[str, Any], dataset: str, ba
     if kind == "transductive":
         return [
             Run(r.dataset, f"{base}+{method}", r.backbone, r.seed, r.fraction, r.shots)
-            for base in config["methods"][method]["params"]["on"]
+            for base in config["methods"][method]["params"][STAGE_PARAM]
             for r in _method_runs(config, study, dataset, backbone, base)
         ]
     if kind == "none":

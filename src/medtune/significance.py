@@ -244,7 +244,7 @@ def compare(metrics: pd.DataFrame, study: dict, runs: list[dict[str, Any]] = (),
         (r["dataset"], r["backbone"], *_key(r["method"], r["seed"], r["fraction"], r.get("shots"))): r["files"]["predictions"]
         for r in runs
         if "predictions" in r.get("files", {}) and r["dataset"] in study["datasets"]
-        and r["backbone"] in study["backbones"] and r["method"] in study["methods"]
+        and r["backbone"] in study["backbones"] and r["method"].split("+")[0] in study["methods"]  # a stage's runs too
     }
     methods = methods or {}
     rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)

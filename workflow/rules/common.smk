@@ -127,6 +127,14 @@ def stage_runs(wildcards):
     return [r for r in RUNS if (r.dataset, r.method, r.backbone, r.seed) == key]
 
 
+def stage_method(staged):
+    """What a train_transductive job needs of its stage's configuration (its ``methods`` aside: each
+    job refines one base, named in its runs' method)."""
+    name = plan.stage_of(config, staged)[1]
+    method = {k: METHODS[name][k] for k in ("module", "train_conditions", "needs_text_encoder")}
+    return {"name": name, **method, "params": {k: v for k, v in METHODS[name]["params"].items() if k != "methods"}}
+
+
 def stage_inputs(wildcards):
     """A stage's base runs (the same seed and subsets, the base's method), the cached features
     and the subsets its runs' support images come from."""
@@ -170,9 +178,9 @@ def soup_run(wildcards):
 
 
 def soup_inputs(wildcards):
-    """A soup's ingredients: the runs of the methods its ``on`` names on the same seed and subset."""
+    """A soup's ingredients: the runs of the methods its ``methods`` names on the same seed and subset."""
     run = soup_run(wildcards)
-    ingredients = [plan.Run(run.dataset, m, run.backbone, run.seed, run.fraction, run.shots) for m in METHODS[run.method]["params"]["on"]]
+    ingredients = [plan.Run(run.dataset, m, run.backbone, run.seed, run.fraction, run.shots) for m in METHODS[run.method]["params"]["methods"]]
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),

@@ -84,10 +84,8 @@ rule train_transductive:
         # {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json; on zero-shot those files directly
         directory(f"{RESULTS}/runs/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}"),
     params:
-        method=lambda wc: {
-            "name": plan.stage_of(config, wc.staged)[1],
-            **{k: METHODS[plan.stage_of(config, wc.staged)[1]][k] for k in ("module", "params", "train_conditions", "needs_text_encoder")},
-        },
+        # the stage's settings but its "methods": adding one reruns no existing run of another
+        method=lambda wc: stage_method(wc.staged),
         runs=lambda wc: [r.labels() for r in stage_runs(wc)],
         subset_names=lambda wc: [r.subset if r.seed is not None else "" for r in stage_runs(wc)],
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, plan.stage_of(config, wc.staged)[1]),
@@ -108,7 +106,7 @@ rule train_transductive:
 
 
 # A model soup averages the weights of other backbone-trained runs (its ingredients: the runs of
-# the methods its ``on`` names, on the same seed and subset) and evaluates the average as
+# the methods its ``methods`` names, on the same seed and subset) and evaluates the average as
 # train_backbone evaluates a run: the test split re-encoded under every condition.
 rule train_soup:
     input:
@@ -122,7 +120,7 @@ rule train_soup:
         manifest=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
     params:
         method=lambda wc: {"name": wc.souped, **{k: METHODS[wc.souped][k] for k in ("module", "params")}},
-        ingredient_module=lambda wc: METHODS[METHODS[wc.souped]["params"]["on"][0]]["module"],
+        ingredient_module=lambda wc: METHODS[METHODS[wc.souped]["params"]["methods"][0]]["module"],
         run=lambda wc: soup_run(wc).labels(),
         spec=lambda wc: BACKBONES[wc.backbone],
         prompts=lambda wc: DATASETS[wc.dataset]["prompts"],

@@ -38,11 +38,13 @@ from typing import Any, Iterable
 from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
 # none: zero-shot; frozen: fits on cached features; backbone: trains inside the backbone;
-# transductive: refines the test predictions of each method its ``on`` names, a run ``{base}+{name}``
-# per run of the base; soup: averages the weights of the backbone-trained runs its ``on`` names
+# transductive: refines the test predictions of each method its param ``methods`` names, a run
+# ``{base}+{name}`` per run of the base; soup: averages the weights of the backbone-trained runs of
+# the methods its ``methods`` names
 TRAINING_KINDS = ("none", "frozen", "backbone", "transductive", "soup")
-# kinds whose runs are made from other methods' runs, named by the param ``on``
+# kinds whose runs are made from other methods' runs, and the param that names those methods
 STAGE_KINDS = ("transductive", "soup")
+STAGE_PARAM = "methods"
 _SPEC_KEYS = {"training", "needs_text_encoder", "requires", "label", "order", "defaults", "params"}
 
 
@@ -71,8 +73,8 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
     requires = spec.get("requires", [])
     if not isinstance(requires, list) or not all(isinstance(r, str) for r in requires):
         raise RegistryError(f"{where}: SPEC requires must be a list of strings, not {requires!r}")
-    if spec["training"] in STAGE_KINDS and "on" not in spec.get("params", {}):
-        raise RegistryError(f"{where}: a {spec['training']} method needs the param 'on' (the methods whose runs it uses)")
+    if spec["training"] in STAGE_KINDS and STAGE_PARAM not in spec.get("params", {}):
+        raise RegistryError(f"{where}: a {spec['training']} method needs the param {STAGE_PARAM!r} (the methods whose runs it uses)")
     return Method(
         name=name,
         training=spec["training"],

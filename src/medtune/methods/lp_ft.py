@@ -10,9 +10,9 @@ learning rate, so that the features move less than when a random head is fine-tu
    every parameter of the image tower and the head trained (the text tower is not used), SGD
    with momentum 0.9 and no weight decay under ``CosineAnnealingLR(T_max=epochs)`` stepped per
    epoch, batch 64 (upstream's ``resnet50_transfer.yaml`` / ``adaptation/*.yaml`` optimiser).
-   Upstream sweeps the learning rate over 3e-7 .. 1e-2 and keeps the best on validation; for
-   CLIP ViT-B/16 it settles at 1e-6 .. 1e-5, whence the default 1e-5 (a config may sweep it with
-   variants). After every epoch the model is scored on the validation split; the epoch with the
+   Upstream has no fixed rate: it sweeps 3e-7 .. 1e-2 (``SWEEP_LRS``) and keeps the best on
+   validation (for CLIP ViT-B/16 full fine-tuning it fixes 3e-6); the default 1e-5 lies in that
+   sweep, and a config sweeps it with variants. After every epoch the model is scored on the validation split; the epoch with the
    best accuracy is kept, the LP solution (epoch 0) included, as upstream keeps its best
    checkpoint by validation accuracy (``keep: last``: the last epoch, upstream's ``LAST``).
 

@@ -8,7 +8,7 @@ models fine-tuned from the same pretrained weights, averaged into one model, eva
 
 Ingredients. The paper's ingredients share the pretrained initialisation and differ in
 hyperparameters (learning rate, epochs, augmentation, label smoothing) and seed. Here a soup of
-one run is made from the runs of the methods its ``on`` names **on the same dataset, backbone,
+one run is made from the runs of the methods its ``methods`` names **on the same dataset, backbone,
 seed and training subset**: variants of one backbone-training method (e.g. ``finetune_label``
 and ``finetune_caption``, or fine-tunings at other learning rates), which share the weights'
 shape and the head they are evaluated with. Souping across seeds instead would mix models that
@@ -31,9 +31,9 @@ SPEC = {
     "requires": [],
     "label": "model soup",
     "order": 80,
-    "defaults": {"on": ["finetune_label", "finetune_caption"], "recipe": "greedy"},
+    "defaults": {"methods": ["finetune_label", "finetune_caption"], "recipe": "greedy"},
     "params": {
-        "on": {
+        "methods": {
             "type": "array",
             "items": {"type": "string"},
             "minItems": 1,

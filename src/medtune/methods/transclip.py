@@ -45,7 +45,7 @@ SPEC = {
     "label": "TransCLIP",
     "order": 90,  # its runs, ``{base}+transclip``, sort right after their base
     "defaults": {
-        "on": ["zeroshot"],
+        "methods": ["zeroshot"],
         # TransCLIP.py: "max_iter = 10", "n_neighbors = 3", "std_init = 1 / d"; update_z: max_iter=5
         "iterations": 10,
         "z_steps": 5,
@@ -58,7 +58,7 @@ SPEC = {
         "val_per_class": 4,    # datasets/*.py: "n_shots_val = min(num_shots, 4)"
     },
     "params": {
-        "on": {
+        "methods": {
             "type": "array",
             "items": {"type": "string"},
             "minItems": 1,
@@ -221,7 +221,7 @@ def refine(base_state: dict, data, params: dict, seed: int):
     p = {**SPEC["defaults"], **params}
     n_classes, dim = np.asarray(data.class_text).shape
     support_labels = np.asarray(data.train_labels)
-    state = {"base": base_state, "params": {k: v for k, v in p.items() if k != "on"}}
+    state = {"base": base_state, "params": {k: v for k, v in p.items() if k != "methods"}}
     if len(support_labels):
         picked = validation_shots(np.asarray(data.val_labels), support_labels, int(p["val_per_class"]), seed)
         state.update(
