@@ -99,6 +99,7 @@ def test_greedy_soup_by_hand():
     assert kept == [0, 1] and best == 0.0
     assert [(s["ingredient"], s["joined"]) for s in steps] == [(0, True), (1, True), (2, False)]
     assert steps[2]["accuracy"] == pytest.approx(-(14 / 3 - 2) ** 2)
-    # an ingredient that leaves the accuracy as it is still joins (>=)
+    # an ingredient that leaves the accuracy as it is joins (>=, the paper), not under the public code's >
     flat = [{"w": torch.tensor(2.0)}, {"w": torch.tensor(2.0)}]
     assert soup.greedy(flat, accuracy, [0.0, 0.0])[0] == [0, 1]
+    assert soup.greedy(flat, accuracy, [0.0, 0.0], join_if="better")[0] == [0]

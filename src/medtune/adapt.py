@@ -353,7 +353,7 @@ def make_soup(
         weights = soup.average(states)
         accuracy = val_accuracy(weights)
     else:
-        kept, accuracy, steps = soup.greedy(states, val_accuracy, own)
+        kept, accuracy, steps = soup.greedy(states, val_accuracy, own, params.get("join_if", "not_worse"))
         weights = soup.average([states[i] for i in kept])
     head_state = load_tuned(module, backbone, weights, per_class, dev)
     head = build_head(head_state)

@@ -102,7 +102,7 @@ rule train_transductive:
     conda:
         "../../envs/medtune.yaml"
     script:
-        "../scripts/train_transductive.py"
+        "../scripts/train_frozen.py"
 
 
 # A model soup averages the weights of other backbone-trained runs (its ingredients: the runs of

@@ -39,7 +39,7 @@ SPEC = {
     "training": "frozen",
     "requires": ["text_tower"],
     "label": "CLAP",
-    "order": 13,
+    "order": 11.25,
     "defaults": {
         "penalty": "adaptive",   # experiments/experiment_CLAP.txt: CONSTRAINT l2 (adaptive multipliers)
         "prototype_norm": 1.0,

@@ -39,7 +39,7 @@ SPEC = {
     "training": "backbone",
     "requires": [],
     "label": "LP-FT",
-    "order": 75,
+    "order": 72,
     "defaults": {
         "probe": {},
         "epochs": 10,

@@ -43,7 +43,7 @@ SPEC = {
     "training": "frozen",
     "requires": ["text_tower"],
     "label": "LP++",
-    "order": 12,
+    "order": 11,
     "defaults": {
         # FewShot-CLIP-Strong-Baseline configs/base.yaml: "train_epoch: 300 # ... linear-Probe: 300"
         "epochs": 300,

@@ -4,7 +4,8 @@ models fine-tuned from the same pretrained weights, averaged into one model, eva
 * **uniform** soup: the mean of every ingredient's weights;
 * **greedy** soup (the paper's Recipe 1): the ingredients sorted by validation accuracy, best
   first; each joins the soup if the soup with it is at least as accurate on validation as
-  without it (``>=``), else it is left out.
+  without it (``>=``), else it is left out. The public code (``main.py``, "if
+  held_out_val_accuracy > best_val_acc_so_far") asks for a strict rise: ``join_if: better``.
 
 Ingredients. The paper's ingredients share the pretrained initialisation and differ in
 hyperparameters (learning rate, epochs, augmentation, label smoothing) and seed. Here a soup of
@@ -31,7 +32,7 @@ SPEC = {
     "requires": [],
     "label": "model soup",
     "order": 80,
-    "defaults": {"methods": ["finetune_label", "finetune_caption"], "recipe": "greedy"},
+    "defaults": {"methods": ["finetune_label", "finetune_caption"], "recipe": "greedy", "join_if": "not_worse"},
     "params": {
         "methods": {
             "type": "array",
@@ -41,6 +42,11 @@ SPEC = {
             "description": "its ingredients: variants of one backbone-training method run by the same study on the same subsets",
         },
         "recipe": {"enum": ["greedy", "uniform"], "description": "greedy: add by validation accuracy while it does not drop; uniform: average all"},
+        "join_if": {
+            "enum": ["not_worse", "better"],
+            "description": "greedy: an ingredient joins if the soup's validation accuracy does not drop (the paper's Recipe 1) or "
+            "only if it rises (the public code's main.py)",
+        },
     },
 }
 
@@ -62,16 +68,16 @@ def average(states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
 
 
 def greedy(states: Sequence[dict[str, torch.Tensor]], accuracy: Callable[[dict[str, torch.Tensor]], float],
-           ingredient_accuracy: Sequence[float]) -> tuple[list[int], float, list[dict]]:
+           ingredient_accuracy: Sequence[float], join_if: str = "not_worse") -> tuple[list[int], float, list[dict]]:
     """Recipe 1: ``(ingredients kept (indices), the soup's validation accuracy, every step)``.
     ``ingredient_accuracy[i]`` is ingredient i's own validation accuracy; ties in the order keep
-    the ingredients' given order."""
+    the ingredients' given order. ``join_if``: ``not_worse`` (>=, the paper) or ``better`` (>)."""
     order = sorted(range(len(states)), key=lambda i: -ingredient_accuracy[i])
     kept, best = [order[0]], ingredient_accuracy[order[0]]
     steps = [{"ingredient": order[0], "accuracy": best, "joined": True}]
     for i in order[1:]:
         candidate = accuracy(average([states[j] for j in kept + [i]]))
-        joined = candidate >= best
+        joined = candidate >= best if join_if == "not_worse" else candidate > best
         steps.append({"ingredient": i, "accuracy": candidate, "joined": joined})
         if joined:
             kept, best = kept + [i], candidate
