@@ -30,7 +30,7 @@ def test_tables_have_the_seed_shapes(small_run):
         "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter", "tip_adapter+transclip", "tip_adapter_f", "coop", "clip_lora",
         "toy_method",
     ]
-    assert "| linear probe + TransCLIP " in (tables / "clipath_accuracy.md").read_text()
+    assert "| linear probe + TransCLIP − zero-shot " in (tables / "clipath_significance.md").read_text()
     # within a method: the shot counts, then the fractions; the data usage says which
     md = (tables / "clipath_accuracy.md").read_text()
     assert md.count("| 2-shot ") == len(methods) and md.count("| 50% ") == len(methods)
@@ -38,7 +38,7 @@ def test_tables_have_the_seed_shapes(small_run):
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
     # two seeds -> a confidence interval for every trained row
-    assert acc.loc[acc["method"] != "zeroshot", "accuracy_ci95"].notna().all()
+    assert acc.loc[~acc["method"].isin(["zeroshot", "zeroshot+transclip"]), "accuracy_ci95"].notna().all()
 
     cost = pd.read_csv(tables / "clipath_cost.csv")
     # TransCLIP on zero-shot records what it fits to the test set, without training data
