@@ -251,17 +251,23 @@ def _trained_on(methods: dict, method: str, fraction: float, shots: int) -> str:
     return "pathclip" if on == "augmented" else on
 
 
-def drawn_methods(frame: pd.DataFrame, study: dict, methods: dict) -> list[tuple[str, tuple[str, str]]]:
-    """The methods a figure draws with their ``(colour, marker)``, in the tables' order: the
-    study's own (each in its colour of every figure: its place in the study's list) and the runs
-    named after them (a stage on a method, ``linear_probe+transclip``; a WiSE-FT mix), in the
-    colours after those."""
+def drawn_methods(frame: pd.DataFrame, study: dict, methods: dict) -> list[tuple[str, tuple[str, str, str]]]:
+    """The methods a figure draws with their ``(colour, marker, line style)``, in the tables'
+    order: the study's own, each in its colour of every figure (its place in the study's list),
+    solid; and the runs named after one (a stage on it, ``linear_probe+transclip``; a WiSE-FT
+    mix), in that method's colour and marker, dotted."""
     names = [m for m in dict.fromkeys(frame["method"]) if m.split("+")[0] in study["methods"]]
     rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)  # noqa: E731
-    names = sorted(names, key=rank)
-    palette = list(study["methods"]) + [m for m in names if m not in study["methods"]]
-    styles = dict(zip(palette, method_styles(palette)))
-    return [(m, styles[m]) for m in names]
+    styles = dict(zip(study["methods"], method_styles(study["methods"])))
+    return [(m, (*styles[m.split("+")[0]], ":" if "+" in m else "-")) for m in sorted(names, key=rank)]
+
+
+def legend(ax, n_methods: int) -> None:
+    """Inside the panel for a few methods; beside it for many, where it would hide the lines."""
+    if n_methods > 8:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
 
 
 def _accuracy_against(inputs: dict, study: dict, methods: dict, path, usage: str) -> None:
@@ -284,23 +290,23 @@ def _accuracy_against(inputs: dict, study: dict, methods: dict, path, usage: str
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = m[m["dataset"] == dataset]
-        for method, (colour, marker) in drawn:
+        for method, (colour, marker, line) in drawn:
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
             if rows["seed"].isna().all():
-                ax.axhline(100 * rows["value"].mean(), color=colour, ls="--", label=label(methods, method))
+                ax.axhline(100 * rows["value"].mean(), color=colour, ls="--" if line == "-" else ":", label=label(methods, method))
                 continue
             s = summarise(rows, [usage]).sort_values(usage)
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s[usage], 100 * s["mean"], marker=marker, color=colour, label=label(methods, method))
+            ax.plot(s[usage], 100 * s["mean"], marker=marker, ls=line, color=colour, label=label(methods, method))
             ax.fill_between(s[usage], 100 * (s["mean"] - ci), 100 * (s["mean"] + ci), color=colour, alpha=0.2)
         ax.set_xscale("log", base=2 if usage == "shots" else 10)
         ax.set_xlabel("training images per class" if usage == "shots" else "training data used (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(loc="lower right", fontsize=7 if len(drawn) > 10 else 8)
+    legend(axes[0][-1], len(drawn))
     save(fig, path)
 
 
@@ -320,16 +326,17 @@ def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None
     c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"][:1])
               & costs["method"].str.split("+").str[0].isin(study["methods"]) & costs["seed"].notna()]
     datasets = study["datasets"]
+    drawn = drawn_methods(c, study, methods)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = c[c["dataset"] == dataset]
-        for method, (colour, marker) in drawn_methods(c, study, methods):  # the accuracy figure's colours
+        for method, (colour, marker, line) in drawn:  # the accuracy figure's styles
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
             s = summarise(rows, ["fraction"], "wall_seconds").sort_values("fraction")
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s["fraction"], s["mean"], marker=marker, color=colour, label=label(methods, method))
+            ax.plot(s["fraction"], s["mean"], marker=marker, ls=line, color=colour, label=label(methods, method))
             ax.fill_between(s["fraction"], np.maximum(s["mean"] - ci, 1e-3), s["mean"] + ci, color=colour, alpha=0.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -337,7 +344,7 @@ def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None
         ax.set_ylabel("training time (s)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=8)
+    legend(axes[0][-1], len(drawn))
     save(fig, path)
 
 
