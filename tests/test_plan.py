@@ -296,3 +296,19 @@ def test_a_stage_builds_on_methods_of_its_study_and_kind():
     mixed = _bad(lambda c: (c["methods"].update(soup={"methods": ["finetune_label", "clip_lora"]}),
                             c["studies"]["pubmedvision"]["methods"].append("soup")))
     assert mixed.startswith("config key methods.soup.methods: a soup averages variants of one method")
+
+
+def test_a_study_leaves_out_the_stage_runs_another_study_makes_on_its_methods():
+    config = plan.validate(_merged(DEFAULT, {"methods": {"transclip": {"methods": ["zeroshot"]}},
+                                            "studies": {"clipath": {"methods": ["zeroshot", "linear_probe", "transclip"]}}}))
+    assert config["studies"]["clipath"]["other_stage_runs"] == []
+    # PathCLIP's study runs zero-shot on the same backbone, not TransCLIP: the refined zero-shot run is not its row
+    assert config["studies"]["pathclip"]["other_stage_runs"] == ["zeroshot+transclip"]
+    import pandas as pd
+
+    from medtune.tables import of_study
+
+    names = pd.Series(["zeroshot", "zeroshot+transclip", "finetune_label+wise0.5"])
+    assert of_study(names, config["studies"]["clipath"]).tolist() == [True, True, False]
+    assert of_study(names, config["studies"]["pathclip"]).tolist() == [True, False, False]
+    assert of_study(names, config["studies"]["pubmedvision"]).tolist() == [True, False, True]

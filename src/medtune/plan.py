@@ -149,7 +149,25 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     for dataset in config["datasets"].values():
         dataset.setdefault("prompts", {}).setdefault("templates", DEFAULT_TEMPLATES)
     _check_references(config)
+    _other_stage_runs(config)
     return config
+
+
+def _other_stage_runs(config: dict[str, Any]) -> None:
+    """``study["other_stage_runs"]``: the runs another study's stage makes on this study's methods
+    (``zeroshot+transclip`` for a study that runs zero-shot but not TransCLIP). Their rows share
+    the base's dataset and backbone and its name before the "+", as a WiSE-FT mix of the base's
+    would; the study's tables leave them out (:func:`medtune.tables.of_study`)."""
+    refined = {
+        f"{base}+{stage}"
+        for study in config["studies"].values()
+        for stage in study["methods"]
+        if config["methods"][stage]["training"] == "transductive"
+        for base in config["methods"][stage]["params"][STAGE_PARAM]
+    }
+    for study in config["studies"].values():
+        own = {name.partition("+")[2] for name in refined} & set(study["methods"])
+        study["other_stage_runs"] = sorted(r for r in refined if r.partition("+")[2] not in own)
 
 
 def _check_finite(value: Any, key: str = "") -> None:

@@ -14,7 +14,7 @@ from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
 from medtune.significance import ALPHA, compare, per_usage, winners
-from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, select, summarise, usage
+from medtune.tables import add_paper, fill_unused_labels, format_cell, format_seconds, method_order, of_study, select, summarise, usage
 
 SPEC = {
     "label": "CLIPath",
@@ -256,7 +256,7 @@ def drawn_methods(frame: pd.DataFrame, study: dict, methods: dict) -> list[tuple
     order: the study's own, each in its colour of every figure (its place in the study's list),
     solid; and the runs named after one (a stage on it, ``linear_probe+transclip``; a WiSE-FT
     mix), in that method's colour and marker, dotted."""
-    names = [m for m in dict.fromkeys(frame["method"]) if m.split("+")[0] in study["methods"]]
+    names = [m for m in dict.fromkeys(frame["method"]) if bool(of_study([m], study).iloc[0])]
     rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)  # noqa: E731
     styles = dict(zip(study["methods"], method_styles(study["methods"])))
     return [(m, (*styles[m.split("+")[0]], ":" if "+" in m else "-")) for m in sorted(names, key=rank)]
@@ -324,7 +324,7 @@ def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None
     """Training wall time against the share of training data (log-log), per method, mean and CI over seeds."""
     costs = fraction_rows(pd.read_csv(inputs["costs"]))
     c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"][:1])
-              & costs["method"].str.split("+").str[0].isin(study["methods"]) & costs["seed"].notna()]
+              & of_study(costs["method"], study) & costs["seed"].notna()]
     datasets = study["datasets"]
     drawn = drawn_methods(c, study, methods)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
