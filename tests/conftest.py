@@ -53,16 +53,25 @@ SMALL_CONFIG = {
         "linear_probe_aug_medmnistc": {"base": "linear_probe", "train_conditions": "medmnistc"},
         "finetune_caption": {"base": "finetune", "text": "caption"},
         "finetune_label": {"base": "finetune", "text": "label"},
+        "lp_plus_plus": {"epochs": 30},
+        "clap": {"epochs": 30},
+        # one declaration: a refined run on each run of zero-shot and two few-shot methods
+        "transclip": {"methods": ["zeroshot", "linear_probe", "tip_adapter"]},
+        "lp_ft": {"probe": {"C_range": [0.1, 10.0], "steps_per_decade": 1}, "epochs": 2, "batch_size": 32, "lr": 1e-3},
+        # soups of the two fine-tunings of the pubmedvision study's run
+        "soup": {"methods": ["finetune_caption", "finetune_label"], "label": "greedy soup"},
+        "soup_uniform": {"base": "soup", "recipe": "uniform", "label": "uniform soup"},
     },
     "studies": {
         "clipath": {"datasets": ["synth"], "backbones": ["tiny"], "fractions": [5, 50], "shots": [2],
                     "methods": ["zeroshot", "linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f",
-                                "coop", "rfc_augmented", "clip_lora", "toy_method", "linear_probe_aug_medmnistc"],
+                                "coop", "rfc_augmented", "clip_lora", "toy_method", "linear_probe_aug_medmnistc", "lp_plus_plus", "clap",
+                                "transclip"],
                     "conditions": ["clean", "blur-2", "motion_blur-2"]},
         "pubmedvision": {
             "datasets": ["synth"],
             "backbones": ["tiny"],
-            "methods": ["zeroshot", "finetune_caption", "finetune_label", "clip_lora"],
+            "methods": ["zeroshot", "finetune_caption", "finetune_label", "clip_lora", "lp_ft", "soup", "soup_uniform"],
             "fractions": [50],
             "seeds": [1],
         },

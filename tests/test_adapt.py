@@ -142,3 +142,44 @@ def _assert_same(a, b, where):
             _assert_same(x, y, f"{where}[{i}]")
     else:
         assert a == b, where
+
+
+def test_a_transductive_stage_refines_the_base_run_of_each_subset(tmp_path):
+    """TransCLIP's job: each run reads the head of its base's run with the same seed and subset and
+    takes that run's training images as support; on zero-shot (no subset) its files go straight
+    into the output folder."""
+    from medtune.heads import load_head, predict
+    from medtune.methods import transclip
+
+    samples = _write_cache(tmp_path, n_classes=2, splits={"train": 40, "val": 10, "test": 30}, dim=8)
+    subsets = _write_subsets(tmp_path, samples, [("frac50", 20), ("shots2", 4)])
+    probe = {"name": "linear_probe", "module": "medtune.methods.linear_probe", "train_conditions": "clean", "needs_text_encoder": False,
+             "params": {**method_registry.registered()["linear_probe"].defaults, "C_range": [0.1, 10.0], "steps_per_decade": 1}}
+    common = dict(train_dir=tmp_path / "train", val_dir=tmp_path / "val", text=tmp_path / "text.npz", samples=tmp_path / "samples.csv",
+                  test_dir=tmp_path / "test", progress=False)
+    train_frozen(probe, _run_labels("linear_probe", subsets), subsets, tmp_path / "base", **common)
+    stage = {"name": "transclip", "module": "medtune.methods.transclip", "train_conditions": "clean", "needs_text_encoder": False,
+             "params": {k: v for k, v in transclip.SPEC["defaults"].items() if k != "methods"}}
+    train_frozen(stage, _run_labels("linear_probe+transclip", subsets), subsets, tmp_path / "stage", base_outputs=[tmp_path / "base"], **common)
+
+    test = np.load(tmp_path / "test" / "clean.npy")
+    for name, n in (("frac50", 20), ("shots2", 4)):
+        state = torch.load(tmp_path / "stage" / name / "head.pt", weights_only=True)
+        base = torch.load(tmp_path / "base" / name / "head.pt", weights_only=True)
+        assert torch.equal(state["base"]["weight"], base["weight"]) and len(state["support_labels"]) == n
+        record = json.loads((tmp_path / "stage" / name / "train.json").read_text())
+        assert record["method"] == "linear_probe+transclip" and record["n_train"] == n and record["chosen"]["gamma"] in (0.002, 0.01, 0.02, 0.2)
+        saved = np.load(tmp_path / "stage" / name / "predictions.npz")
+        np.testing.assert_allclose(saved["logits"], predict(load_head(tmp_path / "stage" / name / "head.pt"), test), rtol=1e-5, atol=1e-6)
+
+    from medtune.methods import zeroshot
+    from medtune.io import save_torch
+    from medtune.records import write_manifest
+
+    (tmp_path / "zs").mkdir()
+    save_torch({**zeroshot.state(np.load(tmp_path / "text.npz")["classifier"], 10.0)}, tmp_path / "zs" / "head.pt")
+    zs_run = {"dataset": "d", "method": "zeroshot", "backbone": "b", "seed": None, "fraction": None, "shots": None}
+    write_manifest([{**zs_run, "files": {"head": "head.pt"}}], tmp_path / "zs")
+    train_frozen(stage, [{**zs_run, "method": "zeroshot+transclip"}], {"": None}, tmp_path / "zs_stage", base_outputs=[tmp_path / "zs"], **common)
+    assert {p.name for p in (tmp_path / "zs_stage").iterdir()} == {"head.pt", "train.json", "metrics.csv", "predictions.npz", "runs.json"}
+    assert "support" not in torch.load(tmp_path / "zs_stage" / "head.pt", weights_only=True)

@@ -169,7 +169,8 @@ def test_the_registries_declare_every_built_in_method_and_study():
     assert {n: m.training for n, m in registered.items()} == {
         "coop": "frozen", "finetune": "backbone", "linear_probe": "frozen", "rfc": "frozen", "zeroshot": "none",
         "knn": "frozen", "simpleshot": "frozen", "clip_adapter": "frozen", "tip_adapter": "frozen", "tip_adapter_f": "frozen",
-        "clip_lora": "backbone",
+        "clip_lora": "backbone", "lp_plus_plus": "frozen", "clap": "frozen", "transclip": "transductive", "lp_ft": "backbone",
+        "soup": "soup",
     }
     assert registered["coop"].needs_text_encoder and not registered["rfc"].needs_text_encoder
     assert set(studies.registered()) == {
@@ -261,3 +262,59 @@ def test_rfc_widths_linear_probe_sweep_and_class_balance_are_checked():
     assert "methods.linear_probe.C_range" in _bad(lambda c: c["methods"]["linear_probe"].update(C_range=[1e-6]))
     assert "methods.linear_probe.search" in _bad(lambda c: c["methods"]["linear_probe"].update(search="binary"))
     assert "datasets.synthetic.class_balance" in _bad(lambda c: c["datasets"]["synthetic"].update(class_balance="even"))
+
+
+ALL_METHODS = yaml.safe_load(open(plan.SCHEMA_PATH.parents[1] / "all-methods.yaml"))
+
+
+def _merged(base: dict, overlay: dict) -> dict:
+    """Snakemake's merge of config files: mappings key by key, anything else replaced."""
+    out = copy.deepcopy(base)
+    for key, value in overlay.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else copy.deepcopy(value)
+    return out
+
+
+def test_the_all_methods_overlay_runs_the_2024_baselines_at_every_usage():
+    config = plan.validate(_merged(DEFAULT, ALL_METHODS))
+    runs = [r for r in plan.runs(config) if r.dataset == "synthetic" and r.backbone == "tiny-path"]
+    study = config["studies"]["clipath"]
+    usages = {(r.seed, r.fraction, r.shots) for r in runs if r.method == "linear_probe"}
+    assert len(usages) == len(study["seeds"]) * (len(study["fractions"]) + len(study["shots"])) == 33
+    for method in ("lp_plus_plus", "clap", "lp_ft", "soup", "soup_uniform", "linear_probe+transclip", "tip_adapter+transclip",
+                   "clap+transclip"):
+        assert {(r.seed, r.fraction, r.shots) for r in runs if r.method == method} == usages, method
+    assert [r for r in runs if r.method == "zeroshot+transclip"] == [plan.Run("synthetic", "zeroshot+transclip", "tiny-path")]
+    assert "clipath_shots" in plan.figures(config)
+
+
+def test_a_stage_builds_on_methods_of_its_study_and_kind():
+    def stage(**transclip):
+        return lambda c: (c["methods"].update(transclip=transclip), c["studies"]["clipath"]["methods"].append("transclip"))
+
+    assert _bad(stage(methods=["tip_adapter"])) == (
+        "config key studies.clipath.methods: transclip builds on tip_adapter, which the study does not run; add it")
+    assert "methods.transclip.methods: unknown method 'svm'" in _bad(stage(methods=["svm"]))
+    message = _bad(lambda c: (c["methods"].update(transclip={"methods": ["finetune_label"]}),
+                              c["studies"]["pubmedvision"]["methods"].append("transclip")))
+    assert message == ("config key methods.transclip.methods: 'finetune_label' is a backbone method; a transductive method builds on none "
+                       "or frozen methods")
+    mixed = _bad(lambda c: (c["methods"].update(soup={"methods": ["finetune_label", "clip_lora"]}),
+                            c["studies"]["pubmedvision"]["methods"].append("soup")))
+    assert mixed.startswith("config key methods.soup.methods: a soup averages variants of one method")
+
+
+def test_a_study_leaves_out_the_stage_runs_another_study_makes_on_its_methods():
+    config = plan.validate(_merged(DEFAULT, {"methods": {"transclip": {"methods": ["zeroshot"]}},
+                                            "studies": {"clipath": {"methods": ["zeroshot", "linear_probe", "transclip"]}}}))
+    assert config["studies"]["clipath"]["other_stage_runs"] == []
+    # PathCLIP's study runs zero-shot on the same backbone, not TransCLIP: the refined zero-shot run is not its row
+    assert config["studies"]["pathclip"]["other_stage_runs"] == ["zeroshot+transclip"]
+    import pandas as pd
+
+    from medtune.tables import of_study
+
+    names = pd.Series(["zeroshot", "zeroshot+transclip", "finetune_label+wise0.5"])
+    assert of_study(names, config["studies"]["clipath"]).tolist() == [True, True, False]
+    assert of_study(names, config["studies"]["pathclip"]).tolist() == [True, False, False]
+    assert of_study(names, config["studies"]["pubmedvision"]).tolist() == [True, False, True]

@@ -29,7 +29,9 @@ def test_every_built_in_method_says_what_it_requires():
     # read off each method's code: the class-prompt features or the text encoder, or image features alone
     # ... and an open_clip CLIP's own towers: CoOp's token embeddings, CLIP-LoRA's packed attention,
     # fine-tuning's model(images, tokens)
-    text = {"zeroshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f"}
+    # LP++ (F Tᵀ) and CLAP (its text prototypes) read class text; TransCLIP refines a base's predictions, LP-FT
+    # and the soups train and average an open_clip model's state dict
+    text = {"zeroshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "lp_plus_plus", "clap"}
     registered = method_registry.registered()
     assert {n: m.requires for n, m in registered.items()} == {
         **{n: ("text_tower",) for n in text}, **{n: () for n in ("linear_probe", "knn", "simpleshot")},

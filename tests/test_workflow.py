@@ -19,14 +19,18 @@ def test_tables_have_the_seed_shapes(small_run):
     acc = pd.read_csv(tables / "clipath_accuracy.csv")
     rows = set(zip(acc["method"], acc["fraction"], acc["shots"]))
     methods = ("linear_probe", "knn", "simpleshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "coop", "rfc_augmented", "clip_lora",
-               "toy_method", "linear_probe_aug_medmnistc")
+               "toy_method", "linear_probe_aug_medmnistc", "lp_plus_plus", "clap", "linear_probe+transclip", "tip_adapter+transclip")
     trained = {(m, f, 0) for m in methods for f in (5.0, 50.0)} | {(m, 0.0, 2) for m in methods}
-    assert rows == {("zeroshot", 0.0, 0)} | trained
-    # rows in the methods' declared order (a variant right after its base), the toy method (registered from tests/) last
+    # TransCLIP, declared once, refines zero-shot (one run) and both few-shot methods at every usage
+    assert rows == {("zeroshot", 0.0, 0), ("zeroshot+transclip", 0.0, 0)} | trained
+    # rows in the methods' declared order (a variant right after its base, a stage on a method with it), the toy method
+    # (registered from tests/) last
     assert list(dict.fromkeys(acc["method"])) == [
-        "zeroshot", "linear_probe", "linear_probe_aug_medmnistc", "knn", "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter",
-        "tip_adapter_f", "coop", "clip_lora", "toy_method",
+        "zeroshot", "zeroshot+transclip", "linear_probe", "linear_probe+transclip", "linear_probe_aug_medmnistc", "lp_plus_plus", "clap", "knn",
+        "simpleshot", "rfc", "rfc_augmented", "clip_adapter", "tip_adapter", "tip_adapter+transclip", "tip_adapter_f", "coop", "clip_lora",
+        "toy_method",
     ]
+    assert "| linear probe + TransCLIP − zero-shot " in (tables / "clipath_significance.md").read_text()
     # within a method: the shot counts, then the fractions; the data usage says which
     md = (tables / "clipath_accuracy.md").read_text()
     assert md.count("| 2-shot ") == len(methods) and md.count("| 50% ") == len(methods)
@@ -34,10 +38,12 @@ def test_tables_have_the_seed_shapes(small_run):
     for metric in ("accuracy", "recall", "precision", "f1", "auc"):
         assert acc[f"{metric}_mean"].between(0, 1).all()
     # two seeds -> a confidence interval for every trained row
-    assert acc.loc[acc["method"] != "zeroshot", "accuracy_ci95"].notna().all()
+    assert acc.loc[~acc["method"].isin(["zeroshot", "zeroshot+transclip"]), "accuracy_ci95"].notna().all()
 
     cost = pd.read_csv(tables / "clipath_cost.csv")
-    trained = cost[~cost["method"].isin(["zeroshot", "toy_method"])]
+    # TransCLIP on zero-shot records what it fits to the test set, without training data
+    assert cost.loc[cost["method"] == "zeroshot+transclip", "trainable_parameters"].item() == N_CLASSES * 64 + 64
+    trained = cost[~cost["method"].isin(["zeroshot", "zeroshot+transclip", "toy_method"])]
     assert (trained["train_seconds_mean"] > 0).all() and len(trained) == 3 * (len(methods) - 1)
     # what each method trains: nothing for kNN, SimpleShot and the training-free Tip-Adapter
     learned = trained.groupby("method")["trainable_parameters"].min()
@@ -53,8 +59,17 @@ def test_tables_have_the_seed_shapes(small_run):
 
     topk = pd.read_csv(tables / "pubmedvision_topk.csv")
     assert topk["group"].iloc[0] == "all" and len(topk) == 1 + 3  # overall + three organ groups
-    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5", "clip_lora"):
+    for model in ("zeroshot", "finetune_caption", "finetune_label", "finetune_label+wise0.5", "clip_lora", "lp_ft", "soup", "soup_uniform"):
         assert {f"tiny/{model}/top1", f"tiny/{model}/top3"} <= set(topk.columns)
+    # the soups' records: their ingredients, the greedy steps, and a cost that includes the ingredients' training
+    runs = small_run / "results" / "runs" / "synth"
+    greedy = yaml.safe_load((runs / "soup" / "tiny" / "seed1" / "frac50" / "train.json").read_text())
+    uniform = yaml.safe_load((runs / "soup_uniform" / "tiny" / "seed1" / "frac50" / "train.json").read_text())
+    assert greedy["chosen"]["ingredients"] == uniform["chosen"]["kept"] == ["finetune_caption", "finetune_label"]
+    assert greedy["chosen"]["kept"][0] == max(greedy["chosen"]["ingredient_val_accuracy"].items(), key=lambda kv: kv[1])[0]
+    assert greedy["wall_seconds"] > greedy["chosen"]["ingredient_seconds"] > 0
+    lp_ft = yaml.safe_load((runs / "lp_ft" / "tiny" / "seed1" / "frac50" / "train.json").read_text())
+    assert lp_ft["chosen"]["chosen_val_accuracy"] >= lp_ft["chosen"]["probe_val_accuracy"]
 
     zs = pd.read_csv(tables / "pathclip_zeroshot.csv")
     assert zs["condition"].tolist() == ["clean", "blur-2", "hue--2", "markup-1"]
@@ -88,7 +103,7 @@ def test_tables_have_the_seed_shapes(small_run):
     # ... but it has its own embedding, whose invariance is measured like the others'
     assert invariance[["synth/tiny", "synth/tiny-vit", "synth/tiny-untrained"]].stack().between(-1, 1).all()
     figures = small_run / "results" / "figures"
-    for figure in ("clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups",
+    for figure in ("clipath_accuracy", "clipath_shots", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pubmedvision_groups",
                    "pathclip_robustness", "corruption_gallery", "retrieval_examples", "medmnistc_gallery", "embedding_invariance",
                    "leaderboard"):
         assert (figures / f"{figure}.png").stat().st_size > 10_000
@@ -102,8 +117,13 @@ def test_significance_table_pairs_every_method(small_run):
 
     config = plan.validate(SMALL_CONFIG)
     declared = config["methods"]
-    methods = sorted(config["studies"]["clipath"]["methods"], key=lambda m: (declared[m]["order"], m))
+    study = config["studies"]["clipath"]
+    # every method's runs, a stage's refined runs of its bases among them
+    names = {r.method for r in plan.runs(config) if r.method.split("+")[0] in study["methods"]}
+    methods = sorted(names, key=lambda m: (declared[m.split("+")[0]]["order"], m))
+    assert {"zeroshot+transclip", "linear_probe+transclip", "tip_adapter+transclip", "lp_plus_plus", "clap"} <= names
     pairs = {(m, r) for i, r in enumerate(methods) for m in methods[i + 1:]}  # each later method against each earlier one
+    pairs.discard(("zeroshot+transclip", "zeroshot"))  # neither has training data: no seeds or usages to pair on
     assert set(zip(sig["method"], sig["reference"])) == pairs
     usages = sig["fraction"].notna() | sig["shots"].notna()
     per_usage, per_pair = sig[usages], sig[~usages]
@@ -192,9 +212,9 @@ def test_changing_one_hyperparameter_reruns_only_that_method(small_run):
         write_config(small_run, SMALL_CONFIG)
     assert counts.pop("train_frozen") == 4  # rfc and rfc_augmented, one job per seed (2) covering both fractions
     # the tables and the figures made from metrics, costs or runs; not those of images or features alone
-    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_training_time", "clipath_confusion", "clipath_reliability", "pathclip_robustness",
-                                         "pubmedvision_groups", "embedding_invariance", "adversarial_accuracy", "conformal_coverage",
-                                         "leaderboard"})
+    assert counts.pop("figure") == len({"clipath_accuracy", "clipath_shots", "clipath_training_time", "clipath_confusion", "clipath_reliability",
+                                         "pathclip_robustness", "pubmedvision_groups", "embedding_invariance", "adversarial_accuracy",
+                                         "conformal_coverage", "leaderboard"})
     assert set(counts) == {"collect_metrics", "tables", "all", "total"}
 
 

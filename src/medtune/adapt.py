@@ -17,12 +17,12 @@ from tqdm import tqdm
 from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
 from medtune.evaluate import LOGITS, PREDICTIONS, evaluate_features, evaluate_run, write_logits, write_predictions
-from medtune.heads import FitData, fit, load_head
+from medtune.heads import FitData, build_head, fit, load_head, predict, refine
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.jobs import report
 from medtune.methods import zeroshot
 from medtune.protocol import ids_digest
-from medtune.records import write_manifest
+from medtune.records import read_runs, write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 
@@ -110,10 +110,17 @@ def train_frozen(
     device: str = "cpu",
     progress: bool = True,
     logit_subsets=(),
+    base_outputs=None,
 ) -> None:
     """Fit a frozen-backbone method on cached features for every training subset (fraction or
     shot count) of one seed, and evaluate each fit on the test conditions; the subsets named in
     ``logit_subsets`` also keep their val and test logits (``logits.npz``).
+
+    With ``base_outputs`` (the job outputs of another method's runs) the method is a
+    transductive stage on top of them (:func:`medtune.heads.refine`): each run refines the base
+    run of the same seed and subset, and gets that run's training images as its support. A base
+    without training data (zero-shot) has one run, no seed and no subset (``subsets`` is
+    ``{"": None}``): its files go straight into ``out_dir``.
 
     ``method`` is the configured method (``config["methods"][name]``); ``runs`` the labels of
     the runs to make, one per subset, and ``subsets`` maps each run's subset name (``frac5``,
@@ -153,17 +160,36 @@ def train_frozen(
         return FitData(train_features=train_x, train_labels=train_y, val_features=val_x, val_labels=val_y,
                        class_text=classifier, logit_scale=scale, n_classes=n_classes, **text_encoder)
 
-    positions = {folder: subset_positions(train_rows, subset) for folder, subset in subsets.items()}
+    positions = {
+        folder: subset_positions(train_rows, subset) if subset is not None else np.zeros(0, dtype=np.int64)
+        for folder, subset in subsets.items()
+    }
+    base_heads = _base_heads(base_outputs, runs) if base_outputs is not None else None
+
+    def fit_run(picked: np.ndarray, run: dict) -> tuple[dict, dict]:
+        if base_heads is None:
+            return fit(method["module"], fit_data(picked), params, seed)
+        import torch
+
+        base = torch.load(base_heads[_usage_key(run)], map_location="cpu", weights_only=True)
+        base.pop("run", None)
+        state, info = refine(method["module"], base, fit_data(picked), params, seed or 0)
+        # a transductive stage works when it predicts: its cost is one pass over the clean test split
+        head = build_head(state)
+        predict(head, test_features["clean"])
+        return state, {**info, **getattr(head, "last", {})}
+
     # A job's first fit pays its one-off costs (the method's imports, torch's first kernels and
     # allocations): an untimed fit of the smallest subset first (the fewest images, fraction or
     # shots), so that every train.json's wall time is the method's own cost at its subset.
-    fit(method["module"], fit_data(min(positions.values(), key=len)), params, seed)
+    smallest = min(positions, key=lambda folder: len(positions[folder]))
+    fit_run(positions[smallest], runs[list(positions).index(smallest)])
     manifest = []
     with atomic_dir(out_dir) as tmp:
         bar = tqdm(positions.items(), desc=f"{runs[0]['method']} seed {seed}", disable=not progress)
         for done, ((folder, picked), run) in enumerate(zip(bar, runs), start=1):
             clock = Stopwatch()
-            state, info = fit(method["module"], fit_data(picked), params, seed)
+            state, info = fit_run(picked, run)
             seconds = clock.seconds
             # what the method says it trained, else every tensor of its head but the class text
             # (kNN and Tip-Adapter keep training features they never train)
@@ -183,9 +209,24 @@ def train_frozen(
             if folder in logit_subsets:
                 write_logits(head, val_x, val_rows, test_features, test_rows, _train_sites(table), tmp / folder / LOGITS)
                 files["logits"] = LOGITS
-            manifest.append({**run, "files": {k: f"{folder}/{v}" for k, v in files.items()}})
+            manifest.append({**run, "files": {k: str(Path(folder) / v) for k, v in files.items()}})
             report(f"subset {folder} fitted and evaluated ({done}/{len(subsets)})")
         write_manifest(manifest, tmp)
+
+
+def _usage_key(run: dict) -> tuple:
+    """A run's seed and training subset, whatever its method: how a stage finds its base's run."""
+    number = lambda v, kind: None if v is None else kind(v)  # noqa: E731
+    return number(run.get("seed"), int), number(run.get("fraction"), float), number(run.get("shots"), int)
+
+
+def _base_heads(base_outputs, runs: list[dict]) -> dict[tuple, str]:
+    """The head file of each base run a stage's ``runs`` refine, by seed and subset."""
+    heads = {_usage_key(r): r["files"]["head"] for r in read_runs(base_outputs)}
+    missing = [_usage_key(r) for r in runs if _usage_key(r) not in heads]
+    if missing:
+        raise DatasetError(f"{runs[0]['method']}: no base run of seed {missing[0][0]} and subset {missing[0][1:]} in {list(base_outputs)}")
+    return heads
 
 
 def _frozen_backbone(backbone: dict, device):
@@ -208,6 +249,23 @@ def _tensors(state: dict, prefix: str = ""):
             yield prefix + key, value
         elif isinstance(value, dict):
             yield from _tensors(value, prefix + key + ".")
+
+
+def load_tuned(module, backbone, weights: dict, per_class: list[list[str]], device) -> dict[str, Any]:
+    """Load a backbone-trained run's ``weights`` into ``backbone.model`` (eval mode) and return the
+    head state its test features are scored with: the method's own where its weights carry one
+    (``split_head``: LP-FT's linear head), else the tuned model's own class-prompt classifier,
+    evaluated like a zero-shot head."""
+    from medtune.encode import prompt_ensemble
+
+    head_state = None
+    if hasattr(module, "split_head"):
+        weights, head_state = module.split_head(weights)
+    backbone.model.load_state_dict(weights)
+    backbone.model.eval()
+    if head_state is None:
+        head_state = zeroshot.state(prompt_ensemble(backbone, per_class, device), backbone.logit_scale)
+    return head_state
 
 
 def train_backbone(
@@ -234,7 +292,7 @@ def train_backbone(
     """
     from medtune import memory
     from medtune.data.store import load_dataset
-    from medtune.encode import class_prompts, encode_batch_size, encode_images, prompt_ensemble
+    from medtune.encode import class_prompts, encode_batch_size, encode_images
     from medtune.methods import load
     from medtune.models import load_backbone
     from medtune.training import count_trainable, seed_everything
@@ -265,15 +323,13 @@ def train_backbone(
     per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
     frames = []
     for suffix, weights in module.mixes(pretrained, kept, params):
-        backbone.model.load_state_dict(weights)
-        backbone.model.eval()
-        head = zeroshot.build_head(zeroshot.state(prompt_ensemble(backbone, per_class, dev), backbone.logit_scale))
+        head_state = load_tuned(module, backbone, weights, per_class, dev)
+        head = build_head(head_state)
         features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev,
                                  encode_batch_size(backbone_spec), progress, f"the test split ({run['method'] + suffix})")
         frames.append(evaluate_features(head, features, test_rows, {**run, "method": run["method"] + suffix}))
         if not suffix:
-            # the tuned model's own class-prompt classifier: evaluated like a zero-shot head
-            save_torch({**zeroshot.state(head.class_text, head.logit_scale), "run": run}, out_dir / "head.pt")
+            save_torch({**head_state, "run": run}, out_dir / "head.pt")
             write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
     save_torch(kept, out_dir / "weights.pt")
     record = {**run, "n_train": len(train_rows), "subset_sha256": ids_digest(train_rows["index"].to_numpy()), "chosen": info, "params": params}
@@ -286,3 +342,84 @@ def train_backbone(
         import shutil
 
         shutil.rmtree(state_dir, ignore_errors=True)  # finished: nothing left to resume
+
+
+def make_soup(
+    method: dict[str, Any],
+    run: dict[str, Any],
+    ingredients,
+    ingredient_module: str,
+    backbone_spec: dict,
+    backbone_weights,
+    dataset_dir,
+    prompts: dict,
+    conditions,
+    out_dir,
+    device: str = "auto",
+    progress: bool = True,
+) -> None:
+    """A model soup of the runs listed in ``ingredients`` (their job outputs: runs of one
+    backbone-training method's variants on this run's seed and subset), evaluated as
+    :func:`train_backbone` evaluates a run. Writes ``out_dir/{weights.pt, head.pt, train.json,
+    metrics.csv, predictions.npz, runs.json}``."""
+    import torch
+
+    from medtune.data.store import load_dataset
+    from medtune.encode import class_prompts, encode_batch_size, encode_images
+    from medtune.io import read_json
+    from medtune.methods import soup
+    from medtune.models import load_backbone
+    from medtune.registry import import_module
+
+    params, out_dir, dev = method["params"], Path(out_dir), resolve_device(device)
+    module = import_module(ingredient_module)
+    dataset = load_dataset(dataset_dir)
+    val_rows, test_rows = dataset.split("val"), dataset.split("test")
+    backbone = load_backbone(run["backbone"], backbone_spec, weights=backbone_weights, device=str(dev))
+    per_class = class_prompts(dataset.class_names, prompts["templates"], prompts.get("classnames"))
+    batch_size = encode_batch_size(backbone_spec)
+    found = read_runs(ingredients)
+    clock = Stopwatch()
+
+    def val_accuracy(weights) -> float:
+        head = build_head(load_tuned(module, backbone, weights, per_class, dev))
+        features = encode_images(backbone, dataset.images, val_rows["index"].to_numpy(), ["clean"], dev, batch_size, False)
+        return float((predict(head, features["clean"]).argmax(1) == val_rows["label"].to_numpy()).mean())
+
+    states = [torch.load(r["files"]["weights"], map_location="cpu", weights_only=True) for r in found]
+    own = [val_accuracy(s) for s in states]
+    if params["recipe"] == "uniform":
+        kept, steps = list(range(len(states))), []
+        weights = soup.average(states)
+        accuracy = val_accuracy(weights)
+    else:
+        kept, accuracy, steps = soup.greedy(states, val_accuracy, own, params.get("join_if", "not_worse"))
+        weights = soup.average([states[i] for i in kept])
+    head_state = load_tuned(module, backbone, weights, per_class, dev)
+    head = build_head(head_state)
+    features = encode_images(backbone, dataset.images, test_rows["index"].to_numpy(), conditions, dev, batch_size, progress,
+                             f"the test split ({run['method']})")
+    seconds = clock.seconds
+    records = [read_json(r["files"]["record"]) for r in found]
+    names = [r["method"] for r in found]
+    info = {
+        "recipe": params["recipe"],
+        "ingredients": names,
+        "ingredient_val_accuracy": dict(zip(names, own)),
+        "kept": [names[i] for i in kept],
+        "val_accuracy": accuracy,
+        "greedy_steps": [{**s, "ingredient": names[s["ingredient"]]} for s in steps],
+        "soup_seconds": round(seconds, 3),
+        "ingredient_seconds": round(sum(r["wall_seconds"] for r in records), 3),
+    }
+    save_torch(weights, out_dir / "weights.pt")
+    save_torch({**head_state, "run": run}, out_dir / "head.pt")
+    write_predictions(head, features, test_rows, out_dir / PREDICTIONS)
+    # a soup costs its ingredients' training and its own making
+    record = {**run, "n_train": records[0]["n_train"], "chosen": info, "params": params}
+    record.update(cost_record(dev, seconds + sum(r["wall_seconds"] for r in records), max(r["trainable_parameters"] for r in records),
+                              sum(r["images_seen"] for r in records)))
+    write_json(record, out_dir / "train.json")
+    write_csv(evaluate_features(head, features, test_rows, run), out_dir / "metrics.csv")
+    files = {"weights": "weights.pt", "head": "head.pt", "record": "train.json", "metrics": "metrics.csv", "predictions": PREDICTIONS}
+    write_manifest([{**run, "files": files}], out_dir)

@@ -17,10 +17,11 @@ PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F
 
 
 def label(methods: dict, method: str) -> str:
-    """How a method (or a WiSE-FT mix of one, ``finetune_label+wise0.5``) is named in legends."""
+    """How a method (a WiSE-FT mix of one, ``finetune_label+wise0.5``, or a stage on one,
+    ``linear_probe+transclip``) is named in legends."""
     base, plus, mix = method.partition("+")
     name = methods.get(base, {}).get("label", base)
-    return f"{name} + {mix}" if plus else name
+    return f"{name} + {methods.get(mix, {}).get('label', mix)}" if plus else name
 
 
 def save(fig, path) -> None:

@@ -60,6 +60,16 @@ def fit(method: str, data: FitData, params: dict[str, Any], seed: int) -> tuple[
     return {**state, "module": module}, info
 
 
+def refine(method: str, base_state: dict[str, Any], data: FitData, params: dict[str, Any], seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(head_state, info)`` of a transductive stage (``training: transductive``) on top of the
+    head ``base_state`` of another method's run; ``data`` holds that run's training images."""
+    from medtune.methods import registered
+
+    module = method if "." in method else registered()[method].source
+    state, info = import_module(module).refine(base_state, data, params, seed)
+    return {**state, "module": module}, info
+
+
 def build_head(state: dict[str, Any]) -> torch.nn.Module:
     return import_module(state["module"]).build_head(state).eval()
 

@@ -21,6 +21,7 @@ from medtune import methods as method_registry
 from medtune import studies as study_registry
 from medtune.conditions import ALL, SUITES, TRAIN_CONDITIONS, augmented_condition, expand_conditions, parse_condition
 from medtune.former_keys import former_method, former_param
+from medtune.methods import STAGE_PARAM
 from medtune.registry import RegistryError
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema" / "config.schema.yaml"
@@ -156,6 +157,7 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
     for study in config["studies"].values():
         # what the tables show as "—" (medtune.tables.skipped_rows); the plan leaves these runs out
         study["skipped"] = [skip.record() for skip in _study_skips(config, study)]
+    _other_stage_runs(config)
     return config
 
 
@@ -198,6 +200,23 @@ def _fill_settings(study: dict[str, Any], defaults: dict[str, Any], where: str) 
                 if missing := sorted(fields - set(entry)):
                     raise ConfigError(f"config key {where}.{key}.{name}: {', '.join(missing)} not given "
                                       f"(only {', '.join(default)} take defaults)")
+
+
+def _other_stage_runs(config: dict[str, Any]) -> None:
+    """``study["other_stage_runs"]``: the runs another study's stage makes on this study's methods
+    (``zeroshot+transclip`` for a study that runs zero-shot but not TransCLIP). Their rows share
+    the base's dataset and backbone and its name before the "+", as a WiSE-FT mix of the base's
+    would; the study's tables leave them out (:func:`medtune.tables.of_study`)."""
+    refined = {
+        f"{base}+{stage}"
+        for study in config["studies"].values()
+        for stage in study["methods"]
+        if config["methods"][stage]["training"] == "transductive"
+        for base in config["methods"][stage]["params"][STAGE_PARAM]
+    }
+    for study in config["studies"].values():
+        own = {name.partition("+")[2] for name in refined} & set(study["methods"])
+        study["other_stage_runs"] = sorted(r for r in refined if r.partition("+")[2] not in own)
 
 
 def _check_finite(value: Any, key: str = "") -> None:
@@ -267,6 +286,8 @@ def _check_references(config: dict[str, Any]) -> None:
             if name not in config["methods"]:
                 where = f"studies.{study_name}.methods"
                 raise ConfigError(former_method(name, where) or f"config key {where}: unknown method {name!r}; configured: {', '.join(config['methods'])}")
+        for name in study["methods"]:
+            _check_stage(config, study_name, study, name)
         for name in study["datasets"]:
             if name not in datasets:
                 raise ConfigError(f"config key studies.{study_name}.datasets: unknown dataset {name!r}")
@@ -289,6 +310,48 @@ def _check_references(config: dict[str, Any]) -> None:
             raise ConfigError(f"config key backbones.{name}.pretrain.dataset: unknown dataset {pretrain['dataset']!r}")
         if pretrain and (spec.get("pretrained") or spec.get("checkpoint")):
             raise ConfigError(f"config key backbones.{name}: 'pretrain' cannot be combined with 'pretrained'/'checkpoint'")
+
+
+# what a stage's ``methods`` may name: a transductive stage refines test predictions made from the
+# cached features; a soup averages the weights of runs trained inside the backbone
+STAGE_BASES = {"transductive": ("none", "frozen"), "soup": ("backbone",)}
+
+
+def _check_stage(config: dict[str, Any], study_name: str, study: dict[str, Any], name: str) -> None:
+    """A stage's ``methods`` names methods of the kind it builds on, each run by the same study
+    (a soup's ingredients: variants of one backbone-training method, so their weights average)."""
+    method = config["methods"][name]
+    if method["training"] not in STAGE_BASES:
+        return
+    key = f"config key methods.{name}.{STAGE_PARAM}"
+    for base in method["params"][STAGE_PARAM]:
+        if base not in config["methods"]:
+            raise ConfigError(f"{key}: unknown method {base!r}; configured: {', '.join(config['methods'])}")
+        kind = config["methods"][base]["training"]
+        if kind not in STAGE_BASES[method["training"]]:
+            raise ConfigError(f"{key}: {base!r} is a {kind} method; a {method['training']} method builds on "
+                              f"{' or '.join(STAGE_BASES[method['training']])} methods")
+        if base not in study["methods"]:
+            raise ConfigError(f"config key studies.{study_name}.methods: {name} builds on {base}, which the study does not run; add it")
+    if method["training"] == "soup":
+        modules = {config["methods"][base]["module"] for base in method["params"][STAGE_PARAM]}
+        if len(modules) > 1:
+            raise ConfigError(f"{key}: a soup averages variants of one method (the same weights and head); "
+                              f"{', '.join(method['params'][STAGE_PARAM])} come from {len(modules)} methods")
+
+
+def stage_of(config: dict[str, Any], method: str) -> tuple[str, str] | None:
+    """``(base, stage)`` of a transductive stage's run (``linear_probe+transclip``), else None
+    (a method's own runs, and the WiSE-FT mixes ``finetune+wise0.5``, which are not runs)."""
+    base, plus, stage = method.partition("+")
+    if plus and config["methods"].get(stage, {}).get("training") == "transductive":
+        return base, stage
+    return None
+
+
+def training_of(config: dict[str, Any], method: str) -> str:
+    """The training kind of a run's method (a stage's run: ``transductive``)."""
+    return "transductive" if stage_of(config, method) else config["methods"][method]["training"]
 
 
 def _check_condition(condition: str, key: str) -> None:
@@ -372,6 +435,25 @@ def skip_messages(config: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _method_runs(config: dict[str, Any], study: dict[str, Any], dataset: str, backbone: str, method: str) -> list[Run]:
+    """A method's runs in a study: one without training data, else one per seed and fraction or
+    shot count; a transductive stage's, one on each run of each method it refines."""
+    kind = config["methods"][method]["training"]
+    if kind == "transductive":
+        return [
+            Run(r.dataset, f"{base}+{method}", r.backbone, r.seed, r.fraction, r.shots)
+            for base in config["methods"][method]["params"][STAGE_PARAM]
+            # a base that classifies nothing on this backbone (zero-shot without a text tower) has no predictions to refine
+            if not missing_capabilities(config, base, backbone)
+            for r in _method_runs(config, study, dataset, backbone, base)
+        ]
+    if kind == "none":
+        return [Run(dataset, method, backbone)]
+    return [Run(dataset, method, backbone, seed, format_fraction(f)) for seed in study["seeds"] for f in study["fractions"]] + [
+        Run(dataset, method, backbone, seed, shots=int(k)) for seed in study["seeds"] for k in study["shots"]
+    ]
+
+
 def runs(config: dict[str, Any]) -> list[Run]:
     """Every run any study needs, each once, in a stable order; a method only on the backbones
     that have what it requires (:func:`runs_on`)."""
@@ -382,15 +464,7 @@ def runs(config: dict[str, Any]) -> list[Run]:
                 for method in study["methods"]:
                     if not runs_on(config, method, backbone):
                         continue
-                    if config["methods"][method]["training"] == "none":
-                        found = [Run(dataset, method, backbone)]
-                    else:
-                        found = [
-                            Run(dataset, method, backbone, seed, format_fraction(f))
-                            for seed in study["seeds"]
-                            for f in study["fractions"]
-                        ] + [Run(dataset, method, backbone, seed, shots=int(k)) for seed in study["seeds"] for k in study["shots"]]
-                    out.update({r.path: r for r in found})
+                    out.update({r.path: r for r in _method_runs(config, study, dataset, backbone, method)})
     return list(out.values())
 
 

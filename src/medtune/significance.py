@@ -32,7 +32,7 @@ from scipy import stats
 
 from medtune.evaluate import read_predictions
 from medtune.metrics import softmax
-from medtune.tables import mean_ci
+from medtune.tables import mean_ci, of_study
 
 N_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
@@ -195,7 +195,7 @@ def clean_values(metrics: pd.DataFrame, study: dict) -> pd.DataFrame:
     m = metrics[
         metrics["dataset"].isin(study["datasets"])
         & metrics["backbone"].isin(study["backbones"])
-        & metrics["method"].str.split("+").str[0].isin(study["methods"])
+        & of_study(metrics["method"], study)
         & (metrics["condition"] == "clean")
         & (metrics["group"] == "all")
         & metrics["metric"].isin(["accuracy", "auc"])
@@ -244,7 +244,7 @@ def compare(metrics: pd.DataFrame, study: dict, runs: list[dict[str, Any]] = (),
         (r["dataset"], r["backbone"], *_key(r["method"], r["seed"], r["fraction"], r.get("shots"))): r["files"]["predictions"]
         for r in runs
         if "predictions" in r.get("files", {}) and r["dataset"] in study["datasets"]
-        and r["backbone"] in study["backbones"] and r["method"] in study["methods"]
+        and r["backbone"] in study["backbones"] and bool(of_study([r["method"]], study).iloc[0])  # a stage's runs too
     }
     methods = methods or {}
     rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)

@@ -126,11 +126,20 @@ def fill_unused_labels(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(fraction=frame["fraction"].fillna(0.0), shots=shots.fillna(0).astype(int))
 
 
+def of_study(methods: pd.Series, study: dict) -> pd.Series:
+    """Whether each method (of a metric row, a cost row, a run) is the study's: one of its methods, a
+    WiSE-FT mix of one (``finetune_label+wise0.5``), or a stage's run on one (``linear_probe+transclip``)
+    where the study runs that stage, not another study (``study["other_stage_runs"]``, set by
+    :func:`medtune.plan.validate`)."""
+    methods = pd.Series(methods, dtype=object)
+    return methods.str.split("+").str[0].isin(study["methods"]) & ~methods.isin(study.get("other_stage_runs", []))
+
+
 def select(metrics: pd.DataFrame, study: dict, conditions=("clean",), group="all") -> pd.DataFrame:
     m = metrics[
         metrics["dataset"].isin(study["datasets"])
         & metrics["backbone"].isin(study["backbones"])
-        & metrics["method"].str.split("+").str[0].isin(study["methods"])  # finetune_label+wise0.5 too
+        & of_study(metrics["method"], study)
         & metrics["condition"].isin(conditions)
     ]
     m = fill_unused_labels(m)

@@ -42,6 +42,9 @@ wildcard_constraints:
     subset=r"frac\d+(\.\d+)?|shots\d+",
     trained=one_of(plan.methods_of(config, "frozen")),
     tuned=one_of(plan.methods_of(config, "backbone")),
+    staged=one_of(sorted({r.method for r in RUNS if plan.stage_of(config, r.method)})),
+    souped=one_of(plan.methods_of(config, "soup")),
+    setting=r"pretrained|seed\d+",
     figure=one_of(FIGURES),
 
 
@@ -146,6 +149,40 @@ def trained_inputs(wildcards):
     }
 
 
+def stage_runs(wildcards):
+    """The runs one train_transductive job makes: every run of its stage on one seed of its base
+    (or the one run on a base without training data: setting ``pretrained``)."""
+    seed = None if wildcards.setting == "pretrained" else int(wildcards.setting.removeprefix("seed"))
+    key = (wildcards.dataset, wildcards.staged, wildcards.backbone, seed)
+    return [r for r in RUNS if (r.dataset, r.method, r.backbone, r.seed) == key]
+
+
+def stage_method(staged):
+    """What a train_transductive job needs of its stage's configuration (its ``methods`` aside: each
+    job refines one base, named in its runs' method)."""
+    name = plan.stage_of(config, staged)[1]
+    method = {k: METHODS[name][k] for k in ("module", "train_conditions", "needs_text_encoder")}
+    return {"name": name, **method, "params": {k: v for k, v in METHODS[name]["params"].items() if k != "methods"}}
+
+
+def stage_inputs(wildcards):
+    """A stage's base runs (the same seed and subsets, the base's method), the cached features
+    and the subsets its runs' support images come from."""
+    runs = stage_runs(wildcards)
+    base, _ = plan.stage_of(config, wildcards.staged)
+    base_runs = [plan.Run(r.dataset, base, r.backbone, r.seed, r.fraction, r.shots) for r in runs]
+    feats = lambda split: features_dir(wildcards.backbone, wildcards.dataset, split)
+    return {
+        "base": all_run_outputs(base_runs),
+        "train": feats("train"),
+        "val": feats("val"),
+        "test": feats("test"),
+        "text": text_features(wildcards.backbone, wildcards.dataset),
+        "samples": dataset_files(wildcards.dataset)["samples"],
+        "subsets": [subset_input(r) for r in runs if r.seed is not None],
+    }
+
+
 def backbone_run(wildcards):
     """The configured run a train_backbone job makes (looked up, not read from the path)."""
     path = f"{wildcards.dataset}/{wildcards.tuned}/{wildcards.backbone}/seed{wildcards.seed}/{wildcards.subset}"
@@ -162,6 +199,25 @@ def tuned_inputs(wildcards):
     }
 
 
+def soup_run(wildcards):
+    """The configured run a train_soup job makes."""
+    path = f"{wildcards.dataset}/{wildcards.souped}/{wildcards.backbone}/seed{wildcards.seed}/{wildcards.subset}"
+    if path not in RUN_BY_PATH:
+        raise ValueError(f"no study of the config makes the run {path}")
+    return RUN_BY_PATH[path]
+
+
+def soup_inputs(wildcards):
+    """A soup's ingredients: the runs of the methods its ``methods`` names on the same seed and subset."""
+    run = soup_run(wildcards)
+    ingredients = [plan.Run(run.dataset, m, run.backbone, run.seed, run.fraction, run.shots) for m in METHODS[run.method]["params"]["methods"]]
+    return {
+        **dataset_files(wildcards.dataset),
+        "weights": backbone_weights(wildcards.backbone),
+        "ingredients": [run_output(r) for r in ingredients],
+    }
+
+
 def zeroshot_inputs(wildcards):
     # a backbone without a text tower: its embedding's retrieval and invariance alone (no logits)
     has_text = "text_tower" in plan.backbone_capabilities(BACKBONES[wildcards.backbone])
@@ -175,9 +231,13 @@ def zeroshot_inputs(wildcards):
 
 
 def run_output(run):
-    """What a run's producing job declares: a frozen method's job writes the folder of its
-    seed; the others write the run's manifest beside its files."""
-    if METHODS[run.method]["training"] == "frozen":
+    """What a run's producing job declares: a frozen method's or a stage's job writes the folder
+    of its seed (a stage on zero-shot: the run's own folder); the others write the run's manifest
+    beside its files."""
+    training = plan.training_of(config, run.method)
+    if training == "transductive" and run.seed is None:
+        return run_dir(run)
+    if training in ("frozen", "transductive"):
         return os.path.dirname(run_dir(run))
     return f"{run_dir(run)}/{MANIFEST}"
 

@@ -78,3 +78,71 @@ rule train_backbone:
         state_dir=lambda wc: f"{RESULTS}/resume/{backbone_run(wc).path}",
     script:
         "../scripts/train_backbone.py"
+
+
+# A transductive stage (TransCLIP) refines the test predictions of another method's runs: one job
+# per seed of the base (or the one run of a base without training data), every subset in it, like
+# the frozen fits; its heads run the base's head, then the stage, over each condition's test split.
+rule train_transductive:
+    input:
+        unpack(stage_inputs),
+    output:
+        # {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json; on zero-shot those files directly
+        directory(f"{RESULTS}/runs/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}"),
+    params:
+        # the stage's settings but its "methods": adding one reruns no existing run of another
+        method=lambda wc: stage_method(wc.staged),
+        runs=lambda wc: [r.labels() for r in stage_runs(wc)],
+        subset_names=lambda wc: [r.subset if r.seed is not None else "" for r in stage_runs(wc)],
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, plan.stage_of(config, wc.staged)[1]),
+        class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subsets are ancient inputs
+        progress=config["progress"],
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/medtune.yaml"
+    script:
+        "../scripts/train_frozen.py"
+
+
+# A model soup averages the weights of other backbone-trained runs (its ingredients: the runs of
+# the methods its ``methods`` names, on the same seed and subset) and evaluates the average as
+# train_backbone evaluates a run: the test split re-encoded under every condition.
+rule train_soup:
+    input:
+        unpack(soup_inputs),
+    output:
+        weights=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/weights.pt",
+        head=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/head.pt",
+        record=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/train.json",
+        metrics=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/metrics.csv",
+        predictions=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/predictions.npz",
+        manifest=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
+    params:
+        method=lambda wc: {"name": wc.souped, **{k: METHODS[wc.souped][k] for k in ("module", "params")}},
+        ingredient_module=lambda wc: METHODS[METHODS[wc.souped]["params"]["methods"][0]]["module"],
+        run=lambda wc: soup_run(wc).labels(),
+        spec=lambda wc: BACKBONES[wc.backbone],
+        prompts=lambda wc: DATASETS[wc.dataset]["prompts"],
+        conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.souped),
+        device=config["device"],
+        progress=config["progress"],
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_request,
+    conda:
+        "../../envs/medtune.yaml"
+    script:
+        "../scripts/train_soup.py"

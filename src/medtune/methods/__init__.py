@@ -15,7 +15,9 @@ A method module declares, as a literal at its top, ::
     }
 
 and the functions its kind needs: ``fit(data, params, seed)`` and ``build_head(state)``
-for frozen methods (see :mod:`medtune.heads`), ``tune(...)`` and ``mixes(...)`` for
+for frozen methods (see :mod:`medtune.heads`), ``refine(base_state, data, params, seed)`` and
+``build_head(state)`` for a transductive stage on other methods' runs (see
+:mod:`medtune.methods.transclip`), ``tune(...)`` and ``mixes(...)`` for
 backbone training (see :mod:`medtune.methods.finetune` and :mod:`medtune.methods.clip_lora`;
 ``tune``'s info may give ``trainable_parameters`` and ``images_seen`` for the cost record,
 else the parameters left trainable and the training images times ``epochs`` are counted). Its name is the module's
@@ -37,7 +39,14 @@ from typing import Any, Iterable
 
 from medtune.registry import RegistryError, import_module, package_modules, read_spec
 
-TRAINING_KINDS = ("none", "frozen", "backbone")
+# none: zero-shot; frozen: fits on cached features; backbone: trains inside the backbone;
+# transductive: refines the test predictions of each method its param ``methods`` names, a run
+# ``{base}+{name}`` per run of the base; soup: averages the weights of the backbone-trained runs of
+# the methods its ``methods`` names
+TRAINING_KINDS = ("none", "frozen", "backbone", "transductive", "soup")
+# kinds whose runs are made from other methods' runs, and the param that names those methods
+STAGE_KINDS = ("transductive", "soup")
+STAGE_PARAM = "methods"
 # what a method may require of a backbone, as each family declares it (medtune.backbones): a text
 # tower, and an open_clip CLIP's own towers (CoOp's learned token embeddings, CLIP-LoRA's packed
 # attention, fine-tuning's model(images, tokens)), which CONCH's are not
@@ -48,7 +57,7 @@ _SPEC_KEYS = {"training", "needs_text_encoder", "requires", "label", "order", "d
 @dataclass(frozen=True)
 class Method:
     name: str
-    training: str  # none | frozen | backbone
+    training: str  # one of TRAINING_KINDS
     label: str
     order: float
     source: str  # dotted module name, or a file path for a module outside the package
@@ -77,6 +86,8 @@ def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method
         )
     if spec.get("needs_text_encoder") and "text_tower" not in requires:
         raise RegistryError(f"{where}: SPEC needs_text_encoder is true, so requires must name 'text_tower'")
+    if spec["training"] in STAGE_KINDS and STAGE_PARAM not in spec.get("params", {}):
+        raise RegistryError(f"{where}: a {spec['training']} method needs the param {STAGE_PARAM!r} (the methods whose runs it uses)")
     return Method(
         name=name,
         training=spec["training"],

@@ -18,7 +18,8 @@ and the functions it names. A table function takes ``(metrics, costs, study, met
 figure function takes ``(inputs, study, methods, path)`` where ``inputs`` maps each
 name in the figure's ``inputs`` to its file (see :data:`FIGURE_INPUTS`). ``when``
 (optional) names a condition on the study's config under which the table or figure
-is made: ``corrupted`` (the study evaluates under a corruption) or ``paper:<key>``
+is made: ``corrupted`` (the study evaluates under a corruption), ``shots`` (it trains on
+k images per class) or ``paper:<key>``
 (the config carries published numbers under ``paper.<key>``). A table whose numbers come from
 image embeddings alone (retrieval, invariance) says ``"prompts": False``: its protocol card
 (:mod:`medtune.protocol`) leaves the prompt set out, so a prompt change leaves it as it was.
@@ -128,6 +129,8 @@ def applies(output: Output, study: dict[str, Any]) -> bool:
         return True
     if output.when == "corrupted":
         return any(c != "clean" for c in study["conditions"])
+    if output.when == "shots":
+        return bool(study.get("shots"))
     if output.when.startswith("paper:"):
         return bool(study.get("paper", {}).get(output.when.removeprefix("paper:")))
     raise RegistryError(f"unknown 'when' {output.when!r} of {output.name!r}")

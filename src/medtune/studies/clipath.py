@@ -14,8 +14,8 @@ from medtune.conditions import SUITES
 from medtune.figures import PALETTE, confusion, label, save
 import matplotlib.pyplot as plt  # noqa: E402  (after medtune.figures chose the Agg backend)
 from medtune.significance import ALPHA, compare, per_usage, winners
-from medtune.tables import (add_not_run_rows, add_paper, fill_unused_labels, format_cell, format_seconds, method_order, not_run, select,
-                            summarise, usage)
+from medtune.tables import (add_not_run_rows, add_paper, fill_unused_labels, format_cell, format_seconds, method_order, not_run, of_study,
+                            select, summarise, usage)
 
 SPEC = {
     "label": "CLIPath",
@@ -41,6 +41,14 @@ SPEC = {
             "caption": "Test accuracy against the share of training data used (log scale), per method, on the clean "
             "test split: mean over seeds with a 95 % t-interval band. Zero-shot needs no training data and is drawn "
             "as a horizontal line.",
+        },
+        "clipath_shots": {
+            "function": "shots_figure",
+            "inputs": ["metrics"],
+            "when": "shots",
+            "caption": "Test accuracy against the number of training images per class (log scale), per method, on the "
+            "clean test split: mean over seeds with a 95 % t-interval band. Methods without training data are drawn as "
+            "horizontal lines.",
         },
         "clipath_training_time": {
             "function": "training_time_figure",
@@ -244,55 +252,92 @@ def _trained_on(methods: dict, method: str, fraction: float, shots: int) -> str:
     return "pathclip" if on == "augmented" else on
 
 
-def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
-    """Accuracy vs. share of training data (log x), mean and 95 % CI band over seeds; one panel per dataset."""
-    metrics = fraction_rows(pd.read_csv(inputs["metrics"]))
+def drawn_methods(frame: pd.DataFrame, study: dict, methods: dict) -> list[tuple[str, tuple[str, str, str]]]:
+    """The methods a figure draws with their ``(colour, marker, line style)``, in the tables'
+    order: the study's own, each in its colour of every figure (its place in the study's list),
+    solid; and the runs named after one (a stage on it, ``linear_probe+transclip``; a WiSE-FT
+    mix), in that method's colour and marker, dotted."""
+    names = [m for m in dict.fromkeys(frame["method"]) if bool(of_study([m], study).iloc[0])]
+    rank = lambda m: (methods.get(m.split("+")[0], {}).get("order", float("inf")), m)  # noqa: E731
+    styles = dict(zip(study["methods"], method_styles(study["methods"])))
+    return [(m, (*styles[m.split("+")[0]], ":" if "+" in m else "-")) for m in sorted(names, key=rank)]
+
+
+def legend(ax, n_methods: int) -> None:
+    """Inside the panel for a few methods; beside it for many, where it would hide the lines."""
+    if n_methods > 8:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
+
+
+def _accuracy_against(inputs: dict, study: dict, methods: dict, path, usage: str) -> None:
+    """Accuracy vs. ``usage`` (``fraction`` or ``shots``, log x), mean and 95 % CI band over seeds;
+    one panel per dataset; methods without training data as horizontal lines."""
+    metrics = pd.read_csv(inputs["metrics"])
+    if "shots" not in metrics:
+        metrics["shots"] = float("nan")
+    other = "shots" if usage == "fraction" else "fraction"
     m = metrics[
         (metrics["metric"] == "accuracy")
         & (metrics["condition"] == "clean")
         & (metrics["group"] == "all")
         & metrics["dataset"].isin(study["datasets"])
         & metrics["backbone"].isin(study["backbones"][:1])
+        & metrics[other].isna()
     ]
     datasets = study["datasets"]
+    drawn = drawn_methods(m, study, methods)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = m[m["dataset"] == dataset]
-        for (colour, marker), method in zip(method_styles(study["methods"]), study["methods"]):
+        for method, (colour, marker, line) in drawn:
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
-            if rows["fraction"].isna().all():
-                ax.axhline(100 * rows["value"].mean(), color=colour, ls="--", label=label(methods, method))
+            if rows["seed"].isna().all():
+                ax.axhline(100 * rows["value"].mean(), color=colour, ls="--" if line == "-" else ":", label=label(methods, method))
                 continue
-            s = summarise(rows, ["fraction"]).sort_values("fraction")
+            s = summarise(rows, [usage]).sort_values(usage)
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s["fraction"], 100 * s["mean"], marker=marker, color=colour, label=label(methods, method))
-            ax.fill_between(s["fraction"], 100 * (s["mean"] - ci), 100 * (s["mean"] + ci), color=colour, alpha=0.2)
-        ax.set_xscale("log")
-        ax.set_xlabel("training data used (%)")
+            ax.plot(s[usage], 100 * s["mean"], marker=marker, ls=line, color=colour, label=label(methods, method))
+            ax.fill_between(s[usage], 100 * (s["mean"] - ci), 100 * (s["mean"] + ci), color=colour, alpha=0.2)
+        ax.set_xscale("log", base=2 if usage == "shots" else 10)
+        ax.set_xlabel("training images per class" if usage == "shots" else "training data used (%)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(loc="lower right", fontsize=8)
+    legend(axes[0][-1], len(drawn))
     save(fig, path)
+
+
+def accuracy_figure(inputs: dict, study: dict, methods: dict, path) -> None:
+    """Accuracy vs. share of training data (log x), mean and 95 % CI band over seeds; one panel per dataset."""
+    _accuracy_against(inputs, study, methods, path, "fraction")
+
+
+def shots_figure(inputs: dict, study: dict, methods: dict, path) -> None:
+    """Accuracy vs. training images per class (log x): the few-shot protocol's curves."""
+    _accuracy_against(inputs, study, methods, path, "shots")
 
 
 def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     """Training wall time against the share of training data (log-log), per method, mean and CI over seeds."""
     costs = fraction_rows(pd.read_csv(inputs["costs"]))
-    c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"][:1]) & costs["method"].isin(study["methods"])]
+    c = costs[costs["dataset"].isin(study["datasets"]) & costs["backbone"].isin(study["backbones"][:1])
+              & of_study(costs["method"], study) & costs["seed"].notna()]
     datasets = study["datasets"]
+    drawn = drawn_methods(c, study, methods)
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.5 * len(datasets), 3.6), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         d = c[c["dataset"] == dataset]
-        for (colour, marker), method in zip(method_styles(study["methods"]), study["methods"]):  # the accuracy figure's
+        for method, (colour, marker, line) in drawn:  # the accuracy figure's styles
             rows = d[d["method"] == method]
             if rows.empty:
                 continue
             s = summarise(rows, ["fraction"], "wall_seconds").sort_values("fraction")
             ci = np.nan_to_num(s["ci95"].to_numpy())
-            ax.plot(s["fraction"], s["mean"], marker=marker, color=colour, label=label(methods, method))
+            ax.plot(s["fraction"], s["mean"], marker=marker, ls=line, color=colour, label=label(methods, method))
             ax.fill_between(s["fraction"], np.maximum(s["mean"] - ci, 1e-3), s["mean"] + ci, color=colour, alpha=0.2)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -300,7 +345,7 @@ def training_time_figure(inputs: dict, study: dict, methods: dict, path) -> None
         ax.set_ylabel("training time (s)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3, which="both")
-    axes[0][-1].legend(fontsize=8)
+    legend(axes[0][-1], len(drawn))
     save(fig, path)
 
 
