@@ -245,3 +245,18 @@ def test_scale_goals_from_slopes_and_peaks():
     scales["1_4"]["jobs"][0]["cpu_s"] *= 2  # encode now grows 8x for 4x the images: slope 1.5
     assert scale_report.report(scales, [])["goals"]["slopes"]["over_limit"] == {"encode_images test": pytest.approx(1.5)}
     assert any("MISS" in line for line in scale_report.summary_lines(scale_report.report(scales, [])))
+
+
+def test_linear_probe_path_figure_times_both_sweeps():
+    from medtune.bench import linear_probe_path as lp
+
+    sizes = {"tiny": {"n_train": 300, "n_val": 200, "n_test": 100, "dim": 8, "classes": 3, "separation": 0.5}}
+    features = lp.synthetic_features(**{k: v for k, v in sizes["tiny"].items()})
+    assert features["train"][0].shape == (300, 8) and features["train"][0].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features["test"][0], axis=1), 1.0, rtol=1e-5)
+    r = lp.bench_linear_probe_path(sizes, log=lambda message: None)["tiny"]
+    assert len(r["path_runs_s"]) == 2 and r["speedup"] == pytest.approx(r["cold_s"] / np.mean(r["path_runs_s"]))
+    assert 25 <= r["path"]["fits"] <= 29 and 25 <= r["cold"]["fits"] <= 29  # the same coarse-to-fine search on both sides
+    assert 0 < r["path"]["test_accuracy"] <= 1 and 0 < r["cold"]["test_accuracy"] <= 1
+    figure = lp.linear_probe_path_figure({"tiny": r})
+    assert figure.value == r["speedup"] and figure.status in ("PASS", "MISS") and "tiny (300 x 8 features" in figure.details[0]
