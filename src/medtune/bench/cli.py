@@ -65,7 +65,8 @@ def _limit_threads(threads: int) -> int:
 
     if threads:
         torch.set_num_threads(threads)
-        with contextlib.suppress(ImportError):  # scikit-learn's BLAS/OpenMP pools too (the linear probe)
+        with contextlib.suppress(ImportError):  # NumPy's and SciPy's BLAS pools too (the linear probe)
+            import scipy.linalg  # noqa: F401  (threadpoolctl limits the pools of libraries already loaded; SciPy has its own BLAS)
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(threads)
