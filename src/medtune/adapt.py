@@ -16,12 +16,12 @@ from tqdm import tqdm
 
 from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import PREDICTIONS, evaluate_features, evaluate_run, write_predictions
+from medtune.evaluate import evaluate_features, evaluate_run, write_predictions
 from medtune.heads import FitData, fit, load_head
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.jobs import report
 from medtune.methods import zeroshot
-from medtune.records import write_manifest
+from medtune.records import PREDICTIONS, write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 

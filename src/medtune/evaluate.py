@@ -21,7 +21,6 @@ from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
 RETRIEVAL_KS = (5, 10)
-PREDICTIONS = "predictions.npz"
 METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
 
 
@@ -99,8 +98,3 @@ def write_predictions(head, features: Mapping[str, np.ndarray], test_samples: pd
         raise ValueError(f"clean test features have {len(logits)} rows, the test split {len(test_samples)}")
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, logits=logits, labels=test_samples["label"].to_numpy(), index=test_samples["index"].to_numpy())
-
-
-def read_predictions(path) -> dict[str, np.ndarray]:
-    with np.load(path) as saved:
-        return {key: saved[key] for key in ("logits", "labels", "index")}

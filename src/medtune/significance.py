@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medtune.evaluate import read_predictions
 from medtune.metrics import softmax
+from medtune.records import read_predictions
 from medtune.tables import mean_ci
 
 N_RESAMPLES = 1000
