@@ -260,3 +260,25 @@ def test_linear_probe_path_figure_times_both_sweeps():
     assert 0 < r["path"]["test_accuracy"] <= 1 and 0 < r["cold"]["test_accuracy"] <= 1
     figure = lp.linear_probe_path_figure({"tiny": r})
     assert figure.value == r["speedup"] and figure.status in ("PASS", "MISS") and "tiny (300 x 8 features" in figure.details[0]
+
+
+def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
+    from medtune.bench import compare_runs
+
+    def write(root, rows):
+        (root / "results" / "tables").mkdir(parents=True)
+        pd.DataFrame(rows, columns=["dataset", "method", "fraction", "accuracy_mean", "train_seconds_mean"]).to_csv(
+            root / "results" / "tables" / "clipath_accuracy.csv", index=False)
+
+    import pandas as pd
+
+    write(tmp_path / "a", [("d", "zeroshot", np.nan, 0.5, np.nan), ("d", "linear_probe", 1.0, 0.7, 3.0), ("d", "rfc", 1.0, 0.8, 9.0)])
+    write(tmp_path / "b", [("d", "rfc", 1.0, 0.8, 1.0), ("d", "zeroshot", np.nan, 0.5, np.nan), ("d", "linear_probe", 1.0, 0.71, 0.5),
+                           ("d", "knn", 1.0, 0.6, 0.1)])
+    found = compare_runs.compare_runs(tmp_path / "a", tmp_path / "b", ["linear_probe"])["clipath_accuracy"]
+    # rows matched whatever their order; times ignored; NaN keys (zero-shot) matched
+    assert sorted(zip(found["method"], found["status"], found["expected"])) == [
+        ("knn", "only in new", False), ("linear_probe", "differs", True)]
+    assert found.loc[found["method"] == "linear_probe", "columns"].item() == "accuracy_mean"
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe", "knn"]) == 0
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe"]) == 1
