@@ -282,3 +282,30 @@ def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
     assert found.loc[found["method"] == "linear_probe", "columns"].item() == "accuracy_mean"
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe", "knn"]) == 0
     assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe"]) == 1
+
+
+def test_linear_probe_path_on_a_finished_runs_subsets(tmp_path):
+    """The run's own features and subsets, as the linear probe's job reads them: a row per subset."""
+    import pandas as pd
+
+    from medtune.bench import linear_probe_path as lp
+
+    features = lp.synthetic_features(120, 60, 60, 6, 3, seed=1, separation=0.8)
+    rows, start = [], 0
+    for split in ("train", "val", "test"):
+        x, y = features[split]
+        folder = tmp_path / "results" / "features" / "tiny-path" / "synthetic" / split
+        folder.mkdir(parents=True)
+        np.save(folder / "clean.npy", x)
+        rows += [(start + i, split, int(c), f"class{c}", "g") for i, c in enumerate(y)]
+        start += len(y)
+    (tmp_path / "results" / "data" / "synthetic").mkdir(parents=True)
+    samples = pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "group"]).assign(caption="")
+    samples.to_csv(tmp_path / "results" / "data" / "synthetic" / "samples.csv", index=False)
+    subsets = tmp_path / "results" / "subsets" / "synthetic" / "seed1"
+    subsets.mkdir(parents=True)
+    for fraction, n in (("50", 60), ("10", 12)):
+        samples[samples["split"] == "train"].head(n)[["index", "label"]].to_csv(subsets / f"frac{fraction}.csv", index=False)
+    found = lp.bench_run_subsets(tmp_path, log=lambda message: None)
+    assert [r["subset"] for r in found] == ["frac10", "frac50"] and [r["images"] for r in found] == [12, 60]
+    assert all(r["path_cpu_s"] > 0 and r["cold_cpu_s"] > 0 and 0 <= r["path_test"] <= 1 for r in found)

@@ -1,5 +1,10 @@
 """Figure 6, the linear probe's regularisation path against the cold sweep it replaced (issue 30).
 
+Also on a finished run's own features, subset by subset (not part of ``make bench``)::
+
+    python -m medtune.bench.linear_probe_path RUN_DIR [--seed 1] [--backbone tiny-path] [--dataset synthetic]
+
+
 Both run CLIP's coarse-to-fine search over the same 97-value grid with the same selection rule,
 on the same features, one after the other and timed here:
 
@@ -17,8 +22,10 @@ features are, and as hard to tell apart as the default's (70-85 % accuracy).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -135,3 +142,71 @@ def linear_probe_path_figure(r: dict[str, Any]) -> Figure:
     return Figure("linear_probe_path", "linear-probe path vs cold sweep", worst, f"{worst:.1f}x faster (smallest over sizes)",
                   details, {"result": r})
 
+
+
+def run_features(run: Path, dataset: str, backbone: str):
+    """A finished run's clean train, validation and test features of ``backbone`` on ``dataset``,
+    their rows, and the labels (as the linear probe's job reads them)."""
+    from medtune.adapt import EVAL_COLUMNS, split_features
+    from medtune.data.store import read_samples
+
+    table = read_samples(run / "results" / "data" / dataset / "samples.csv", columns=EVAL_COLUMNS)
+    folder = run / "results" / "features" / backbone / dataset
+    return {split: split_features(folder / split, table, split) for split in ("train", "val", "test")}
+
+
+def bench_run_subsets(run: Path, seed: int = 1, dataset: str = "synthetic", backbone: str = "tiny-path",
+                      params: dict[str, Any] = SEARCH, log=print) -> list[dict[str, Any]]:
+    """Per training subset of ``seed`` in a finished run: the path and the old cold sweep on its
+    features, one after the other, in CPU seconds (both single-threaded), with each one's choice."""
+    from medtune.adapt import subset_positions
+    from medtune.heads import FitData, build_head, fit, predict
+
+    features = run_features(run, dataset, backbone)
+    (train_x, train_rows), (val_x, val_rows), (test_x, test_rows) = (features[s] for s in ("train", "val", "test"))
+    val_x, test_x = np.asarray(val_x), np.asarray(test_x)
+    val_y, test_y = val_rows["label"].to_numpy(), test_rows["label"].to_numpy()
+    classes = int(train_rows["label"].max()) + 1
+    out = []
+    subsets = sorted((run / "results" / "subsets" / dataset / f"seed{seed}").glob("frac*.csv"), key=lambda p: float(p.stem[4:]))
+    for path in subsets:
+        picked = subset_positions(train_rows, path)
+        x, y = np.asarray(train_x[picked]), train_rows["label"].to_numpy()[picked]
+        data = FitData(x, y, val_x, val_y, np.zeros((classes, x.shape[1]), np.float32), 1.0)
+        t0 = time.process_time()
+        state, info = fit("linear_probe", data, params, seed=0)
+        path_s = time.process_time() - t0
+        t0 = time.process_time()
+        clf, cold = cold_sweep(x, y, val_x, val_y, params)
+        cold_s = time.process_time() - t0
+        row = {"subset": path.stem, "images": len(y), "path_cpu_s": path_s, "cold_cpu_s": cold_s, "ratio": cold_s / path_s,
+               "path_C": info["C"], "cold_C": float(clf.C), "path_val": info["val_accuracy_by_C"][str(info["C"])],
+               "cold_val": cold[float(clf.C)][1], "path_test": float((predict(build_head(state), test_x).argmax(1) == test_y).mean()),
+               "cold_test": float(clf.score(test_x, test_y)), "load": os.getloadavg()[0]}
+        log(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        out.append(row)
+    return out
+
+
+def main(argv=None) -> None:
+    import argparse
+    import contextlib
+
+    p = argparse.ArgumentParser(prog="python -m medtune.bench.linear_probe_path", description=__doc__.split("\n\n")[0])
+    p.add_argument("run", type=Path, help="a finished run's folder (its results/)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--dataset", default="synthetic")
+    p.add_argument("--backbone", default="tiny-path")
+    args = p.parse_args(argv)
+    import scipy.linalg  # noqa: F401  (threadpoolctl limits only the BLAS pools already loaded)
+    import sklearn.linear_model  # noqa: F401
+
+    with contextlib.suppress(ImportError):
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    bench_run_subsets(args.run, args.seed, args.dataset, args.backbone)
+
+
+if __name__ == "__main__":
+    main()
