@@ -186,3 +186,48 @@ def test_rows_do_not_depend_on_threads_or_precision():
     assert len({c for c, _ in found.values()}) == 1, found
     accuracies = [a for _, a in found.values()]
     assert max(accuracies) - min(accuracies) <= 1 / len(test_y), found
+
+
+def _cold_converged_choice(data, params):
+    """The same coarse-to-fine search over cold scikit-learn fits run to convergence (its Newton
+    solver, float64): the chosen C, its validation accuracy and the fit."""
+    grid = c_grid(params["C_range"], params["steps_per_decade"])
+    fits = {}
+
+    def score(i):
+        fits[i] = converged(grid[i], data.train_features, data.train_labels)
+        return float(fits[i].score(np.float64(data.val_features), data.val_labels))
+
+    best = search_indices(score, len(grid), params["steps_per_decade"] // 2, params["search"])
+    return grid[best], score(best), fits[best]
+
+
+def _feature_sets():
+    """The default's subsets below 50 % (its sizes: 0.1 % to 10 % of 20,000 images, nested, nine
+    classes, 2,000 validation and test images) and two other sets: a binary one of PCam's kind and
+    a three-class one. 16-d features: scikit-learn's multinomial Newton solver, the reference,
+    takes minutes a sweep at the default's 64 (its Hessian is (classes x features)^2 per image);
+    docs/speed.md compares the default's own 64-d features."""
+    default = synthetic_features(2_000, 2_000, 2_000, 16, 9, seed=3, separation=0.4)
+    for n in (18, 99, 198, 999, 1998):
+        yield f"default {n}", default["train"][0][:n], default["train"][1][:n], default
+    binary = synthetic_features(3_000, 1_000, 1_000, 16, 2, seed=4, separation=0.15)
+    yield "binary 3000", *binary["train"], binary
+    three = synthetic_features(600, 600, 600, 16, 3, seed=5, separation=0.4)
+    yield "three-class 600", *three["train"], three
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+def test_chosen_C_matches_a_cold_converged_scikit_learn_sweep():
+    """On every feature set the path's choice has the validation accuracy of the cold converged
+    sweep's choice to one image, and a test accuracy within half a point of it."""
+    for name, x, y, features in _feature_sets():
+        (val_x, val_y), (test_x, test_y) = features["val"], features["test"]
+        classes = int(features["val"][1].max()) + 1
+        data = FitData(x, y, val_x, val_y, np.zeros((classes, x.shape[1]), np.float32), 1.0)
+        state, info = fit("linear_probe", data, COARSE, seed=0)
+        C, val_accuracy, clf = _cold_converged_choice(data, COARSE)
+        ours = info["val_accuracy_by_C"][str(info["C"])]
+        assert abs(ours - val_accuracy) <= 1 / len(val_y) + 1e-12, (name, info["C"], C)
+        test_ours = float((predict(build_head(state), test_x).argmax(1) == test_y).mean())
+        assert abs(test_ours - clf.score(np.float64(test_x), test_y)) <= 0.005, (name, info["C"], C)
