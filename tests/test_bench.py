@@ -245,3 +245,67 @@ def test_scale_goals_from_slopes_and_peaks():
     scales["1_4"]["jobs"][0]["cpu_s"] *= 2  # encode now grows 8x for 4x the images: slope 1.5
     assert scale_report.report(scales, [])["goals"]["slopes"]["over_limit"] == {"encode_images test": pytest.approx(1.5)}
     assert any("MISS" in line for line in scale_report.summary_lines(scale_report.report(scales, [])))
+
+
+def test_linear_probe_path_figure_times_both_sweeps():
+    from medtune.bench import linear_probe_path as lp
+
+    sizes = {"tiny": {"n_train": 300, "n_val": 200, "n_test": 100, "dim": 8, "classes": 3, "separation": 0.5}}
+    features = lp.synthetic_features(**{k: v for k, v in sizes["tiny"].items()})
+    assert features["train"][0].shape == (300, 8) and features["train"][0].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(features["test"][0], axis=1), 1.0, rtol=1e-5)
+    r = lp.bench_linear_probe_path(sizes, log=lambda message: None)["tiny"]
+    assert len(r["path_runs_s"]) == 2 and r["speedup"] == pytest.approx(r["cold_s"] / np.mean(r["path_runs_s"]))
+    assert 25 <= r["path"]["fits"] <= 29 and 25 <= r["cold"]["fits"] <= 29  # the same coarse-to-fine search on both sides
+    assert 0 < r["path"]["test_accuracy"] <= 1 and 0 < r["cold"]["test_accuracy"] <= 1
+    figure = lp.linear_probe_path_figure({"tiny": r})
+    assert figure.value == r["speedup"] and figure.status in ("PASS", "MISS") and "tiny (300 x 8 features" in figure.details[0]
+
+
+def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
+    from medtune.bench import compare_runs
+
+    def write(root, rows):
+        (root / "results" / "tables").mkdir(parents=True)
+        pd.DataFrame(rows, columns=["dataset", "method", "fraction", "accuracy_mean", "train_seconds_mean"]).to_csv(
+            root / "results" / "tables" / "clipath_accuracy.csv", index=False)
+
+    import pandas as pd
+
+    write(tmp_path / "a", [("d", "zeroshot", np.nan, 0.5, np.nan), ("d", "linear_probe", 1.0, 0.7, 3.0), ("d", "rfc", 1.0, 0.8, 9.0)])
+    write(tmp_path / "b", [("d", "rfc", 1.0, 0.8, 1.0), ("d", "zeroshot", np.nan, 0.5, np.nan), ("d", "linear_probe", 1.0, 0.71, 0.5),
+                           ("d", "knn", 1.0, 0.6, 0.1)])
+    found = compare_runs.compare_runs(tmp_path / "a", tmp_path / "b", ["linear_probe"])["clipath_accuracy"]
+    # rows matched whatever their order; times ignored; NaN keys (zero-shot) matched
+    assert sorted(zip(found["method"], found["status"], found["expected"])) == [
+        ("knn", "only in new", False), ("linear_probe", "differs", True)]
+    assert found.loc[found["method"] == "linear_probe", "columns"].item() == "accuracy_mean"
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe", "knn"]) == 0
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe"]) == 1
+
+
+def test_linear_probe_path_on_a_finished_runs_subsets(tmp_path):
+    """The run's own features and subsets, as the linear probe's job reads them: a row per subset."""
+    import pandas as pd
+
+    from medtune.bench import linear_probe_path as lp
+
+    features = lp.synthetic_features(120, 60, 60, 6, 3, seed=1, separation=0.8)
+    rows, start = [], 0
+    for split in ("train", "val", "test"):
+        x, y = features[split]
+        folder = tmp_path / "results" / "features" / "tiny-path" / "synthetic" / split
+        folder.mkdir(parents=True)
+        np.save(folder / "clean.npy", x)
+        rows += [(start + i, split, int(c), f"class{c}", "g") for i, c in enumerate(y)]
+        start += len(y)
+    (tmp_path / "results" / "data" / "synthetic").mkdir(parents=True)
+    samples = pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "group"]).assign(caption="")
+    samples.to_csv(tmp_path / "results" / "data" / "synthetic" / "samples.csv", index=False)
+    subsets = tmp_path / "results" / "subsets" / "synthetic" / "seed1"
+    subsets.mkdir(parents=True)
+    for fraction, n in (("50", 60), ("10", 12)):
+        samples[samples["split"] == "train"].head(n)[["index", "label"]].to_csv(subsets / f"frac{fraction}.csv", index=False)
+    found = lp.bench_run_subsets(tmp_path, log=lambda message: None)
+    assert [r["subset"] for r in found] == ["frac10", "frac50"] and [r["images"] for r in found] == [12, 60]
+    assert all(r["path_cpu_s"] > 0 and r["cold_cpu_s"] > 0 and 0 <= r["path_test"] <= 1 for r in found)

@@ -34,7 +34,8 @@ def test_every_built_in_method_says_what_it_requires():
     text = {"zeroshot", "rfc", "clip_adapter", "tip_adapter", "tip_adapter_f", "lp_plus_plus", "clap"}
     registered = method_registry.registered()
     assert {n: m.requires for n, m in registered.items()} == {
-        **{n: ("text_tower",) for n in text}, **{n: () for n in ("linear_probe", "knn", "simpleshot")},
+        **{n: ("text_tower",) for n in text}, **{n: () for n in ("linear_probe", "knn", "simpleshot", "transclip")},
+        **{n: ("open_clip_towers",) for n in ("lp_ft", "soup")},
         **{n: ("text_tower", "open_clip_towers") for n in ("coop", "clip_lora", "finetune")},
     }
 
@@ -191,7 +192,7 @@ def test_the_workflow_routes_a_vision_only_backbone_beside_a_text_one(tmp_path):
     frozen = {(r.method, r.seed) for r in plan.runs(config) if r.backbone == "tiny-vit" and r.seed is not None}
     assert {m for m, _ in frozen} == {"linear_probe", "knn", "simpleshot"}
     assert job_counts(result.stdout)["train_frozen"] == len({(r.method, r.backbone, r.seed) for r in plan.runs(config) if r.seed is not None
-                                                              and config["methods"][r.method]["training"] == "frozen"})
+                                                              and plan.training_of(config, r.method) == "frozen"})
 
 
 def test_the_small_run_skipped_each_pair_once_and_shows_it(small_run):

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+import pytest
 
 from medtune import science
 from medtune.studies.clipath import accuracy_table
@@ -58,27 +58,43 @@ def test_identical_subsets_and_smallest_class(tmp_path):
     assert [c.status for c in checks] == ["MISS", "MISS"]
 
 
-def test_rfc_interval_read_from_the_table():
-    """The table's half-width is the t-interval over seeds (scipy as the reference)."""
-    study = {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]}
-    numbers, _, _ = accuracy_table(fake_metrics(), pd.DataFrame(), study, registered_methods())
-    fraction, mean, ci = science.rfc_interval(numbers, "synthetic", "tiny-path")
-    values = np.array([0.80, 0.82, 0.81])
-    assert fraction == 50.0 and np.isclose(mean, values.mean())
-    assert np.isclose(ci, stats.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3))
-    check = science.check_rfc(numbers, "synthetic", "tiny-path")
-    assert check.status == ("PASS" if ci <= 0.02 else "MISS")
+def test_seed_spread_is_the_standard_deviation_over_seeds_at_the_largest_fraction():
+    fraction, spread = science.seed_spread(fake_metrics(), "synthetic", "tiny-path")
+    assert fraction == 50.0 and list(spread.index) == ["rfc"]  # zero-shot has no seeds
+    assert spread["rfc"] == pytest.approx(np.std([0.80, 0.82, 0.81], ddof=1))
+    check = science.check_seed_spread(fake_metrics(), "synthetic", "tiny-path")
+    assert check.status == "N/A" and check.details == ("rfc: 1.00 points",)
+
+
+def test_separated_pairs_count_every_test_made_below_alpha():
+    """Rows as clipath_significance.csv has them: per fraction, then one row per pair over all its runs."""
+    nan = np.nan
+    rows = [  # method, reference, fraction, p_t_holm, p_boot_accuracy_holm, p_wilcoxon_holm
+        ("rfc", "zeroshot", 50.0, 0.01, 0.001, nan),  # both tests below 0.05: separated
+        ("rfc", "linear_probe", 50.0, 0.01, 0.2, nan),  # the bootstrap is not
+        ("linear_probe", "zeroshot", 50.0, nan, 0.01, nan),  # one seed: the bootstrap alone decides
+        ("rfc", "zeroshot", 5.0, 0.001, 0.001, nan),  # another fraction: not counted
+        ("rfc", "zeroshot", nan, nan, nan, 0.03),
+        ("rfc", "linear_probe", nan, nan, nan, 0.5),
+        ("linear_probe", "zeroshot", nan, nan, nan, 0.04),
+    ]
+    table = pd.DataFrame(rows, columns=["method", "reference", "fraction", "p_t_holm", "p_boot_accuracy_holm", "p_wilcoxon_holm"])
+    table = table.assign(dataset="synthetic", backbone="tiny-path", shots=nan)
+    found = science.separated_pairs(table, "synthetic", "tiny-path")
+    assert found == {"fraction": 50.0, "pairs": 3, "separated": 2, "pairs_overall": 3, "separated_overall": 2}
+    assert science.check_separated(table, "synthetic", "tiny-path").shown == "2 of 3 at 50 %"
+    assert science.separated_pairs(table, "synthetic", "tiny-generic") is None
 
 
 def test_main_prints_na_without_a_run(tmp_path, capsys):
     assert science.main(["--results", str(tmp_path / "results")]) == 0
     out = capsys.readouterr().out
-    assert out.count("N/A") >= 4 and "PASS" not in out
+    assert out.count("N/A") >= 4 and "PASS" not in out and "RFC" not in out
 
 
 def test_shot_runs_are_models_of_their_own_and_not_the_largest_fraction():
     """A shot run (fraction empty, shots k) is its own model in the saturation count, and the
-    RFC interval and the headline read the fraction rows only."""
+    seed spread and the headline read the fraction rows only."""
     metrics = fake_metrics(top3_of_rfc=0.99).assign(shots=np.nan)
     shot = [("synthetic", "rfc", "tiny-path", seed, None, "clean", "all", metric, value)
             for seed in (1, 2, 3) for metric, value in (("accuracy", 0.5 + seed / 10), ("top3", 0.9))]
@@ -88,6 +104,6 @@ def test_shot_runs_are_models_of_their_own_and_not_the_largest_fraction():
     study = {"datasets": ["synthetic"], "backbones": ["tiny-path"], "methods": ["zeroshot", "rfc"]}
     numbers, _, _ = accuracy_table(metrics, pd.DataFrame(), study, registered_methods())
     assert (numbers["shots"] == 16).any()
-    fraction, mean, _ = science.rfc_interval(numbers, "synthetic", "tiny-path")
-    assert fraction == 50.0 and np.isclose(mean, 0.81)
+    fraction, spread = science.seed_spread(metrics, "synthetic", "tiny-path")
+    assert fraction == 50.0 and np.isclose(spread["rfc"], 0.01)
     assert science.headline(numbers, "synthetic", "tiny-path")[-1].startswith("rfc: 0.1 % 71.0")

@@ -84,6 +84,53 @@ def test_weighted_metrics_match_scikit_learn_with_sample_weights():
     assert ones_acc[0] == pytest.approx(m["accuracy"]) and ones_auc[0] == pytest.approx(m["auc"])
 
 
+def test_resamples_are_n_draws_with_replacement_from_the_seed():
+    """The resampling scheme re-typed: per resample, n image indices drawn uniformly from one
+    generator of the seed, counted per image."""
+    counts = sig.resample_counts(37, 250, 11)  # 250: chunks of 100 and a last one of 50
+    rng = np.random.default_rng(11)
+    drawn = rng.integers(0, 37, size=(250, 37))
+    assert counts.shape == (250, 37) and (counts.sum(axis=1) == 37).all()
+    assert np.array_equal(counts, np.stack([np.bincount(row, minlength=37) for row in drawn]))
+
+
+@pytest.mark.parametrize("n_classes", [2, 5])
+def test_resampled_metrics_are_scikit_learns_on_the_drawn_images(n_classes):
+    """Each resample's accuracy and AUC are scikit-learn's on the images it drew, repeated as
+    often as drawn (no weights): ties in the scores included."""
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, 300)
+    logits = np.round(rng.normal(size=(300, n_classes)) + np.eye(n_classes)[labels], 1)
+    counts = sig.resample_counts(300, 40, 5)
+    accuracy, auc = sig.weighted_metrics(logits, labels, counts)
+    probs = softmax(logits)
+    for r in (0, 17, 39):
+        drawn = np.repeat(np.arange(300), counts[r])
+        assert accuracy[r] == pytest.approx(accuracy_score(labels[drawn], logits[drawn].argmax(1)), abs=1e-12)
+        if n_classes == 2:
+            want = roc_auc_score(labels[drawn], probs[drawn, 1])
+        else:
+            want = roc_auc_score(labels[drawn], probs[drawn], multi_class="ovr", average="macro")
+        assert auc[r] == pytest.approx(want, abs=1e-12)
+
+
+def test_paired_percentile_interval_agrees_with_scipy_bootstrap(tmp_path):
+    """The paired percentile interval of an accuracy difference against scipy.stats.bootstrap's
+    (its own generator, so the two agree to the resampling noise of 4,000 resamples)."""
+    rng = np.random.default_rng(2)
+    labels = rng.integers(0, 3, 500)
+    runs = [save_predictions(tmp_path / f"{name}.npz", rng.normal(size=(500, 3)) + strength * np.eye(3)[labels], labels)
+            for name, strength in (("a", 1.2), ("b", 0.8))]
+    sig.bootstrap_runs.cache_clear()
+    boot = sig.bootstrap_runs(tuple(runs), 4000, 0)
+    low, high, _ = sig.bootstrap_difference([(boot[runs[0]][0][0], boot[runs[0]][1][0])], [(boot[runs[1]][0][0], boot[runs[1]][1][0])])
+    right = [np.load(r)["logits"].argmax(1) == labels for r in runs]
+    scipy_ci = stats.bootstrap((right[0].astype(float), right[1].astype(float)), lambda a, b, axis: a.mean(axis) - b.mean(axis),
+                               paired=True, method="percentile", n_resamples=4000, random_state=1).confidence_interval
+    assert low == pytest.approx(scipy_ci.low, abs=0.006) and high == pytest.approx(scipy_ci.high, abs=0.006)
+    assert low < right[0].mean() - right[1].mean() < high
+
+
 def save_predictions(path, logits, labels):
     np.savez(path, logits=logits, labels=labels, index=np.arange(len(labels)))
     return str(path)

@@ -16,13 +16,13 @@ from tqdm import tqdm
 
 from medtune.conditions import augmented_condition
 from medtune.data.store import DatasetError, read_samples
-from medtune.evaluate import LOGITS, PREDICTIONS, evaluate_features, evaluate_run, write_logits, write_predictions
+from medtune.evaluate import LOGITS, evaluate_features, evaluate_run, write_logits, write_predictions
 from medtune.heads import FitData, build_head, fit, load_head, predict, refine
 from medtune.io import atomic_dir, save_torch, write_csv, write_json
 from medtune.jobs import report
 from medtune.methods import zeroshot
 from medtune.protocol import ids_digest
-from medtune.records import read_runs, write_manifest
+from medtune.records import PREDICTIONS, read_runs, write_manifest
 from medtune.training import Stopwatch, cost_record, resolve_device
 
 

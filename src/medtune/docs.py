@@ -34,6 +34,8 @@ KIND = {
     "none": "no training (the pretrained model)",
     "frozen": "fitted on cached features of the frozen backbone",
     "backbone": "trained inside the backbone",
+    "transductive": "a stage refining the test predictions of other methods' runs",
+    "soup": "a weight average of other methods' backbone-trained runs",
 }
 # the key column's placeholder for a free-form name under a mapping key
 NAME_OF = {"datasets": "<dataset>", "backbones": "<backbone>", "methods": "<method>", "label_map": "<label>",

@@ -21,7 +21,6 @@ from medtune.metrics import classification_metrics, per_group_top_k
 from medtune.retrieval import retrieval_metrics
 
 RETRIEVAL_KS = (5, 10)
-PREDICTIONS = "predictions.npz"
 LOGITS = "logits.npz"
 METRIC_COLUMNS = ["dataset", "method", "backbone", "seed", "fraction", "shots", "condition", "group", "metric", "value"]
 
@@ -122,8 +121,3 @@ def write_logits(head, val_features: np.ndarray, val_rows: pd.DataFrame, test_fe
                    "train_sites": np.array(sorted(set(train_sites)), dtype=str)}
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
-
-
-def read_predictions(path) -> dict[str, np.ndarray]:
-    with np.load(path) as saved:
-        return {key: saved[key] for key in ("logits", "labels", "index")}

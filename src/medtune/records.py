@@ -11,9 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
 from medtune.io import read_json, write_json
 
 MANIFEST = "runs.json"
+PREDICTIONS = "predictions.npz"  # a run's clean-test logits (medtune.evaluate.write_predictions)
 
 
 def write_manifest(runs: list[dict[str, Any]], folder: str | Path) -> None:
@@ -36,3 +39,10 @@ def read_runs(outputs: Iterable[str | Path]) -> list[dict[str, Any]]:
             files = {kind: str(path.parent / rel) for kind, rel in run.get("files", {}).items()}
             found.append({**run, "files": files})
     return found
+
+
+def read_predictions(path) -> dict[str, np.ndarray]:
+    """A run's saved clean-test logits, each image's label and sample index. Here, not beside
+    :func:`medtune.evaluate.write_predictions`: the tables read them without importing torch."""
+    with np.load(path) as saved:
+        return {key: saved[key] for key in ("logits", "labels", "index")}

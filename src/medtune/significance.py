@@ -30,14 +30,14 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from medtune.evaluate import read_predictions
 from medtune.metrics import softmax
+from medtune.records import read_predictions
 from medtune.tables import mean_ci, of_study
 
 N_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
-_CHUNK = 100  # resamples drawn at once: bounds memory at CHUNK x test images
+_CHUNK = 100  # resamples drawn at once: bounds the draws' memory at CHUNK x test images
 USAGE = ["fraction", "shots"]  # a run's data usage: one of them is set, the other NaN (both NaN: no training data)
 COMPARISON_COLUMNS = [
     "dataset", "backbone", "method", "reference", "fraction", "shots", "n_seeds",
@@ -85,49 +85,69 @@ def signed_rank(differences: np.ndarray) -> float:
 # ---- bootstrap over test images -------------------------------------------------------
 
 
-def resample_counts(n: int, n_resamples: int, seed: int):
-    """Chunks of bootstrap resamples of ``n`` images, each row the number of times every
-    image is drawn (n draws with replacement): the same for every run, so differences pair.
-    float32 counts: exact (they sum to n), and half the memory traffic of float64."""
+def resample_counts(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """Bootstrap resamples of ``n`` images as a resamples x images array: how many times each
+    image is drawn (n draws with replacement) in each resample, the same for every run so that
+    differences pair. Integer counts in the smallest unsigned type that holds the largest, drawn
+    ``_CHUNK`` resamples at a time (a chunk's draws are CHUNK x n int64)."""
     rng = np.random.default_rng(seed)
-    done = 0
-    while done < n_resamples:
-        size = min(_CHUNK, n_resamples - done)
+    counts = np.empty((n_resamples, n), np.min_scalar_type(n))
+    for start in range(0, n_resamples, _CHUNK):
+        size = min(_CHUNK, n_resamples - start)
         drawn = rng.integers(0, n, size=(size, n)) + n * np.arange(size)[:, None]  # one bincount for the chunk
-        yield np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n).astype(np.float32)
-        done += size
+        counts[start : start + size] = np.bincount(drawn.ravel(), minlength=size * n).reshape(size, n)
+    # an image is rarely drawn more than a few times: one byte a count halves what the AUC gathers
+    return counts.astype(np.min_scalar_type(int(counts.max(initial=0))))
+
+
+def _sum_dtype(weights: np.ndarray):
+    """Integer weights (resample counts) add up exactly as int64; any others as float64."""
+    return np.int64 if np.issubdtype(weights.dtype, np.integer) else np.float64
 
 
 def weighted_auc(scores: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC of one score against binary labels under each row of ``weights`` (images
-    counted that many times); ties count a half, as in scikit-learn. NaN without positives
-    or negatives."""
+    """ROC AUC of one score against binary labels under each row of ``weights`` (resamples x
+    images: images counted that many times); ties count a half, as in scikit-learn. NaN
+    without positives or negatives.
+
+    Every positive wins against the negatives scored below it and half of those tied with it:
+    with the images sorted by score once, a positive's share is the cumulative weight of the
+    negatives up to the start and to the end of its group of tied scores, read for every
+    resample at once from one cumulative sum along the negatives."""
     order = np.argsort(scores, kind="stable")
-    sorted_scores = scores[order]
-    sorted_weights = weights[:, order]
-    pos = sorted_weights * positive[order]
-    neg = sorted_weights - pos
+    sorted_scores, sorted_positive = scores[order], positive[order]
     # each image's group of tied scores, as [first, last + 1) positions in the sorted order
     new = np.r_[True, sorted_scores[1:] != sorted_scores[:-1]]
     group = np.cumsum(new) - 1
     starts = np.flatnonzero(new)
     ends = np.r_[starts[1:], len(scores)]
-    # negatives scored lower (cumulative up to the group), plus half the tied ones: the mean
-    # of the cumulative count before the group and after it
-    cumulative = np.concatenate([np.zeros((len(weights), 1), neg.dtype), np.cumsum(neg, axis=1)], axis=1)
-    credit = 0.5 * (np.take(cumulative, starts[group], axis=1) + np.take(cumulative, ends[group], axis=1))
-    wins = np.einsum("ij,ij->i", pos, credit, dtype=np.float64)
+    negatives_up_to = np.r_[0, np.cumsum(~sorted_positive)]  # negatives among the first k sorted images
+    below = negatives_up_to[starts[group]][sorted_positive]
+    through = negatives_up_to[ends[group]][sorted_positive]
+    # integer counts: cumulative sums in int32 where twice a resample's total fits (NumPy's
+    # cumsum from one-byte counts is about four times faster into int32 than into int16 or
+    # int64 here), products in int64
+    dtype = _sum_dtype(weights)
+    if dtype is np.int64 and 2 * int(weights.sum(axis=1, dtype=np.int64).max(initial=0)) < 2**31:
+        dtype = np.int32
+    cumulative = np.zeros((len(weights), len(scores) - len(below) + 1), dtype)
+    np.cumsum(np.take(weights, order[~sorted_positive], axis=1), axis=1, dtype=dtype, out=cumulative[:, 1:])
+    positive_weights = np.take(weights, order[sorted_positive], axis=1)
+    # twice the wins: the negatives below plus those through the tie group
+    twice_wins = np.einsum("ri,ri->r", positive_weights, np.take(cumulative, below, axis=1) + np.take(cumulative, through, axis=1),
+                           dtype=_sum_dtype(weights))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return wins / (pos.sum(axis=1, dtype=np.float64) * neg.sum(axis=1, dtype=np.float64))
+        return (twice_wins / 2) / (positive_weights.sum(axis=1, dtype=np.float64) * cumulative[:, -1].astype(np.float64))
 
 
 def weighted_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy and AUC (as :func:`medtune.metrics.classification_metrics` defines them:
     the positive class's softmax for two classes, the macro one-vs-rest mean for more)
-    under each row of ``weights``."""
+    under each row of ``weights`` (resamples x images), all rows at once."""
+    weights = np.asarray(weights)
     probs = softmax(np.asarray(logits, dtype=np.float64))
-    correct = (probs.argmax(axis=1) == labels).astype(np.float64)
-    accuracy = (weights @ correct.astype(weights.dtype)).astype(np.float64) / weights.sum(axis=1, dtype=np.float64)
+    correct = probs.argmax(axis=1) == labels
+    accuracy = np.take(weights, np.flatnonzero(correct), axis=1).sum(axis=1, dtype=_sum_dtype(weights)) / weights.sum(axis=1, dtype=np.float64)
     classes = [1] if probs.shape[1] == 2 else range(probs.shape[1])
     auc = np.mean([weighted_auc(probs[:, c], labels == c, weights) for c in classes], axis=0)
     return accuracy, auc
@@ -137,21 +157,20 @@ def weighted_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray
 def bootstrap_runs(paths: tuple[str, ...], n_resamples: int = N_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> dict[str, tuple]:
     """Per predictions file: its accuracy and AUC on the test images and on each of
     ``n_resamples`` resamples of them, ``{path: (observed (2,), resampled (2, n_resamples))}``.
-    Every file must hold the same images in the same order. Cached: the significance table
-    and the accuracy table's markers of one ``tables`` job share one bootstrap."""
+    Every file must hold the same images in the same order. Each run's metrics come for all
+    resamples at once, from one resamples x images array of counts. Cached: the significance
+    table and the accuracy table's markers of one ``tables`` job share one bootstrap."""
     saved = {p: read_predictions(p) for p in paths}
     first = saved[paths[0]]
     for path, p in saved.items():
         if not np.array_equal(p["index"], first["index"]) or not np.array_equal(p["labels"], first["labels"]):
             raise ValueError(f"{path}: its test images differ from those of {paths[0]}; paired resampling needs the same split")
-    out = {p: [] for p in paths}
-    for counts in resample_counts(len(first["labels"]), n_resamples, seed):
-        for path, p in saved.items():
-            out[path].append(np.stack(weighted_metrics(p["logits"], p["labels"], counts)))
-    ones = np.ones((1, len(first["labels"])))
+    n = len(first["labels"])
+    counts = resample_counts(n, n_resamples, seed)
+    ones = np.ones((1, n), counts.dtype)
     return {
-        path: (np.stack(weighted_metrics(saved[path]["logits"], saved[path]["labels"], ones))[:, 0], np.concatenate(parts, axis=1))
-        for path, parts in out.items()
+        path: (np.stack(weighted_metrics(p["logits"], p["labels"], ones))[:, 0], np.stack(weighted_metrics(p["logits"], p["labels"], counts)))
+        for path, p in saved.items()
     }
 
 

@@ -3,6 +3,7 @@
 
 import os
 import re
+from pathlib import Path
 
 from medtune import devices, protocol
 from medtune import studies as study_registry
@@ -45,7 +46,6 @@ wildcard_constraints:
     staged=one_of(sorted({r.method for r in RUNS if plan.stage_of(config, r.method)})),
     souped=one_of(plan.methods_of(config, "soup")),
     setting=r"pretrained|seed\d+",
-    figure=one_of(FIGURES),
 
 
 def dataset_files(dataset):
@@ -210,7 +210,10 @@ def soup_run(wildcards):
 def soup_inputs(wildcards):
     """A soup's ingredients: the runs of the methods its ``methods`` names on the same seed and subset."""
     run = soup_run(wildcards)
-    ingredients = [plan.Run(run.dataset, m, run.backbone, run.seed, run.fraction, run.shots) for m in METHODS[run.method]["params"]["methods"]]
+    ingredients = [
+        plan.Run(run.dataset, m, run.backbone, run.seed, run.fraction, run.shots)
+        for m in METHODS[run.method]["params"]["methods"]
+    ]
     return {
         **dataset_files(wildcards.dataset),
         "weights": backbone_weights(wildcards.backbone),
@@ -264,18 +267,22 @@ def all_outputs():
     return tables + [f"{RESULTS}/figures/{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")]
 
 
-def figure_study(wildcards):
-    study, figure = study_registry.find_figure(wildcards.figure)
-    return study, figure, config["studies"][study.name]
+def study_figures(study):
+    """The figures a configured study makes, in its declaration's order."""
+    return [f.name for f in study_registry.figures(study, config["studies"][study])]
 
 
-def figure_inputs(wildcards):
-    """The files a figure declares (medtune.studies.FIGURE_INPUTS), for its study: images,
-    features and runs are those of the study's first dataset and backbone (every run, those
-    trained inside the backbone included: their manifests list their own weights)."""
-    _, figure, study = figure_study(wildcards)
-    dataset, backbone = study["datasets"][0], study["backbones"][0]
-    runs = [r for r in RUNS if (r.dataset, r.backbone) == (dataset, backbone) and r.method in study["methods"]]
+FIGURE_STUDIES = [study for study in config["studies"] if study_figures(study)]
+
+
+def study_figure_inputs(study):
+    """The files a study's figures declare (medtune.studies.FIGURE_INPUTS), all of them for the
+    one job that draws them: images, features and runs are those of the study's first dataset and
+    backbone (every run, those trained inside the backbone included: their manifests list their
+    own weights)."""
+    config_study = config["studies"][study]
+    dataset, backbone = config_study["datasets"][0], config_study["backbones"][0]
+    runs = [r for r in RUNS if (r.dataset, r.backbone) == (dataset, backbone) and r.method in config_study["methods"]]
     available = {
         "metrics": f"{RESULTS}/metrics.csv",
         "costs": f"{RESULTS}/costs.csv",
@@ -285,7 +292,21 @@ def figure_inputs(wildcards):
         "test_features": features_dir(backbone, dataset, "test"),
         "robustness_index": robustness_index_outputs(),
     }
-    return {name: available[name] for name in figure.inputs}
+    names = {i for f in study_registry.figures(study, config_study) for i in f.inputs}
+    return {name: available[name] for name in available if name in names}
+
+
+def caption_file(figure):
+    """A figure's caption (from its study's declaration) in the .rst file Snakemake's report reads,
+    written under .snakemake/ when the workflow is parsed: a report caption is a file per output,
+    and one job writes several figures."""
+    _, output = study_registry.find_figure(figure)
+    path = Path(".snakemake", "medtune", "captions", f"{figure}.rst").resolve()
+    text = f"{{% raw %}}{output.caption}{{% endraw %}}\n"
+    if not path.exists() or path.read_text() != text:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return str(path)
 
 
 def gpu_request(wildcards):

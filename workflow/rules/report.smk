@@ -5,7 +5,6 @@
 localrules:
     collect_metrics,
     tables,
-    figure,
 
 
 rule collect_metrics:
@@ -53,25 +52,36 @@ rule tables:
         "../scripts/tables.py"
 
 
-rule figure:
-    input:
-        unpack(figure_inputs),
-    output:
-        png=report(
-            f"{RESULTS}/figures/{{figure}}.png",
-            caption="../report/figure.rst",
-            category=lambda wc: figure_study(wc)[0].label,
-        ),
-        pdf=f"{RESULTS}/figures/{{figure}}.pdf",
-    log:
-        f"{RESULTS}/logs/figures/{{figure}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/figures/{{figure}}.tsv"
-    conda:
-        "../../envs/medtune.yaml"
-    params:
-        study=lambda wc: figure_study(wc)[2],
-        methods=plan.method_labels(config),
-        caption=lambda wc: figure_study(wc)[1].caption,
-    script:
-        "../scripts/figure.py"
+# One job per study draws all of its figures: a job per figure paid for a fresh interpreter,
+# pandas and matplotlib (and torch, for the studies whose figures read runs or images) ten times
+# on the default. Each figure stays a declared output of its own in the report, with its caption.
+for _study in FIGURE_STUDIES:
+
+    rule:
+        name:
+            f"figures_{_study}"
+        input:
+            unpack(lambda wc, study=_study: study_figure_inputs(study)),
+        output:
+            png=[
+                report(
+                    f"{RESULTS}/figures/{name}.png",
+                    caption=caption_file(name),
+                    category=study_registry.registered()[_study].label,
+                )
+                for name in study_figures(_study)
+            ],
+            pdf=[f"{RESULTS}/figures/{name}.pdf" for name in study_figures(_study)],
+        log:
+            f"{RESULTS}/logs/figures/{_study}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/figures/{_study}.tsv"
+        localrule: True
+        conda:
+            "../../envs/medtune.yaml"
+        params:
+            figures=study_figures(_study),
+            study=config["studies"][_study],
+            methods=plan.method_labels(config),
+        script:
+            "../scripts/figures.py"

@@ -89,6 +89,16 @@ rule train_transductive:
     output:
         # {frac{fraction},shots{k}}/{head.pt,train.json,metrics.csv,predictions.npz}, runs.json; on zero-shot those files directly
         directory(f"{RESULTS}/runs/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}"),
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
     params:
         # the stage's settings but its "methods": adding one reruns no existing run of another
         method=lambda wc: stage_method(wc.staged),
@@ -97,16 +107,6 @@ rule train_transductive:
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, plan.stage_of(config, wc.staged)[1]),
         class_balance=lambda wc: DATASETS[wc.dataset].get("class_balance", "proportional"),  # reruns on a change: the subsets are ancient inputs
         progress=config["progress"],
-    log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{staged}}/{{backbone}}/{{setting}}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        "../../envs/medtune.yaml"
     script:
         "../scripts/train_frozen.py"
 
@@ -124,6 +124,17 @@ rule train_soup:
         metrics=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/metrics.csv",
         predictions=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/predictions.npz",
         manifest=f"{RESULTS}/runs/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}/{MANIFEST}",
+    log:
+        f"{RESULTS}/logs/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
+    conda:
+        "../../envs/medtune.yaml"
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        gpu=gpu_request,
     params:
         method=lambda wc: {"name": wc.souped, **{k: METHODS[wc.souped][k] for k in ("module", "params")}},
         ingredient_module=lambda wc: METHODS[METHODS[wc.souped]["params"]["methods"][0]]["module"],
@@ -133,16 +144,5 @@ rule train_soup:
         conditions=lambda wc: plan.conditions_for(config, wc.dataset, wc.backbone, wc.souped),
         device=config["device"],
         progress=config["progress"],
-    log:
-        f"{RESULTS}/logs/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
-    threads: 2
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        gpu=gpu_request,
-    conda:
-        "../../envs/medtune.yaml"
     script:
         "../scripts/train_soup.py"

@@ -22,6 +22,9 @@ and prints each as ``name: measured (target ...) PASS/MISS``:
 5. **scaling** (:mod:`.scaling`) — training seconds per run vs training fraction, from each
    run's ``train.json`` (its labels and ``wall_seconds``; one job fits every fraction of a
    seed), with a plot.
+6. **linear-probe path** (:mod:`.linear_probe_path`) — the linear probe's regularisation path
+   (Newton from the nearest C's solution) against the cold scikit-learn sweep it replaced, same
+   search and selection, at 50 % of the embedded default and at the scale rehearsal's PCam size.
 
 Shared pieces: :mod:`.figure` (targets, PASS/MISS), :mod:`.inputs` (random backbone, synthetic
 store, method settings), :mod:`.machine`, :mod:`.snakemake_cli` and :mod:`.snakemake_logs`

@@ -13,10 +13,11 @@ import numpy as np
 import medtune.bench
 from medtune.bench.figure import Figure
 from medtune.bench.inputs import REPO
+from medtune.bench.linear_probe_path import SIZES as LP_SIZES
 from medtune.bench.summary import write_json, write_summary
 from medtune.conditions import ALL_CONDITIONS
 
-FIGURES = ("encode", "corrupt", "dag", "end_to_end", "scaling")
+FIGURES = ("encode", "corrupt", "dag", "end_to_end", "scaling", "linear_probe_path")
 METHODS = ("rfc", "linear_probe", "coop")
 
 
@@ -46,6 +47,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--with-default-run", action="store_true", help="run the embedded default (snakemake) before the no-op check")
     p.add_argument("--cores", type=int, default=2, help="--cores for snakemake")
     p.add_argument("--import-repeats", type=int, default=2)
+    p.add_argument("--lp-sizes", nargs="+", default=None, choices=list(LP_SIZES),
+                   help="feature sizes of figure 6 (default: all)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads on the CPU; 1 (as the pipeline's training jobs) keeps timings stable on a shared "
                         "machine, 0 for torch's default (all cores)")
@@ -62,7 +65,8 @@ def _limit_threads(threads: int) -> int:
 
     if threads:
         torch.set_num_threads(threads)
-        with contextlib.suppress(ImportError):  # scikit-learn's BLAS/OpenMP pools too (the linear probe)
+        with contextlib.suppress(ImportError):  # NumPy's and SciPy's BLAS pools too (the linear probe)
+            import scipy.linalg  # noqa: F401  (threadpoolctl limits the pools of libraries already loaded; SciPy has its own BLAS)
             from threadpoolctl import threadpool_limits
 
             threadpool_limits(threads)
@@ -96,7 +100,7 @@ def _encode_once(args, repo: Path, models, device, settings: dict[str, Any], out
         for name in ("rfc", "coop"):
             params[name]["epochs"] = args.epochs
     epochs = ", ".join(f"{name} {params[name]['epochs']}" for name in ("rfc", "coop") if name in args.methods)
-    log(f"[1/5] encode once: {args.methods} x fractions {args.fractions} x seeds {args.seeds}, epochs: {epochs}")
+    log(f"[1/6] encode once: {args.methods} x fractions {args.fractions} x seeds {args.seeds}, epochs: {epochs}")
     backbone, images, samples = models
     r = bench_encode_once(backbone, images, samples, args.fractions, args.seeds, params, prompt_templates(config),
                           args.methods, device, args.batch_size, log=log)
@@ -110,7 +114,7 @@ def _encode_once(args, repo: Path, models, device, settings: dict[str, Any], out
 def _corrupt(args, models, device, settings: dict[str, Any], out: Path) -> list[Figure]:
     from medtune.bench.corrupt_throughput import bench_corrupt_throughput, corrupt_figure
 
-    log(f"[2/5] corrupted evaluation: {args.n_test} images x {len(ALL_CONDITIONS)} conditions")
+    log(f"[2/6] corrupted evaluation: {args.n_test} images x {len(ALL_CONDITIONS)} conditions")
     backbone, images, samples = models
     test_idx = np.array(samples.loc[samples["split"] == "test", "index"])
     figure = corrupt_figure(bench_corrupt_throughput(backbone, images, test_idx, list(ALL_CONDITIONS), device, args.batch_size))
@@ -123,7 +127,7 @@ def _dag(args, repo: Path, workdir: Path, out: Path) -> list[Figure]:
     from medtune.bench.dag import bench_dag_paper, bench_noop_default, dag_paper_figure, noop_figure
 
     paper = (args.paper_config or repo / "config" / "paper" / "all.yaml").resolve()
-    log(f"[3/5] DAG build: snakemake -n on {paper.name}; no-op re-run of the embedded default")
+    log(f"[3/6] DAG build: snakemake -n on {paper.name}; no-op re-run of the embedded default")
     figures = [dag_paper_figure(bench_dag_paper(repo, paper, args.cores))]
     log(figures[-1].line())
     figures.append(noop_figure(bench_noop_default(repo, workdir, args.cores, args.with_default_run, out)))
@@ -134,7 +138,7 @@ def _dag(args, repo: Path, workdir: Path, out: Path) -> list[Figure]:
 def _end_to_end(args, results: Path, workdir: Path, out: Path) -> list[Figure]:
     from medtune.bench.end_to_end import bench_end_to_end, end_to_end_figure
 
-    log("[4/5] embedded default end to end, from results/benchmarks and .snakemake/log")
+    log("[4/6] embedded default end to end, from results/benchmarks and .snakemake/log")
     from medtune.bench.inputs import embedded_default
 
     config = embedded_default(args.repo.resolve())
@@ -147,10 +151,20 @@ def _end_to_end(args, results: Path, workdir: Path, out: Path) -> list[Figure]:
 def _scaling(results: Path, out: Path) -> list[Figure]:
     from medtune.bench.scaling import bench_scaling, plot_scaling, scaling_figure
 
-    log("[5/5] scaling: results/runs/**/train.json")
+    log("[5/6] scaling: results/runs/**/train.json")
     r = bench_scaling(results)
     figure = scaling_figure(r, plot_scaling(r, out / "scaling.png"))
     write_json(figure.to_json(), out / "scaling.json")
+    return [figure]
+
+
+def _linear_probe_path(args, out: Path) -> list[Figure]:
+    from medtune.bench.linear_probe_path import bench_linear_probe_path, linear_probe_path_figure
+
+    sizes = {name: LP_SIZES[name] for name in (args.lp_sizes or LP_SIZES)}
+    log(f"[6/6] linear-probe path vs the cold sweep it replaced: {', '.join(sizes)}")
+    figure = linear_probe_path_figure(bench_linear_probe_path(sizes, log=log))
+    write_json(figure.to_json(), out / "linear_probe_path.json")
     return [figure]
 
 
@@ -182,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
         "dag": lambda: _dag(args, repo, workdir, out),
         "end_to_end": lambda: _end_to_end(args, results, workdir, out),
         "scaling": lambda: _scaling(results, out),
+        "linear_probe_path": lambda: _linear_probe_path(args, out),
     }
     figures: list[Figure] = []
     for name in FIGURES:

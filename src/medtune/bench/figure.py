@@ -14,6 +14,7 @@ TARGETS: dict[str, tuple[str, float, str]] = {
     "end_to_end": ("<=", 600.0, "<= 10 min wall"),
     "startup_share": ("<=", 0.25, "<= 25 % of the summed job seconds"),  # a detail of end_to_end
     "scaling": ("<", 1.0, "time ratio < images ratio"),
+    "linear_probe_path": (">=", 10.0, ">= 10x the cold sweep at every size"),
 }
 
 

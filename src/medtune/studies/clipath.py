@@ -393,9 +393,8 @@ def reliability_figure(inputs: dict, study: dict, methods: dict, path) -> None:
     the predictions each run saved (a run trained inside the backbone: on its own re-encoded features)."""
     from matplotlib.colors import to_rgba
 
-    from medtune.evaluate import read_predictions
     from medtune.metrics import calibration_bins, expected_calibration_error, softmax
-    from medtune.records import read_runs
+    from medtune.records import read_predictions, read_runs
 
     runs = [r for r in read_runs(inputs["runs"]) if "predictions" in r["files"] and r.get("shots") is None]
     key = lambda method, seed, fraction: (method, None if pd.isna(seed) else int(seed), None if pd.isna(fraction) else float(fraction))
