@@ -44,7 +44,10 @@ def test_tables_have_the_seed_shapes(small_run):
     # TransCLIP on zero-shot records what it fits to the test set, without training data
     assert cost.loc[cost["method"] == "zeroshot+transclip", "trainable_parameters"].item() == N_CLASSES * 64 + 64
     trained = cost[~cost["method"].isin(["zeroshot", "zeroshot+transclip", "toy_method"])]
-    assert (trained["train_seconds_mean"] > 0).all() and len(trained) == 3 * (len(methods) - 1)
+    # the training-free ones (kNN, SimpleShot) may round to 0 s on a few images; every other fit takes time
+    free = trained["method"].isin(["knn", "simpleshot", "tip_adapter"])
+    assert (trained["train_seconds_mean"] >= 0).all() and (trained.loc[~free, "train_seconds_mean"] > 0).all()
+    assert len(trained) == 3 * (len(methods) - 1)
     # what each method trains: nothing for kNN, SimpleShot and the training-free Tip-Adapter
     learned = trained.groupby("method")["trainable_parameters"].min()
     assert (learned[["knn", "simpleshot", "tip_adapter"]] == 0).all()

@@ -54,8 +54,8 @@ SPEC = {
         "w_step_scale": 5.0,   # Histo-VLM configs/base.yaml "lr_temp0: 5" (w_step: shots only)
     },
     "params": {
-        "epochs": {"type": "integer", "minimum": 1, "maximum": 100000},
-        "momentum": {"type": "number", "minimum": 0, "maximum": 1},
+        "epochs": {"type": "integer", "minimum": 1, "maximum": 100000, "description": "full-batch SGD epochs (upstream configs/base.yaml: 300)"},
+        "momentum": {"type": "number", "minimum": 0, "maximum": 1, "description": "SGD momentum (upstream linear_probe_p2.py: 0.9)"},
         "alpha_every": {"type": "integer", "minimum": 1, "description": "epochs between the steps of alpha (10)"},
         "alpha_init_scale": {"type": "number", "exclusiveMinimum": 0, "description": "alpha0 = this x the mean class-wise text similarity (250)"},
         "w_step": {
