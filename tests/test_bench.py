@@ -277,11 +277,19 @@ def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
                            ("d", "knn", 1.0, 0.6, 0.1)])
     found = compare_runs.compare_runs(tmp_path / "a", tmp_path / "b", ["linear_probe"])["clipath_accuracy"]
     # rows matched whatever their order; times ignored; NaN keys (zero-shot) matched
+    # a row the new run adds (a new method's) is expected; a changed one only of the methods named
     assert sorted(zip(found["method"], found["status"], found["expected"])) == [
-        ("knn", "only in new", False), ("linear_probe", "differs", True)]
+        ("knn", "only in new", True), ("linear_probe", "differs", True)]
     assert found.loc[found["method"] == "linear_probe", "columns"].item() == "accuracy_mean"
-    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe", "knn"]) == 0
-    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe"]) == 1
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b"), "--expect", "linear_probe"]) == 0
+    assert compare_runs.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    # a row the new run lost is never expected; a column it adds (a new backbone's) is listed, the rest compared
+    table = tmp_path / "c" / "results" / "tables" / "clipath_accuracy.csv"
+    table.parent.mkdir(parents=True)
+    pd.read_csv(tmp_path / "a" / "results" / "tables" / "clipath_accuracy.csv").iloc[1:].assign(f1_mean=0.1).to_csv(table, index=False)
+    found = compare_runs.compare_runs(tmp_path / "a", tmp_path / "c", ["linear_probe"])["clipath_accuracy"]
+    assert list(zip(found["method"], found["status"], found["expected"])) == [("zeroshot", "only in base", False)]
+    assert found.attrs["added_columns"] == ["f1_mean"]
 
 
 def test_linear_probe_path_on_a_finished_runs_subsets(tmp_path):

@@ -6,7 +6,8 @@ compares every other column exactly (NaN equals NaN). Columns of measured time
 (``*seconds*``) differ from run to run and are left out. Prints, per table, the rows only one
 run has and the rows whose values differ, with the columns that do; ``--expect METHOD`` marks
 the rows of a method expected to change (a row that names it in any column), and the exit
-status is 1 when any other row differs.
+status is 1 when any other row differs or is missing from the new run. Rows and columns only the
+new run has (a backbone or method added since the base) are listed and expected.
 """
 
 from __future__ import annotations
@@ -39,9 +40,14 @@ def _same(a: pd.Series, b: pd.Series) -> pd.Series:
 def compare_table(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """One row per row of either table that is not in the other or whose values differ:
     its key columns, ``status`` (``only in base``, ``only in new``, ``differs``) and ``columns``."""
+    # a column the new run adds (a new backbone's, a "not run" note) is listed apart by
+    # added_columns; one it lost cannot be compared
+    if lost := [c for c in base.columns if c not in new.columns]:
+        raise ValueError(f"the new table has no column {lost[0]!r} of the base's {list(base.columns)}")
     keys = key_columns(base)
-    if keys != key_columns(new) or value_columns(base) != value_columns(new):
-        raise ValueError(f"the two tables have different columns: {list(base.columns)} / {list(new.columns)}")
+    if [c for c in key_columns(new) if c in base.columns] != keys:
+        raise ValueError(f"the two tables name their rows by different columns: {keys} / {key_columns(new)}")
+    new = new[list(base.columns)]
     # keys as text, an empty label (zero-shot's fraction) as ""
     as_text = lambda t: t.assign(**{k: ["" if pd.isna(v) else str(v) for v in t[k]] for k in keys})
     merged = as_text(base).merge(as_text(new), on=keys, how="outer", suffixes=("_base", "_new"), indicator=True)
@@ -56,9 +62,14 @@ def compare_table(base: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*keys, "status", "columns"])
 
 
+def added_columns(base: pd.DataFrame, new: pd.DataFrame) -> list[str]:
+    return [c for c in new.columns if c not in base.columns]
+
+
 def expected(row: pd.Series, methods: Sequence[str]) -> bool:
-    """Whether a row names one of ``methods`` in any of its text columns (a comparison names both of its methods)."""
-    return any(isinstance(v, str) and any(m == v or v.startswith(f"{m}+") for m in methods) for v in row.to_numpy())
+    """Whether a row names one of ``methods`` in any of its text columns (a comparison names both of its methods;
+    a robustness table's ``method@fraction``)."""
+    return any(isinstance(v, str) and any(m == v or v.startswith((f"{m}+", f"{m}@")) for m in methods) for v in row.to_numpy())
 
 
 def compare_runs(base: Path, new: Path, methods: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
@@ -68,8 +79,12 @@ def compare_runs(base: Path, new: Path, methods: Sequence[str] = ()) -> dict[str
         other = new / "results" / "tables" / path.name
         if not other.exists():
             continue
-        found = compare_table(pd.read_csv(path), pd.read_csv(other))
-        found["expected"] = [expected(r, methods) for _, r in found.iterrows()] if len(found) else np.array([], bool)
+        base_table, new_table = pd.read_csv(path), pd.read_csv(other)
+        found = compare_table(base_table, new_table)
+        # rows the new run adds (a new backbone's, a new method's) are expected; a changed or lost one only of ``methods``
+        found["expected"] = ([expected(r, methods) or r["status"] == "only in new" for _, r in found.iterrows()]
+                             if len(found) else np.array([], bool))
+        found.attrs["added_columns"] = added_columns(base_table, new_table)
         out[path.stem] = found
     return out
 
@@ -83,6 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     unexpected = 0
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_rows", 500):
         for table, rows in compare_runs(args.base, args.new, args.expect).items():
+            if rows.attrs.get("added_columns"):
+                print(f"{table}: columns only in the new run: {', '.join(rows.attrs['added_columns'])}")
             if rows.empty:
                 print(f"{table}: identical")
                 continue
