@@ -3,7 +3,7 @@
 Reads every ``results/tables/*.csv`` of both runs and, table by table, lines their rows up on
 the columns that name a row (text columns and the data-usage, seed and severity labels) and
 compares every other column exactly (NaN equals NaN). Columns of measured time
-(``*seconds*``) differ from run to run and are left out. Prints, per table, the rows only one
+(``*seconds*``) and memory (``peak_memory*``) differ from run to run and are left out. Prints, per table, the rows only one
 run has and the rows whose values differ, with the columns that do; ``--expect METHOD`` marks
 the rows of a method expected to change (a row that names it in any column), and the exit
 status is 1 when any other row differs or is missing from the new run. Rows and columns only the
@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 
 LABELS = ("fraction", "shots", "seed", "severity")
+# what a run measures of the machine rather than computes: differs from run to run
+MEASURED = ("seconds", "peak_memory")
 
 
 def key_columns(table: pd.DataFrame) -> list[str]:
@@ -29,7 +31,7 @@ def key_columns(table: pd.DataFrame) -> list[str]:
 
 
 def value_columns(table: pd.DataFrame) -> list[str]:
-    return [c for c in table.columns if c not in key_columns(table) and "seconds" not in c]
+    return [c for c in table.columns if c not in key_columns(table) and not any(m in c for m in MEASURED)]
 
 
 def _same(a: pd.Series, b: pd.Series) -> pd.Series:
