@@ -543,6 +543,7 @@ def main(smk):
 def _job(tmp_path: Path, before_run: bool = False):
     """A job script whose work stops half-way through writing its output, in a fresh interpreter;
     returns the process once it says it is there (a line, not a guessed duration)."""
+    import signal
     import subprocess
     import sys
 
@@ -550,7 +551,11 @@ def _job(tmp_path: Path, before_run: bool = False):
     run = 'print("ready", file=sys.__stdout__, flush=True)\nsignal.pause()' if before_run else "jobs.run(main, Smk())"
     script = JOB_SCRIPT.format(log=str(tmp_path / "job.log"), out=str(out), run=run)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(jobs.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # SIGINT at its default, as for a job a terminal runs: a process started in the background by a
+    # non-interactive shell (a CI runner, `cmd &`) inherits SIGINT ignored, and Python then never
+    # raises KeyboardInterrupt
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline() == "ready\n"
     return proc, out
 
