@@ -156,6 +156,11 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def as_list(files) -> list:
+    """A named input of a job as a list: Snakemake gives one file as a string, several as a list."""
+    return [files] if isinstance(files, str) else list(files)
+
+
 def report(message: str) -> None:
     """One plain progress line in the job's log (``medtune: ...``), flushed at once: a reader
     (a user's ``tail -f``, a test waiting for a stage) sees how far the job got."""

@@ -6,10 +6,9 @@ from medtune import jobs
 def main(smk):
     from medtune.pgd import attack_job
 
-    runs = smk.input.runs
     attack_job(
         runs=smk.params.runs,
-        run_outputs=[runs] if isinstance(runs, str) else list(runs),
+        run_outputs=jobs.as_list(smk.input.runs),
         backbone={"name": smk.wildcards.backbone, "spec": smk.params.spec, "weights": smk.input.weights or None},
         dataset_dir=os.path.dirname(smk.input.images),
         protocol=smk.wildcards.protocol,

@@ -1,10 +1,6 @@
 from medtune import jobs
 
 
-def as_list(named) -> list:
-    return [named] if isinstance(named, str) else list(named)
-
-
 def main(smk):
     from medtune.adapt import train_frozen
 
@@ -14,7 +10,7 @@ def main(smk):
     train_frozen(
         method=smk.params.method,
         runs=smk.params.runs,
-        subsets=dict(zip(names, as_list(smk.input.subsets) or [None] * len(names))),
+        subsets=dict(zip(names, jobs.as_list(smk.input.subsets) or [None] * len(names))),
         out_dir=smk.output[0],
         train_dir=smk.input.train,
         val_dir=smk.input.val,
@@ -27,7 +23,7 @@ def main(smk):
         device=smk.params.get("device", "cpu"),
         progress=smk.params.progress,
         logit_subsets=smk.params.get("logit_subsets", ()),
-        base_outputs=as_list(smk.input.base) if "base" in smk.input.keys() else None,
+        base_outputs=jobs.as_list(smk.input.base) if "base" in smk.input.keys() else None,
     )
 
 

@@ -6,11 +6,10 @@ from medtune import jobs
 def main(smk):
     from medtune.adapt import make_soup
 
-    ingredients = smk.input.ingredients
     make_soup(
         method=smk.params.method,
         run=smk.params.run,
-        ingredients=[ingredients] if isinstance(ingredients, str) else list(ingredients),
+        ingredients=jobs.as_list(smk.input.ingredients),
         ingredient_module=smk.params.ingredient_module,
         backbone_spec=smk.params.spec,
         backbone_weights=smk.input.weights or None,
