@@ -247,19 +247,58 @@ def test_scale_goals_from_slopes_and_peaks():
     assert any("MISS" in line for line in scale_report.summary_lines(scale_report.report(scales, [])))
 
 
-def test_linear_probe_path_figure_times_both_sweeps():
+def _fake_default_run(root, n_train=120, classes=3):
+    """A finished run's layout as the linear probe reads it: tiny-path's clean features of the
+    synthetic dataset, samples.csv, and seed 1's subsets at 10 % and 50 %."""
+    import pandas as pd
+
     from medtune.bench import linear_probe_path as lp
 
-    sizes = {"tiny": {"n_train": 300, "n_val": 200, "n_test": 100, "dim": 8, "classes": 3, "separation": 0.5}}
-    features = lp.synthetic_features(**{k: v for k, v in sizes["tiny"].items()})
+    features = lp.synthetic_features(n_train, 60, 60, 6, classes, seed=1, separation=0.8)
+    rows, start = [], 0
+    for split in ("train", "val", "test"):
+        x, y = features[split]
+        folder = root / "results" / "features" / "tiny-path" / "synthetic" / split
+        folder.mkdir(parents=True)
+        np.save(folder / "clean.npy", x)
+        rows += [(start + i, split, int(c), f"class{c}", "g") for i, c in enumerate(y)]
+        start += len(y)
+    (root / "results" / "data" / "synthetic").mkdir(parents=True)
+    samples = pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "group"]).assign(caption="")
+    samples.to_csv(root / "results" / "data" / "synthetic" / "samples.csv", index=False)
+    subsets = root / "results" / "subsets" / "synthetic" / "seed1"
+    subsets.mkdir(parents=True)
+    for fraction, n in (("50", n_train // 2), ("10", n_train // 10)):
+        samples[samples["split"] == "train"].head(n)[["index", "label"]].to_csv(subsets / f"frac{fraction}.csv", index=False)
+    return features
+
+
+def test_linear_probe_path_figure_times_both_sweeps(tmp_path):
+    from medtune.bench import linear_probe_path as lp
+
+    drawn = {"source": "drawn", "n_train": 300, "n_val": 200, "n_test": 100, "dim": 8, "classes": 3, "separation": 0.5}
+    features = lp.size_features(drawn, None)
     assert features["train"][0].shape == (300, 8) and features["train"][0].dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(features["test"][0], axis=1), 1.0, rtol=1e-5)
-    r = lp.bench_linear_probe_path(sizes, log=lambda message: None)["tiny"]
-    assert len(r["path_runs_s"]) == 2 and r["speedup"] == pytest.approx(r["cold_s"] / np.mean(r["path_runs_s"]))
-    assert 25 <= r["path"]["fits"] <= 29 and 25 <= r["cold"]["fits"] <= 29  # the same coarse-to-fine search on both sides
-    assert 0 < r["path"]["test_accuracy"] <= 1 and 0 < r["cold"]["test_accuracy"] <= 1
-    figure = lp.linear_probe_path_figure({"tiny": r})
-    assert figure.value == r["speedup"] and figure.status in ("PASS", "MISS") and "tiny (300 x 8 features" in figure.details[0]
+    sizes = {"own": {"source": "default"}, "drawn": drawn}
+    # without the default's run: its size is N/A, and so is the figure
+    r = lp.bench_linear_probe_path(sizes, tmp_path / "results", log=lambda message: None)
+    assert "samples.csv" in r["own"]["missing"] and r["drawn"]["speedup"] > 0
+    figure = lp.linear_probe_path_figure(r)
+    assert figure.status == "N/A" and "make run" in figure.details[0]
+
+    own = _fake_default_run(tmp_path)
+    assert np.array_equal(lp.size_features(sizes["own"], tmp_path / "results")["train"][0], own["train"][0][:60])
+    r = lp.bench_linear_probe_path(sizes, tmp_path / "results", log=lambda message: None)
+    # the default's own 50 % subset of seed 1 (the first 60 training rows here), its whole validation split
+    assert (r["own"]["n_train"], r["own"]["classes"], r["own"]["n_val"]) == (60, 3, 60)
+    for name in sizes:
+        assert len(r[name]["path_runs_s"]) == 2 and r[name]["speedup"] == pytest.approx(r[name]["cold_s"] / np.mean(r[name]["path_runs_s"]))
+        assert 25 <= r[name]["path"]["fits"] <= 29 and 25 <= r[name]["cold"]["fits"] <= 29  # the same coarse-to-fine search
+        assert 0 < r[name]["path"]["test_accuracy"] <= 1 and 0 < r[name]["cold"]["test_accuracy"] <= 1
+    figure = lp.linear_probe_path_figure(r)
+    assert figure.value == min(r["own"]["speedup"], r["drawn"]["speedup"]) and figure.status in ("PASS", "MISS")
+    assert "own (60 x 6 features, 3 classes, default)" in figure.details[0] and "drawn" in figure.details[1]
 
 
 def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
@@ -294,26 +333,9 @@ def test_compare_runs_lines_rows_up_and_flags_the_expected_method(tmp_path):
 
 def test_linear_probe_path_on_a_finished_runs_subsets(tmp_path):
     """The run's own features and subsets, as the linear probe's job reads them: a row per subset."""
-    import pandas as pd
-
     from medtune.bench import linear_probe_path as lp
 
-    features = lp.synthetic_features(120, 60, 60, 6, 3, seed=1, separation=0.8)
-    rows, start = [], 0
-    for split in ("train", "val", "test"):
-        x, y = features[split]
-        folder = tmp_path / "results" / "features" / "tiny-path" / "synthetic" / split
-        folder.mkdir(parents=True)
-        np.save(folder / "clean.npy", x)
-        rows += [(start + i, split, int(c), f"class{c}", "g") for i, c in enumerate(y)]
-        start += len(y)
-    (tmp_path / "results" / "data" / "synthetic").mkdir(parents=True)
-    samples = pd.DataFrame(rows, columns=["index", "split", "label", "label_name", "group"]).assign(caption="")
-    samples.to_csv(tmp_path / "results" / "data" / "synthetic" / "samples.csv", index=False)
-    subsets = tmp_path / "results" / "subsets" / "synthetic" / "seed1"
-    subsets.mkdir(parents=True)
-    for fraction, n in (("50", 60), ("10", 12)):
-        samples[samples["split"] == "train"].head(n)[["index", "label"]].to_csv(subsets / f"frac{fraction}.csv", index=False)
+    _fake_default_run(tmp_path)
     found = lp.bench_run_subsets(tmp_path, log=lambda message: None)
     assert [r["subset"] for r in found] == ["frac10", "frac50"] and [r["images"] for r in found] == [12, 60]
     assert all(r["path_cpu_s"] > 0 and r["cold_cpu_s"] > 0 and 0 <= r["path_test"] <= 1 for r in found)

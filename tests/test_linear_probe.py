@@ -138,18 +138,24 @@ def objective(C, coef, intercept, x, y):
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+@pytest.mark.parametrize("exact_newton", [True, False], ids=["exact-steps", "conjugate-gradient-steps"])
 @pytest.mark.parametrize("n_classes", [2, 4])
-def test_every_fit_on_the_path_is_the_optimum_whatever_the_start(n_classes):
+def test_every_fit_on_the_path_is_the_optimum_whatever_the_start(n_classes, exact_newton, monkeypatch):
     """Along the path strongest first, and in a scrambled order (each fit then starts from a far
     C's solution), every C's fit is the optimum: the same coefficients both ways, those of
     scikit-learn's Newton solver run cold to a gradient of 1e-12, and an objective no higher than
-    its. Separable few-shot data: the weak end is ill-conditioned there."""
+    its. Separable few-shot data: the weak end is ill-conditioned there. Both ways of solving a
+    Newton step: a fresh Hessian's (small models) and conjugate gradients (large ones)."""
+    import medtune.logistic
+
+    monkeypatch.setattr(medtune.logistic, "EXACT_NEWTON_PARAMETERS", 10_000 if exact_newton else 0)
     rng = np.random.default_rng(n_classes)
     x = rng.normal(size=(30, 12)).astype(np.float32)
     y = np.arange(30) % n_classes
     x[np.arange(30), y] += 1.5  # separable: the weakest C's weights are large
     grid = np.logspace(-6, 6, 13)
     along, scrambled = LogisticPath(x, y), LogisticPath(x, y)
+    assert along.exact_newton == exact_newton
     for i in [6, 0, 12, 3, 9, 1, 11, 5, 7, 2, 10, 4, 8]:
         scrambled.fit(grid[i])
     for C in grid:

@@ -21,7 +21,11 @@ the features), preconditioned by the Cholesky factor of a Hessian from an earlie
 under the current penalty: the full Hessian (n x (k d)^2 / 2 multiply-adds, the one costly
 part) is recomputed only when that preconditioner needs more than ``REFRESH_CG`` iterations,
 about once every four C values on the default's features. A fit starts from the quadratic in
-log C through the three nearest solutions where that is lower than the nearest solution.
+log C through the three nearest solutions where that is lower than the nearest solution. A
+small model (two classes of 64-d features: 65 parameters) instead takes exact Newton steps, its
+Hessian (one symmetric rank-k product over the features) recomputed at every step: at PCam's
+size as fast as conjugate gradients on well-conditioned features, 1.4x faster on the default
+encoder's (``docs/speed.md``).
 
 Convergence is measured where predictions happen: a fit stops when its last step moved no
 training image's logits, relative to each other, by more than ``tol`` (1e-9). Directions that
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.linalg
-from scipy.special import log_softmax
+from scipy.special import expit, log_softmax
 
 TOL = 1e-6  # largest change of a training image's relative logits in a fit's last step
 ARMIJO = 1e-4
@@ -54,6 +58,11 @@ FORCING = 1e-2
 # a Hessian costs about 50 products with it)
 REFRESH_CG = 10
 MAX_CG = 500
+# a model with at most this many parameters (two classes: features + 1) takes exact Newton steps,
+# a fresh Hessian at every step and no conjugate gradients: its Hessian (n x p^2 / 2 multiply-adds,
+# one pass of BLAS-3 over the features) then costs about as much as the two memory-bound passes
+# of one Hessian-vector product, and a step needs several of those
+EXACT_NEWTON_PARAMETERS = 128
 
 
 class NotConverged(RuntimeError):
@@ -102,20 +111,28 @@ class LogisticPath:
         self.penalised[:, -1] = 0
         self.penalised = self.penalised.ravel()[: self.free]
         self.max_iter, self.tol = max_iter, tol
+        self.exact_newton = self.rows * self.width <= EXACT_NEWTON_PARAMETERS
         self._solutions: dict[float, _Solution] = {}
 
     # ---- the objective ----------------------------------------------------------------
 
     def _logits(self, theta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Every class's logit (for two classes the first is 0)."""
         z = x @ theta.T
         return np.hstack([np.zeros_like(z), z]) if self.rows == 1 else z
 
     def _value_gradient(self, z: np.ndarray, theta: np.ndarray, reg: float):
-        """The objective at logits ``z`` of parameters ``theta``, its gradient and the free rows' probabilities."""
-        log_p = log_softmax(z, axis=1)
+        """The objective at the free rows' logits ``z`` (``x @ theta.T``) of parameters ``theta``,
+        its gradient and the free rows' probabilities."""
         weights = theta[:, :-1]
-        value = -np.take_along_axis(log_p, self.y[:, None], 1).sum() / self.n + 0.5 * reg * np.vdot(weights, weights)
-        p = np.exp(log_p[:, -self.rows:])
+        penalty = 0.5 * reg * np.vdot(weights, weights)
+        if self.rows == 1:  # -log p(y) = log(1 + e^z) - y z for the second class's logit z
+            value = float(np.sum(np.logaddexp(0.0, z) - self.onehot * z)) / self.n + penalty
+            p = expit(z)
+        else:
+            log_p = log_softmax(z, axis=1)
+            value = -np.take_along_axis(log_p, self.y[:, None], 1).sum() / self.n + penalty
+            p = np.exp(log_p)
         gradient = (p - self.onehot).T @ self.x / self.n
         gradient[:, :-1] += reg * weights
         return float(value), gradient, p
@@ -123,6 +140,9 @@ class LogisticPath:
     def _data_hessian(self, p: np.ndarray) -> np.ndarray:
         """(1/n) sum_i (diag(p_i) - p_i p_i^T) kron x_i x_i^T over the free rows."""
         x, rows, width = self.x, self.rows, self.width
+        if rows == 1:  # sum_i p_i (1 - p_i) x_i x_i^T: one symmetric rank-k product
+            z = x * np.sqrt(p * (1.0 - p))
+            return (z.T @ z) / self.n
         z = (p[:, :, None] * x[:, None, :]).reshape(self.n, rows * width)
         hessian = -(z.T @ z)  # NumPy hands a product of an array with its own transpose to BLAS's syrk
         for k in range(rows):
@@ -145,7 +165,10 @@ class LogisticPath:
         return scipy.linalg.cho_factor(h, check_finite=False)
 
     def _relative_change(self, dz: np.ndarray) -> float:
-        """The largest change of a training image's logits relative to each other (centred over classes)."""
+        """The largest change of a training image's logits relative to each other (centred over
+        classes), from the change ``dz`` of the free rows' logits."""
+        if self.rows == 1:  # the logits (0, z) move by -dz/2 and dz/2 about their mean
+            return float(np.abs(dz).max()) / 2
         return float(np.abs(dz - dz.mean(axis=1, keepdims=True)).max())
 
     # ---- one C ------------------------------------------------------------------------
@@ -192,11 +215,11 @@ class LogisticPath:
     def _solve(self, C: float, start: _Solution) -> _Solution:
         reg = 1.0 / (C * self.n)
         theta, data_hessian = start.theta.copy(), start.hessian
-        z = self._logits(theta, self.x)
+        z = self.x @ theta.T
         value, gradient, p = self._value_gradient(z, theta, reg)
         hessians, factor = 0, None
         for step_number in range(1, self.max_iter + 1):
-            fresh = data_hessian is None
+            fresh = data_hessian is None or self.exact_newton
             if fresh:
                 data_hessian, hessians, factor = self._data_hessian(p), hessians + 1, None
             if factor is None:
@@ -204,17 +227,25 @@ class LogisticPath:
                 if factor is None:  # a Hessian from too far away
                     data_hessian = None
                     continue
-            # a preconditioner (an earlier Hessian) that needs more iterations than a Hessian costs
-            # in products is replaced by the Hessian where the fit is now
-            direction, iterations = self._newton_step(p, gradient, factor, reg, FORCING, MAX_CG if fresh else REFRESH_CG)
-            if direction is None:
-                if not fresh:
-                    data_hessian = None
-                    continue
-                raise NotConverged(f"logistic regression at C={C:g}: the Newton step did not converge in {MAX_CG} iterations")
-            slope = float(np.vdot(gradient, direction))
-            dz = self._logits(direction, self.x)
+            if self.exact_newton:  # the Hessian here: its own step is the Newton step
+                direction = np.zeros(self.rows * self.width)
+                direction[: self.free] = scipy.linalg.cho_solve(factor, -gradient.ravel()[: self.free], check_finite=False)
+                direction = direction.reshape(gradient.shape)
+            else:
+                # a preconditioner (an earlier Hessian) that needs more iterations than a Hessian
+                # costs in products is replaced by the Hessian where the fit is now
+                direction, iterations = self._newton_step(p, gradient, factor, reg, FORCING, MAX_CG if fresh else REFRESH_CG)
+                if direction is None:
+                    if not fresh:
+                        data_hessian = None
+                        continue
+                    raise NotConverged(f"logistic regression at C={C:g}: the Newton step did not converge in {MAX_CG} iterations")
+            dz = self.x @ direction.T
             size = self._relative_change(dz)
+            if size <= self.tol:  # a step that moves no logit: taken as it is, and the fit is done
+                theta = theta + direction
+                return _Solution(theta, data_hessian, self._fit(C, theta, step_number, hessians))
+            slope = float(np.vdot(gradient, direction))
             t = 1.0
             while True:
                 new_value, new_gradient, new_p = self._value_gradient(z + t * dz, theta + t * direction, reg)
@@ -260,7 +291,7 @@ class LogisticPath:
                     weights = [np.prod([(np.log(C) - at[j]) / (at[i] - at[j]) for j in range(len(at)) if j != i]) for i in range(len(at))]
                     predicted = sum(w * self._solutions[c].theta for w, c in zip(weights, known))
                     reg = 1.0 / (C * self.n)
-                    objective = lambda theta: self._value_gradient(self._logits(theta, self.x), theta, reg)[0]
+                    objective = lambda theta: self._value_gradient(self.x @ theta.T, theta, reg)[0]
                     if objective(predicted) < objective(start.theta):
                         start = _Solution(predicted, start.hessian)
             self._solutions[C] = self._solve(C, start)

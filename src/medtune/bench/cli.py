@@ -158,12 +158,12 @@ def _scaling(results: Path, out: Path) -> list[Figure]:
     return [figure]
 
 
-def _linear_probe_path(args, out: Path) -> list[Figure]:
+def _linear_probe_path(args, results: Path, out: Path) -> list[Figure]:
     from medtune.bench.linear_probe_path import bench_linear_probe_path, linear_probe_path_figure
 
     sizes = {name: LP_SIZES[name] for name in (args.lp_sizes or LP_SIZES)}
     log(f"[6/6] linear-probe path vs the cold sweep it replaced: {', '.join(sizes)}")
-    figure = linear_probe_path_figure(bench_linear_probe_path(sizes, log=log))
+    figure = linear_probe_path_figure(bench_linear_probe_path(sizes, results, log=log))
     write_json(figure.to_json(), out / "linear_probe_path.json")
     return [figure]
 
@@ -196,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> list[Figure]:
         "dag": lambda: _dag(args, repo, workdir, out),
         "end_to_end": lambda: _end_to_end(args, results, workdir, out),
         "scaling": lambda: _scaling(results, out),
-        "linear_probe_path": lambda: _linear_probe_path(args, out),
+        "linear_probe_path": lambda: _linear_probe_path(args, results, out),
     }
     figures: list[Figure] = []
     for name in FIGURES:
