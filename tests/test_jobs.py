@@ -6,15 +6,20 @@ import subprocess
 import sys
 
 
-def _run_job(tmp_path, threads: int, body: str, env: dict) -> str:
-    """Run ``main`` (whose body is ``body``) through jobs.run in a fresh interpreter; its stdout."""
+def _run_job(tmp_path, threads: int, body: str, env: dict, torch_threads: int | None = None) -> str:
+    """Run ``main`` (whose body is ``body``) through jobs.run in a fresh interpreter, Snakemake
+    holding ``threads`` cores for it (a model job: with ``params.torch_threads``); its stdout."""
     script = f"""
 import json, os, sys
 from medtune import jobs
 
+class Params:
+    torch_threads = {torch_threads!r}
+
 class Smk:
     log = [{str(tmp_path / "job.log")!r}]
     threads = {threads}
+    params = Params()
 
 def main(smk):
 {body}
@@ -39,6 +44,28 @@ def test_a_job_without_torch_does_not_import_it(tmp_path):
 def test_torch_gets_the_granted_threads(tmp_path):
     body = "    import torch\n    print(torch.get_num_threads(), file=sys.__stdout__)"
     assert _run_job(tmp_path, 1, body, {"OMP_NUM_THREADS": "2"}).strip() == "1"
+
+
+# what Snakemake puts in a job's environment: every pool sized to the cores it holds for the job
+SNAKEMAKE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+POOLS_BODY = ("    import torch\n"
+              "    pools = {v: os.environ.get(v) for v in jobs.THREAD_VARIABLES + ('OMP_WAIT_POLICY',)}\n"
+              "    print(json.dumps({'torch': torch.get_num_threads(), **pools}), file=sys.__stdout__)")
+
+
+def test_a_model_job_computes_with_its_torch_threads_on_fewer_cores(tmp_path):
+    """config model_threads is part of the numbers, model_cores only of the scheduling: a model job
+    held to one core computes with its two torch threads, MKL's and OpenBLAS's pools sized alike
+    (an MKL pool left at Snakemake's one thread trained the default's backbone to other weights),
+    and its waiting threads sleep rather than spin on the core another job needs."""
+    found = json.loads(_run_job(tmp_path, 1, POOLS_BODY, SNAKEMAKE_THREAD_ENV, torch_threads=2))
+    assert found == {"torch": 2, "OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2",
+                     "OMP_WAIT_POLICY": "PASSIVE"}
+    # as many cores as threads: OpenMP's own waiting policy; a job without torch_threads: its cores
+    found = json.loads(_run_job(tmp_path, 2, POOLS_BODY, {k: "2" for k in SNAKEMAKE_THREAD_ENV}, torch_threads=2))
+    assert found["torch"] == 2 and found["OMP_WAIT_POLICY"] is None
+    found = json.loads(_run_job(tmp_path, 1, POOLS_BODY, SNAKEMAKE_THREAD_ENV))
+    assert found["torch"] == 1 and found["MKL_NUM_THREADS"] == "1" and found["OMP_WAIT_POLICY"] is None
 
 
 def test_a_progress_line_is_in_the_log_at_once(tmp_path):

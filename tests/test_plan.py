@@ -24,6 +24,15 @@ def test_default_config_is_valid_and_gets_defaults():
     assert config["studies"]["pathclip"]["fractions"] == plan.DEFAULT_FRACTIONS
 
 
+def test_left_out_top_level_keys_take_the_schemas_defaults():
+    config = {k: v for k, v in copy.deepcopy(DEFAULT).items() if k not in plan.TOP_LEVEL_DEFAULTS}
+    filled = plan.validate(config)
+    assert {k: filled[k] for k in plan.TOP_LEVEL_DEFAULTS} == {
+        "device": "auto", "progress": True, "seeds": [1, 2, 3], "model_threads": 2, "model_cores": 1}
+    assert "model_threads" in _bad(lambda c: c.update(model_threads=0))
+    assert "model_cores" in _bad(lambda c: c.update(model_cores=1.5))
+
+
 def test_unknown_key_named():
     assert "datasets.synthetic" in _bad(lambda c: c["datasets"]["synthetic"].update(colour="red"))
     assert "'colour' was unexpected" in _bad(lambda c: c["datasets"]["synthetic"].update(colour="red"))

@@ -54,15 +54,34 @@ def _one_line_interrupt_hook(hook):
 sys.excepthook = _one_line_interrupt_hook(sys.excepthook)
 
 
+# every thread pool that sums floats in a forward or backward pass: OpenMP (torch's own), MKL
+# (torch's matrix products) and OpenBLAS (NumPy's). A job whose MKL pool were sized by
+# Snakemake's cores rather than by its torch threads would train to other weights.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def compute_threads(smk) -> int:
+    """The threads a job computes with: a model job's ``params.torch_threads`` (config
+    ``model_threads``, part of its numbers), else the cores Snakemake holds for it."""
+    declared = getattr(getattr(smk, "params", None), "torch_threads", None)
+    return max(1, int(declared or getattr(smk, "threads", 1) or 1))
+
+
 def run(main: Callable[[object], None], smk) -> None:
     log_path = smk.log[0] if len(smk.log) else None
     logged = log_path is not None
     if "medtune.memory" in sys.modules:  # an estimate stated by an earlier job of this process is not this job's
         sys.modules["medtune.memory"].forget()
-    threads = max(1, int(getattr(smk, "threads", 1) or 1))
-    # torch sizes its thread pool from this when it is first imported; light jobs
-    # (subsets, tables, figures) never import it and should not pay for it
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    threads = compute_threads(smk)
+    # torch sizes its thread pool from these when it is first imported (light jobs: subsets,
+    # tables, figures never import it and should not pay for it); Snakemake sets them to the
+    # cores it holds for the job, which for a model job are fewer than its threads
+    for variable in THREAD_VARIABLES:
+        os.environ[variable] = str(threads)
+    if threads > max(1, int(getattr(smk, "threads", 1) or 1)):
+        # more threads than cores: a thread waiting at the end of a parallel step sleeps
+        # instead of spinning on a core that another job's thread needs
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     with contextlib.ExitStack() as stack:
         if log_path:
             os.makedirs(os.path.dirname(log_path) or ".", exist_ok=True)

@@ -110,6 +110,10 @@ def check_config_file(path: str | Path) -> None:
         yaml.load(fh, Loader=_UniqueKeyLoader)
 
 
+# top-level keys a config may leave out: the schema's default fills them in
+TOP_LEVEL_DEFAULTS = ("device", "progress", "seeds", "model_threads", "model_cores")
+
+
 def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[str, Any]:
     """The config with defaults filled in and every method entry resolved, or ConfigError
     naming the first problem.
@@ -139,9 +143,8 @@ def validate(config: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> dict[st
         raise ConfigError(problem)
     config = copy.deepcopy(config)
     config["results"] = _results_folder(config.get("results", "results"))
-    config.setdefault("device", "auto")
-    config.setdefault("progress", True)
-    config.setdefault("seeds", [1, 2, 3])
+    for key in TOP_LEVEL_DEFAULTS:  # the schema's defaults, as the schema states them
+        config.setdefault(key, copy.deepcopy(schema["properties"][key]["default"]))
     config["methods"] = _resolve_methods(config.get("methods", {}), registered)
     for study_name, study in config["studies"].items():
         _fill_settings(study, study_registry.registered()[study_name].defaults, f"studies.{study_name}")

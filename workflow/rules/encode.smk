@@ -16,12 +16,13 @@ rule pretrain_backbone:
     priority: 20
     conda:
         "../../envs/medtune.yaml"
-    threads: 2
+    threads: config["model_cores"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
     params:
+        torch_threads=config["model_threads"],
         spec=lambda wc: BACKBONES[wc.backbone],
         device=config["device"],
         progress=config["progress"],
@@ -44,12 +45,13 @@ rule encode_images:
     priority: 10
     conda:
         "../../envs/medtune.yaml"
-    threads: 2
+    threads: config["model_cores"]
     resources:
         mem_mb=4000,
         runtime=60,
         gpu=gpu_request,
     params:
+        torch_threads=config["model_threads"],
         spec=lambda wc: BACKBONES[wc.backbone],
         conditions=split_conditions,
         device=config["device"],

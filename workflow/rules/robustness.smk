@@ -24,12 +24,13 @@ rule attack:
         f"{RESULTS}/benchmarks/attack/{{dataset}}/{{attacked}}/{{backbone}}/{{protocol}}.tsv"
     conda:
         "../../envs/medtune.yaml"
-    threads: 2
+    threads: config["model_cores"]
     resources:
         mem_mb=4000,
         runtime=240,
         gpu=gpu_request,
     params:
+        torch_threads=config["model_threads"],
         runs=lambda wc: [r.labels() for r in attacked_runs(wc)],
         settings=lambda wc: ADVERSARIAL["attacks"][wc.protocol],
         images=lambda wc: ADVERSARIAL["attack_images"],

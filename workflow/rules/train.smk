@@ -60,12 +60,13 @@ rule train_backbone:
         f"{RESULTS}/benchmarks/train/{{dataset}}/{{tuned}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
     conda:
         "../../envs/medtune.yaml"
-    threads: 2
+    threads: config["model_cores"]
     resources:
         mem_mb=8000,
         runtime=240,
         gpu=gpu_request,
     params:
+        torch_threads=config["model_threads"],
         method=lambda wc: {"name": wc.tuned, **{k: METHODS[wc.tuned][k] for k in ("module", "params")}},
         run=lambda wc: backbone_run(wc).labels(),
         spec=lambda wc: BACKBONES[wc.backbone],
@@ -130,12 +131,13 @@ rule train_soup:
         f"{RESULTS}/benchmarks/train/{{dataset}}/{{souped}}/{{backbone}}/seed{{seed}}/{{subset}}.tsv"
     conda:
         "../../envs/medtune.yaml"
-    threads: 2
+    threads: config["model_cores"]
     resources:
         mem_mb=8000,
         runtime=120,
         gpu=gpu_request,
     params:
+        torch_threads=config["model_threads"],
         method=lambda wc: {"name": wc.souped, **{k: METHODS[wc.souped][k] for k in ("module", "params")}},
         ingredient_module=lambda wc: METHODS[METHODS[wc.souped]["params"]["methods"][0]]["module"],
         run=lambda wc: soup_run(wc).labels(),
