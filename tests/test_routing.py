@@ -44,6 +44,7 @@ def test_every_built_in_method_says_what_it_requires():
     ('{"training": "frozen"}', "SPEC requires must be a list of ['text_tower', 'open_clip_towers']"),
     ('{"training": "frozen", "requires": ["gpu"]}', "not ['gpu']"),
     ('{"training": "frozen", "requires": [], "needs_text_encoder": True}', "needs_text_encoder is true, so requires must name 'text_tower'"),
+    ('{"training": "frozen", "requires": [], "default": {}}', "unknown SPEC key 'default'; expected ['defaults', 'label'"),
 ])
 def test_a_method_that_does_not_say_what_it_requires_is_refused(tmp_path, spec, expected):
     module = tmp_path / "mine.py"

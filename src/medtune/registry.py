@@ -38,6 +38,13 @@ def read_spec(path: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def check_spec_keys(spec: dict[str, Any], allowed: set[str], where: str | Path) -> None:
+    """RegistryError naming the file and the first key of ``spec`` that is not ``allowed``."""
+    unknown = sorted(set(spec) - allowed)
+    if unknown:
+        raise RegistryError(f"{where}: unknown SPEC key {unknown[0]!r}; expected {sorted(allowed)}")
+
+
 def package_modules(package_dir: Path) -> list[Path]:
     """The modules of a package folder that may declare a SPEC, in name order."""
     return sorted(p for p in package_dir.glob("*.py") if not p.name.startswith("_"))

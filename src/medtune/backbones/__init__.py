@@ -27,7 +27,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Mapping
 
-from medtune.registry import RegistryError, import_module, package_modules, read_spec
+from medtune.registry import RegistryError, check_spec_keys, import_module, package_modules, read_spec
 
 DEFAULT_FAMILY = "open_clip"
 # honoured by every family: which family, a seed for weights no checkpoint replaces, the encoding batch
@@ -53,9 +53,7 @@ class Family:
 
 
 def _family(name: str, spec: dict[str, Any], source: str, where: Path) -> Family:
-    unknown = set(spec) - _SPEC_KEYS
-    if unknown:
-        raise RegistryError(f"{where}: unknown SPEC key {sorted(unknown)[0]!r}; expected {sorted(_SPEC_KEYS)}")
+    check_spec_keys(spec, _SPEC_KEYS, where)
     if not isinstance(spec.get("text_tower"), bool):
         raise RegistryError(f"{where}: SPEC text_tower must be true or false, not {spec.get('text_tower')!r}")
     return Family(

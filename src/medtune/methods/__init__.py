@@ -37,7 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterable
 
-from medtune.registry import RegistryError, import_module, package_modules, read_spec
+from medtune.registry import RegistryError, check_spec_keys, import_module, package_modules, read_spec
 
 # none: zero-shot; frozen: fits on cached features; backbone: trains inside the backbone;
 # transductive: refines the test predictions of each method its param ``methods`` names, a run
@@ -71,9 +71,7 @@ class Method:
 
 
 def _method(name: str, spec: dict[str, Any], source: str, where: Path) -> Method:
-    unknown = set(spec) - _SPEC_KEYS
-    if unknown:
-        raise RegistryError(f"{where}: unknown SPEC key {sorted(unknown)[0]!r}; expected {sorted(_SPEC_KEYS)}")
+    check_spec_keys(spec, _SPEC_KEYS, where)
     if spec.get("training") not in TRAINING_KINDS:
         raise RegistryError(f"{where}: SPEC training must be one of {TRAINING_KINDS}, not {spec.get('training')!r}")
     requires = spec.get("requires")
