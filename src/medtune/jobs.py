@@ -60,11 +60,16 @@ sys.excepthook = _one_line_interrupt_hook(sys.excepthook)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
+def cores_held(smk) -> int:
+    """The cores Snakemake holds for a job (its rule's threads)."""
+    return max(1, int(getattr(smk, "threads", 1) or 1))
+
+
 def compute_threads(smk) -> int:
     """The threads a job computes with: a model job's ``params.torch_threads`` (config
     ``model_threads``, part of its numbers), else the cores Snakemake holds for it."""
     declared = getattr(getattr(smk, "params", None), "torch_threads", None)
-    return max(1, int(declared or getattr(smk, "threads", 1) or 1))
+    return max(1, int(declared)) if declared else cores_held(smk)
 
 
 def run(main: Callable[[object], None], smk) -> None:
@@ -78,7 +83,7 @@ def run(main: Callable[[object], None], smk) -> None:
     # cores it holds for the job, which for a model job are fewer than its threads
     for variable in THREAD_VARIABLES:
         os.environ[variable] = str(threads)
-    if threads > max(1, int(getattr(smk, "threads", 1) or 1)):
+    if threads > cores_held(smk):
         # more threads than cores: a thread waiting at the end of a parallel step sleeps
         # instead of spinning on a core that another job's thread needs
         os.environ["OMP_WAIT_POLICY"] = "PASSIVE"

@@ -173,12 +173,16 @@ class LogisticPath:
 
     # ---- one C ------------------------------------------------------------------------
 
+    def _all_parameters(self, free: np.ndarray) -> np.ndarray:
+        """The free parameters ``free`` as rows x (features + 1), the fixed last intercept 0."""
+        full = np.zeros(self.rows * self.width)
+        full[: self.free] = free
+        return full.reshape(self.rows, self.width)
+
     def _hessian_product(self, p: np.ndarray, v: np.ndarray, reg: float) -> np.ndarray:
         """The Hessian at probabilities ``p`` times ``v`` (free parameters), exactly, without the Hessian:
         two products with the features."""
-        full = np.zeros(self.rows * self.width)
-        full[: self.free] = v
-        full = full.reshape(self.rows, self.width)
+        full = self._all_parameters(v)
         pu = p * (self.x @ full.T)
         # (diag(p_i) - p_i p_i^T) u_i: the first of two classes has u = 0, so one formula serves both losses
         product = (pu - p * pu.sum(axis=1, keepdims=True)).T @ self.x / self.n
@@ -197,9 +201,7 @@ class LogisticPath:
         residual = rhs - self._hessian_product(p, step, reg)
         for iterations in range(max_cg + 1):
             if np.linalg.norm(residual) <= target:
-                full = np.zeros(self.rows * self.width)
-                full[: self.free] = step
-                return full.reshape(gradient.shape), iterations
+                return self._all_parameters(step), iterations
             if iterations == max_cg:
                 return None, iterations
             preconditioned = scipy.linalg.cho_solve(factor, residual, check_finite=False)
@@ -228,9 +230,7 @@ class LogisticPath:
                     data_hessian = None
                     continue
             if self.exact_newton:  # the Hessian here: its own step is the Newton step
-                direction = np.zeros(self.rows * self.width)
-                direction[: self.free] = scipy.linalg.cho_solve(factor, -gradient.ravel()[: self.free], check_finite=False)
-                direction = direction.reshape(gradient.shape)
+                direction = self._all_parameters(scipy.linalg.cho_solve(factor, -gradient.ravel()[: self.free], check_finite=False))
             else:
                 # a preconditioner (an earlier Hessian) that needs more iterations than a Hessian
                 # costs in products is replaced by the Hessian where the fit is now
